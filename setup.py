@@ -1,0 +1,46 @@
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+
+def read_version() -> str:
+    for line in (Path(__file__).parent / "trl_omni" / "__init__.py").read_text().splitlines():
+        if line.startswith("__version__"):
+            return line.split("=")[1].strip().strip('"')
+    raise RuntimeError("__version__ not found")
+
+
+REQUIRED = [
+    "torch>=2.6",
+    "trl>=1.16.0,<1.17",
+    "transformers>=5.18,<6",
+    "accelerate>=1.10.1",
+    "datasets>=4.7.0",
+    "peft>=0.17",
+    "pillow>=10.0",
+    "safetensors>=0.4",
+    "math-verify>=0.8",
+]
+EXTRAS = {
+    "quantization": ["bitsandbytes>=0.45.1"],
+    "test": ["pytest>=8", "pytest-xdist>=3", "bitsandbytes>=0.45.1"],
+}
+EXTRAS["dev"] = EXTRAS["test"] + ["ruff>=0.6"]
+
+setup(
+    name="trl-omni",
+    version=read_version(),
+    description="Train unified-token multimodal models (Chameleon / Anole) to reason by drawing, on top of TRL.",
+    long_description=(Path(__file__).parent / "README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.11",
+    packages=find_packages(include=["trl_omni", "trl_omni.*"]),
+    install_requires=REQUIRED,
+    extras_require=EXTRAS,
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "Programming Language :: Python :: 3.11",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+    ],
+)

@@ -1,0 +1,1 @@
+"""collators of trl-omni."""

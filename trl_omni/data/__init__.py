@@ -1,0 +1,1 @@
+"""data of trl-omni."""

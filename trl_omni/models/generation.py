@@ -1,0 +1,170 @@
+"""Image generation for Chameleon-family models: lifting the hard image-logit mask, and constrained image spans."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from transformers import LogitsProcessor
+
+from .image_vocabulary import ImageVocabulary, _chameleon_backbone
+
+
+_ORIGINAL_IMAGE_TOKENS = "_trl_omni_image_tokens"
+
+
+def enable_image_generation(model: Any) -> Any:
+    """Lets a Chameleon model produce image tokens.
+
+    Stock `ChameleonForConditionalGeneration.forward` sets every image-token logit to the float minimum (reading
+    the list from `model.model.vocabulary_mapping.image_tokens`), so its cross-entropy on image tokens is infinite
+    and `generate` never draws. This function empties that list *on this model instance only*, after caching the
+    id <-> code tables that are derived from it, so the forward keeps every logit and nothing else changes. The
+    model code is untouched; [`disable_image_generation`] restores the mask. Works through PEFT and accelerate
+    wrappers. Idempotent.
+
+    Use together with [`ImageSpanLogitsProcessor`] when sampling, so images come out as exact spans.
+
+    Args:
+        model: A Chameleon / Anole model (possibly wrapped).
+
+    Returns:
+        The same `model`, for chaining.
+
+    Example:
+        ```python
+        >>> from trl_omni import enable_image_generation
+        >>> model = enable_image_generation(ChameleonForConditionalGeneration.from_pretrained(path))
+        ```
+    """
+    mapping = _chameleon_backbone(model).vocabulary_mapping
+    if _ORIGINAL_IMAGE_TOKENS in mapping.__dict__:
+        return model
+    image_tokens = list(mapping.image_tokens)
+    # Materialise every table derived from `image_tokens` while it still holds the real ids.
+    for name in ("bpe2img", "img2bpe", "bpe2img_search_tensors", "img2bpe_mapping_tensor"):
+        getattr(mapping, name)
+    mapping.__dict__[_ORIGINAL_IMAGE_TOKENS] = image_tokens
+    # `image_tokens` is a cached_property (a non-data descriptor): the instance attribute takes precedence.
+    mapping.__dict__["image_tokens"] = []
+    return model
+
+
+def disable_image_generation(model: Any) -> Any:
+    """Restores Chameleon's stock image-logit mask removed by [`enable_image_generation`]."""
+    mapping = _chameleon_backbone(model).vocabulary_mapping
+    if _ORIGINAL_IMAGE_TOKENS in mapping.__dict__:
+        mapping.__dict__["image_tokens"] = mapping.__dict__.pop(_ORIGINAL_IMAGE_TOKENS)
+    return model
+
+
+def is_image_generation_enabled(model: Any) -> bool:
+    """Whether [`enable_image_generation`] is in effect on `model`."""
+    return _ORIGINAL_IMAGE_TOKENS in _chameleon_backbone(model).vocabulary_mapping.__dict__
+
+
+class ImageSpanLogitsProcessor(LogitsProcessor):
+    """Constrains sampling so that every image is an exact span: `BOI + H*W image codes + EOI`.
+
+    Per row, from the tokens generated so far:
+    - in text mode, image-code tokens (and a stray EOI) are banned; BOI is banned too once `max_images` images were
+      opened in the completion, or when fewer than `span_length` tokens of budget remain (`max_new_tokens`), so an
+      image is never started that cannot be finished;
+    - after BOI, only image-code tokens are allowed until exactly `tokens_per_image` were produced;
+    - then EOI is forced.
+
+    The state is recomputed from `input_ids` with a few vectorised tensor operations per step (no per-token Python
+    loop), so it works batched, with sampling or greedy search, and with the KV cache inside `model.generate`.
+    Images in the prompt are not counted towards `max_images`; a prompt that ends inside an open image segment
+    (e.g. ending with BOI to ask for a drawing) continues that segment.
+
+    Args:
+        image_vocabulary: The model's [`ImageVocabulary`].
+        max_images: Optional cap on images opened per generated completion.
+        max_new_tokens: Optional generation budget; when set, BOI is only allowed if a whole span still fits.
+        allow_images: When False, images are banned entirely (text-only generation from an image-enabled model).
+
+    Example:
+        ```python
+        >>> processor = ImageSpanLogitsProcessor(ImageVocabulary.from_model(model), max_images=2)
+        >>> out = model.generate(**inputs, logits_processor=LogitsProcessorList([processor]), do_sample=True)
+        ```
+    """
+
+    def __init__(
+        self,
+        image_vocabulary: ImageVocabulary,
+        max_images: int | None = None,
+        max_new_tokens: int | None = None,
+        allow_images: bool = True,
+    ):
+        if max_images is not None and max_images < 0:
+            raise ValueError(f"max_images must be >= 0, got {max_images}.")
+        self.vocab = image_vocabulary
+        self.max_images = max_images
+        self.max_new_tokens = max_new_tokens
+        self.allow_images = allow_images
+        self._prompt_length: int | None = None
+        self._previous: torch.Tensor | None = None
+        self._ban_cache_key: tuple | None = None
+        self._ban_cache: tuple[torch.Tensor, ...] = ()
+
+    def reset(self) -> None:
+        """Forgets the current generation (done automatically when a new `generate` call starts)."""
+        self._prompt_length = None
+        self._previous = None
+
+    def _track_prompt(self, input_ids: torch.Tensor) -> int:
+        previous = self._previous
+        continues = (
+            previous is not None
+            and previous.shape[0] == input_ids.shape[0]
+            and previous.shape[1] + 1 == input_ids.shape[1]
+            and torch.equal(previous, input_ids[:, :-1])
+        )
+        if not continues:
+            self._prompt_length = input_ids.shape[1]
+        self._previous = input_ids
+        return self._prompt_length
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        vocab = self.vocab
+        device = input_ids.device
+        batch, length = input_ids.shape
+        prompt_length = self._track_prompt(input_ids)
+
+        positions = torch.arange(length, device=device)
+        is_boi = input_ids == vocab.boi_token_id
+        last_boi = torch.where(is_boi, positions, -1).amax(dim=1)
+        last_eoi = torch.where(input_ids == vocab.eoi_token_id, positions, -1).amax(dim=1)
+        in_image = last_boi > last_eoi
+        # Every token after an open BOI is an image token (this processor allowed nothing else there).
+        produced = length - 1 - last_boi
+        image_full = in_image & (produced >= vocab.tokens_per_image)
+        drawing = in_image & ~image_full
+
+        no_new_image = torch.full((batch,), not self.allow_images, dtype=torch.bool, device=device)
+        if self.max_images is not None:
+            no_new_image |= is_boi[:, prompt_length:].sum(dim=1) >= self.max_images
+        if self.max_new_tokens is not None and prompt_length + self.max_new_tokens - length < vocab.span_length:
+            no_new_image = torch.ones_like(no_new_image)
+
+        ban_text, ban_text_no_boi, ban_drawing, ban_closing = self._ban_rows(scores.shape[-1], device)
+        ban = torch.where(no_new_image[:, None], ban_text_no_boi, ban_text)
+        ban = torch.where(drawing[:, None], ban_drawing, ban)
+        ban = torch.where(image_full[:, None], ban_closing, ban)
+        return scores.masked_fill(ban, float("-inf"))
+
+    def _ban_rows(self, vocab_size: int, device: torch.device) -> tuple[torch.Tensor, ...]:
+        key = (vocab_size, str(device))
+        if self._ban_cache_key != key:
+            image = self.vocab.image_token_mask(vocab_size, device)
+            eoi = torch.zeros_like(image)
+            eoi[self.vocab.eoi_token_id] = True
+            boi = torch.zeros_like(image)
+            boi[self.vocab.boi_token_id] = True
+            # Text mode: no image codes and no lone EOI. Drawing: codes only. Closing: EOI only.
+            ban_text = image | eoi
+            self._ban_cache = (ban_text, ban_text | boi, ~image, ~eoi)
+            self._ban_cache_key = key
+        return self._ban_cache

@@ -1,0 +1,416 @@
+"""The single source of truth for image tokens.
+
+Every image-token fact (BOI / EOI / placeholder ids, which vocabulary ids are image codes, the code grid, the VQ
+codebook) is read here from the model (and, when given, its processor). Collators, losses, generation, rewards and
+decoding ask an [`ImageVocabulary`]; none of them computes ids, offsets or grid sizes on its own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+
+def unwrap_model(model: Any) -> Any:
+    """Strips DDP / FSDP / DeepSpeed / PEFT wrappers and returns the underlying transformers model."""
+    seen = set()
+    while id(model) not in seen:
+        seen.add(id(model))
+        if hasattr(model, "module") and isinstance(model.module, torch.nn.Module):
+            model = model.module
+        elif hasattr(model, "get_base_model") and callable(model.get_base_model):
+            model = model.get_base_model()
+    return model
+
+
+def _chameleon_backbone(model: Any) -> Any:
+    """Returns the `ChameleonModel` inside a (wrapped) `ChameleonForConditionalGeneration` or `ChameleonModel`."""
+    model = unwrap_model(model)
+    config = getattr(model, "config", None)
+    model_type = getattr(config, "model_type", None)
+    if model_type != "chameleon":
+        raise ValueError(
+            f"trl-omni supports unified-token models of type 'chameleon' (Chameleon / Anole); got model_type="
+            f"{model_type!r} ({type(model).__name__}). Load an Anole checkpoint with "
+            "`trl_omni.load_omni_model(...)` or `ChameleonForConditionalGeneration.from_pretrained(...)`."
+        )
+    backbone = model.model if hasattr(model, "model") and hasattr(model.model, "vocabulary_mapping") else model
+    if not hasattr(backbone, "vocabulary_mapping") or not hasattr(backbone, "vqmodel"):
+        raise ValueError(f"{type(model).__name__} has no `vocabulary_mapping` / `vqmodel`: not a Chameleon model.")
+    return backbone
+
+
+def _gathered_copy(weight: torch.Tensor) -> torch.Tensor:
+    """A detached float32 CPU copy of `weight`, gathering it first when DeepSpeed ZeRO-3 has partitioned it."""
+    if hasattr(weight, "ds_id"):
+        import deepspeed  # only reachable when the parameter is a ZeRO-3 partition
+
+        with deepspeed.zero.GatheredParameters([weight], modifier_rank=None):
+            return weight.detach().float().cpu().clone()
+    if hasattr(weight, "full_tensor"):  # FSDP2 DTensor
+        weight = weight.full_tensor()
+    return weight.detach().float().cpu().clone()
+
+
+@dataclass
+class ImageSegment:
+    """One image segment found in a token sequence.
+
+    Attributes:
+        batch_index: Row of the batch holding the segment.
+        start: Position of the BOI token.
+        end: One past the last position of the segment (the EOI position + 1 when closed; otherwise the position
+            where the segment was cut: the next BOI, the first padding position, or the sequence length).
+        codes: VQ codes of the image tokens inside the segment, in order (1-D `LongTensor`).
+        complete: Whether the segment is closed by EOI and holds exactly `tokens_per_image` image tokens and
+            nothing else.
+    """
+
+    batch_index: int
+    start: int
+    end: int
+    codes: torch.Tensor
+    complete: bool
+
+
+@dataclass
+class ImageSegments:
+    """All image segments of a batch, as tensors (one entry per segment, ordered by row then position).
+
+    Attributes:
+        batch_index: `(N,)` row of each segment.
+        start: `(N,)` BOI position of each segment.
+        end: `(N,)` exclusive end of each segment (see [`ImageSegment`]).
+        complete: `(N,)` bool, whether each segment is a complete image.
+        num_image_tokens: `(N,)` number of image tokens inside each segment.
+        complete_codes: `(M, H, W)` codes of the `M` complete segments, in segment order.
+        complete_batch_index: `(M,)` row of each complete segment.
+        stray_image_tokens: `(B,)` image tokens found outside any segment, per row.
+    """
+
+    batch_index: torch.Tensor
+    start: torch.Tensor
+    end: torch.Tensor
+    complete: torch.Tensor
+    num_image_tokens: torch.Tensor
+    complete_codes: torch.Tensor
+    complete_batch_index: torch.Tensor
+    stray_image_tokens: torch.Tensor
+    _ids: torch.Tensor = field(repr=False)
+    _codes: torch.Tensor = field(repr=False)
+
+    def __len__(self) -> int:
+        return int(self.batch_index.numel())
+
+    def __iter__(self) -> Iterator[ImageSegment]:
+        for i in range(len(self)):
+            yield self[i]
+
+    def __getitem__(self, i: int) -> ImageSegment:
+        row, start, end = int(self.batch_index[i]), int(self.start[i]), int(self.end[i])
+        inner = self._codes[row, start + 1 : end]
+        return ImageSegment(row, start, end, inner[inner >= 0], bool(self.complete[i]))
+
+    def per_row(self, num_rows: int) -> list[list[ImageSegment]]:
+        """Groups the segments by batch row."""
+        rows: list[list[ImageSegment]] = [[] for _ in range(num_rows)]
+        for segment in self:
+            rows[segment.batch_index].append(segment)
+        return rows
+
+
+@dataclass
+class ImageVocabulary:
+    """Image-token facts of a unified-vocabulary model, read from the model itself.
+
+    Build it with [`ImageVocabulary.from_model`]; never construct the id tables by hand.
+
+    Attributes:
+        boi_token_id: Begin-of-image token id (`<racm3:break>` in Chameleon/Anole).
+        eoi_token_id: End-of-image token id (`<eoss>` in Chameleon/Anole).
+        image_placeholder_id: The processor's `<image>` placeholder (replaced by codes before training).
+        image_token_ids: `(K,)` LongTensor, `image_token_ids[code]` is the vocabulary id of VQ code `code`.
+        grid_size: `(H, W)` code grid of one image (row-major order in the sequence).
+        codebook: `(K, D)` frozen, detached float32 copy of the VQ codebook, taken before any distributed wrapping.
+        vocab_size: Size of the language-model vocabulary.
+        backend: Model family the facts were read from (`"chameleon"`).
+
+    Example:
+        ```python
+        >>> from trl_omni import ImageVocabulary
+        >>> from trl_omni.testing import tiny_chameleon
+        >>> model, processor = tiny_chameleon()
+        >>> vocab = ImageVocabulary.from_model(model, processor)
+        >>> vocab.grid_size, vocab.tokens_per_image
+        ((8, 8), 64)
+        >>> codes = vocab.ids_to_codes(vocab.codes_to_ids(torch.arange(vocab.num_codes)))
+        ```
+    """
+
+    boi_token_id: int
+    eoi_token_id: int
+    image_placeholder_id: int | None
+    image_token_ids: torch.Tensor
+    grid_size: tuple[int, int]
+    codebook: torch.Tensor
+    vocab_size: int
+    backend: str = "chameleon"
+    _id_to_code: torch.Tensor = field(init=False, repr=False)
+    _device_cache: dict = field(init=False, repr=False, default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.image_token_ids = self.image_token_ids.long().cpu()
+        if self.codebook.shape[0] != self.image_token_ids.numel():
+            raise ValueError(
+                f"Codebook has {self.codebook.shape[0]} entries but the vocabulary maps "
+                f"{self.image_token_ids.numel()} image tokens."
+            )
+        lookup = torch.full((self.vocab_size,), -1, dtype=torch.long)
+        lookup[self.image_token_ids] = torch.arange(self.image_token_ids.numel())
+        self._id_to_code = lookup
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_model(cls, model: Any, processor: Any | None = None) -> "ImageVocabulary":
+        """Reads the image-token facts from a (possibly PEFT- or accelerate-wrapped) model.
+
+        Args:
+            model: A `ChameleonForConditionalGeneration` / `ChameleonModel` (Chameleon or Anole).
+            processor: Optional `ChameleonProcessor`. When given, its BOI / EOI / placeholder ids and
+                `image_seq_length` are checked against the model's and must agree.
+
+        Returns:
+            An [`ImageVocabulary`].
+        """
+        backbone = _chameleon_backbone(model)
+        config = unwrap_model(model).config
+        mapping = backbone.vocabulary_mapping
+        vocab_map = config.vocabulary_map or {}
+        # bpe2img is cached before `enable_image_generation` empties `image_tokens`, so it stays complete.
+        bpe2img: dict[int, int] = mapping.bpe2img
+        if not bpe2img:
+            raise ValueError("The model's vocabulary_map holds no image tokens (names starting with 'IMGIMG').")
+        num_codes = max(bpe2img.values()) + 1
+        image_token_ids = torch.full((num_codes,), -1, dtype=torch.long)
+        for token_id, code in bpe2img.items():
+            image_token_ids[code] = token_id
+        if (image_token_ids < 0).any():
+            missing = (image_token_ids < 0).nonzero().flatten()[:5].tolist()
+            raise ValueError(f"The vocabulary_map has no image token for codes {missing}...")
+
+        boi = vocab_map.get("<racm3:break>")
+        eoi = vocab_map.get("<eoss>")
+        placeholder = mapping.image_token_id
+        vq_config = config.vq_config
+        side = vq_config.resolution // 2 ** (len(vq_config.channel_multiplier) - 1)
+        grid = (side, side)
+        if processor is not None:
+            boi = processor.image_start_token_id
+            eoi = processor.image_end_token_id
+            placeholder = processor.image_token_id
+            if processor.image_seq_length != grid[0] * grid[1]:
+                raise ValueError(
+                    f"processor.image_seq_length={processor.image_seq_length} but the VQ model produces a "
+                    f"{grid[0]}x{grid[1]} grid ({grid[0] * grid[1]} tokens): processor and model do not match."
+                )
+        if boi is None or eoi is None:
+            raise ValueError("Could not find the BOI ('<racm3:break>') / EOI ('<eoss>') ids; pass the processor.")
+
+        embedding = backbone.vqmodel.quantize.embedding.weight
+        codebook = _gathered_copy(embedding)
+        if codebook.shape[0] != num_codes:
+            raise ValueError(f"VQ codebook has {codebook.shape[0]} codes, the vocabulary maps {num_codes}.")
+        return cls(
+            boi_token_id=int(boi),
+            eoi_token_id=int(eoi),
+            image_placeholder_id=None if placeholder is None else int(placeholder),
+            image_token_ids=image_token_ids,
+            grid_size=grid,
+            codebook=codebook,
+            vocab_size=int(config.vocab_size),
+        )
+
+    # ------------------------------------------------------------------ basic facts
+    @property
+    def num_codes(self) -> int:
+        return int(self.image_token_ids.numel())
+
+    @property
+    def codebook_dim(self) -> int:
+        return int(self.codebook.shape[1])
+
+    @property
+    def tokens_per_image(self) -> int:
+        """Number of image tokens between BOI and EOI for one image."""
+        return self.grid_size[0] * self.grid_size[1]
+
+    @property
+    def span_length(self) -> int:
+        """Length of one full image span in a sequence (BOI + image tokens + EOI)."""
+        return self.tokens_per_image + 2
+
+    def _on(self, name: str, tensor: torch.Tensor, device: torch.device | str) -> torch.Tensor:
+        key = (name, str(torch.device(device)))
+        cached = self._device_cache.get(key)
+        if cached is None:
+            cached = tensor.to(device)
+            self._device_cache[key] = cached
+        return cached
+
+    def codebook_on(self, device: torch.device | str, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """The frozen codebook on `device` in `dtype` (cached)."""
+        key = ("codebook", str(torch.device(device)), dtype)
+        cached = self._device_cache.get(key)
+        if cached is None:
+            cached = self.codebook.to(device=device, dtype=dtype)
+            self._device_cache[key] = cached
+        return cached
+
+    def image_token_mask(self, vocab_size: int | None = None, device: torch.device | str = "cpu") -> torch.Tensor:
+        """`(V,)` bool mask over the vocabulary, True at image-token ids."""
+        size = vocab_size or self.vocab_size
+        key = ("vocab_mask", str(torch.device(device)), size)
+        cached = self._device_cache.get(key)
+        if cached is None:
+            cached = torch.zeros(size, dtype=torch.bool)
+            cached[self.image_token_ids[self.image_token_ids < size]] = True
+            cached = cached.to(device)
+            self._device_cache[key] = cached
+        return cached
+
+    # ------------------------------------------------------------------ ids <-> codes
+    def ids_to_codes(self, ids: torch.Tensor) -> torch.Tensor:
+        """Maps token ids to VQ codes elementwise; non-image ids map to -1. Any shape, any device."""
+        ids = torch.as_tensor(ids)
+        lookup = self._on("id_to_code", self._id_to_code, ids.device)
+        in_range = (ids >= 0) & (ids < self.vocab_size)
+        return torch.where(in_range, lookup[ids.clamp(0, self.vocab_size - 1)], -1)
+
+    def codes_to_ids(self, codes: torch.Tensor) -> torch.Tensor:
+        """Maps VQ codes to token ids elementwise. Raises on codes outside `[0, num_codes)`."""
+        codes = torch.as_tensor(codes)
+        if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= self.num_codes):
+            raise ValueError(
+                f"Image codes must lie in [0, {self.num_codes}); got values in [{int(codes.min())}, "
+                f"{int(codes.max())}]. Were these token ids rather than codes? Use `ids_to_codes` first."
+            )
+        return self._on("code_to_id", self.image_token_ids, codes.device)[codes.long()]
+
+    def is_image_token(self, ids: torch.Tensor) -> torch.Tensor:
+        """Bool tensor, True where `ids` are image-code tokens (BOI / EOI / placeholder excluded)."""
+        return self.ids_to_codes(ids) >= 0
+
+    def image_span_ids(self, codes: torch.Tensor | Sequence[int]) -> torch.Tensor:
+        """The full in-sequence span for one image: `BOI + ids(codes) + EOI`.
+
+        Args:
+            codes: `H*W` codes in row-major order (flat or `(H, W)`).
+        """
+        codes = torch.as_tensor(codes, dtype=torch.long).flatten()
+        if codes.numel() != self.tokens_per_image:
+            raise ValueError(
+                f"An image needs exactly {self.tokens_per_image} codes ({self.grid_size[0]}x{self.grid_size[1]}); "
+                f"got {codes.numel()}."
+            )
+        ids = self.codes_to_ids(codes)
+        boi = torch.tensor([self.boi_token_id], dtype=torch.long, device=ids.device)
+        eoi = torch.tensor([self.eoi_token_id], dtype=torch.long, device=ids.device)
+        return torch.cat([boi, ids, eoi])
+
+    # ------------------------------------------------------------------ segments
+    def parse_segments(
+        self,
+        ids: torch.Tensor | Sequence[Sequence[int]],
+        attention_mask: torch.Tensor | None = None,
+    ) -> ImageSegments:
+        """Finds every image segment in a batch of token sequences, without a per-token Python loop.
+
+        A segment opens at each BOI and runs to the first EOI after it. It is cut (incomplete) when another BOI,
+        padding (where `attention_mask` is 0) or the end of the row comes first. A segment is complete when it is
+        closed by EOI and holds exactly `tokens_per_image` tokens, all of them image tokens. Image tokens outside
+        every segment are counted as stray, per row. EOI tokens outside a segment are ignored.
+
+        Args:
+            ids: `(B, L)` LongTensor (right or left padded) or a list of id lists of any lengths.
+            attention_mask: Optional `(B, L)` mask; positions where it is 0 are treated as absent.
+
+        Returns:
+            [`ImageSegments`].
+        """
+        if not isinstance(ids, torch.Tensor):
+            rows = [torch.as_tensor(list(r), dtype=torch.long) for r in ids]
+            length = max((r.numel() for r in rows), default=0)
+            padded = torch.zeros(len(rows), length, dtype=torch.long)
+            mask = torch.zeros(len(rows), length, dtype=torch.bool)
+            for i, row in enumerate(rows):
+                padded[i, : row.numel()] = row
+                mask[i, : row.numel()] = True
+            ids, attention_mask = padded, mask
+        ids = ids.long()
+        if ids.dim() == 1:
+            ids = ids.unsqueeze(0)
+        device = ids.device
+        batch, length = ids.shape
+        valid = torch.ones_like(ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
+
+        codes = torch.where(valid, self.ids_to_codes(ids), -1)
+        is_image = codes >= 0
+        is_boi = (ids == self.boi_token_id) & valid
+        is_eoi = (ids == self.eoi_token_id) & valid
+        # A segment is cut by the next BOI, the next EOI (which closes it) or the next absent position.
+        is_stop = is_boi | is_eoi | ~valid
+        positions = torch.arange(length, device=device).expand(batch, length)
+        stop_pos = torch.where(is_stop, positions, torch.full_like(positions, length))
+        # next_stop[b, t] = first stop position >= t (length when none).
+        next_stop = torch.flip(torch.cummin(torch.flip(stop_pos, [1]), dim=1).values, [1])
+        next_stop = torch.cat([next_stop, torch.full((batch, 1), length, device=device, dtype=torch.long)], dim=1)
+
+        seg_rows, seg_starts = is_boi.nonzero(as_tuple=True)
+        stop = next_stop[seg_rows, seg_starts + 1]
+        closed_by_eoi = torch.zeros_like(stop, dtype=torch.bool)
+        inside = stop < length
+        closed_by_eoi[inside] = is_eoi[seg_rows[inside], stop[inside]]
+        seg_ends = torch.where(closed_by_eoi, stop + 1, stop)
+
+        image_cumsum = torch.cat(
+            [torch.zeros(batch, 1, dtype=torch.long, device=device), is_image.long().cumsum(dim=1)], dim=1
+        )
+        inner_images = image_cumsum[seg_rows, stop] - image_cumsum[seg_rows, seg_starts + 1]
+        inner_length = stop - seg_starts - 1
+        complete = closed_by_eoi & (inner_length == self.tokens_per_image) & (inner_images == inner_length)
+
+        # Stray image tokens: image tokens not covered by any segment span.
+        coverage = torch.zeros(batch, length + 1, dtype=torch.long, device=device)
+        coverage.index_put_((seg_rows, seg_starts), torch.ones_like(seg_starts), accumulate=True)
+        coverage.index_put_((seg_rows, seg_ends), -torch.ones_like(seg_ends), accumulate=True)
+        covered = coverage.cumsum(dim=1)[:, :length] > 0
+        stray = (is_image & ~covered).sum(dim=1)
+
+        h, w = self.grid_size
+        c_rows, c_starts = seg_rows[complete], seg_starts[complete]
+        offsets = torch.arange(1, self.tokens_per_image + 1, device=device)
+        gather_pos = (c_starts[:, None] + offsets[None, :]).clamp(max=max(length - 1, 0))
+        complete_codes = codes[c_rows[:, None], gather_pos].reshape(-1, h, w)
+
+        return ImageSegments(
+            batch_index=seg_rows,
+            start=seg_starts,
+            end=seg_ends,
+            complete=complete,
+            num_image_tokens=inner_images,
+            complete_codes=complete_codes,
+            complete_batch_index=c_rows,
+            stray_image_tokens=stray,
+            _ids=ids,
+            _codes=codes,
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"ImageVocabulary(backend={self.backend!r}, num_codes={self.num_codes}, grid_size={self.grid_size}, "
+            f"boi={self.boi_token_id}, eoi={self.eoi_token_id}, placeholder={self.image_placeholder_id}, "
+            f"codebook_dim={self.codebook_dim})"
+        )
