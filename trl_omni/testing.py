@@ -4,7 +4,8 @@
 BPE tokenizer trained on an embedded corpus, the Chameleon special tokens (`<image>`, BOI `<racm3:break>`, EOI
 `<eoss>`), the Omni-R1 reasoning/answer control tokens, and one `IMGIMG...` token per VQ code. The image-token ids
 are deliberately a *shuffled, offset* block of the vocabulary, so code that assumes `id = code + constant` fails
-in tests instead of in production.
+in tests instead of in production. (transformers' `vocabulary_mapping.bpe2img_search_tensors` sorts ids and codes
+independently, so it is only right for monotonic mappings such as Anole's; trl-omni never uses it.)
 """
 
 from __future__ import annotations

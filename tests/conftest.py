@@ -1,0 +1,32 @@
+import os
+
+
+# No hub access exists on these machines: every test builds its models in code.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny():
+    """A shared tiny Chameleon + processor. Tests must not modify it in place (use `tiny_chameleon()` for that)."""
+    from trl_omni.testing import tiny_chameleon
+
+    return tiny_chameleon(seed=0)
+
+
+@pytest.fixture(scope="session")
+def vocab(tiny):
+    from trl_omni import ImageVocabulary
+
+    model, processor = tiny
+    return ImageVocabulary.from_model(model, processor)
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
