@@ -104,17 +104,39 @@ class ImageSpanLogitsProcessor(LogitsProcessor):
         self.max_images = max_images
         self.max_new_tokens = max_new_tokens
         self.allow_images = allow_images
-        self._prompt_length: int | None = None
         self._previous: torch.Tensor | None = None
-        self._ban_cache_key: tuple | None = None
-        self._ban_cache: tuple[torch.Tensor, ...] = ()
+        self._bias_key: tuple | None = None
+        self._bias = torch.empty(0)
 
     def reset(self) -> None:
         """Forgets the current generation (done automatically when a new `generate` call starts)."""
-        self._prompt_length = None
         self._previous = None
 
-    def _track_prompt(self, input_ids: torch.Tensor) -> int:
+    # Row modes, used as indices into the per-mode bias table.
+    _TEXT, _TEXT_NO_IMAGE, _DRAWING, _CLOSING = 0, 1, 2, 3
+
+    def _scan(self, input_ids: torch.LongTensor) -> None:
+        """Full vectorised state scan, at the first step of a generation."""
+        vocab = self.vocab
+        length = input_ids.shape[1]
+        positions = torch.arange(length, device=input_ids.device)
+        last_boi = torch.where(input_ids == vocab.boi_token_id, positions, -1).amax(dim=1)
+        last_eoi = torch.where(input_ids == vocab.eoi_token_id, positions, -1).amax(dim=1)
+        self._in_image = last_boi > last_eoi
+        # Every token after an open BOI is an image token (this processor allows nothing else there).
+        self._produced = length - 1 - last_boi
+        self._opened = torch.zeros_like(last_boi)  # images opened by the completion, not the prompt
+        self._prompt_length = length
+
+    def _advance(self, input_ids: torch.LongTensor) -> None:
+        """O(batch) state update from the token sampled at the previous step."""
+        last = input_ids[:, -1]
+        is_boi = last == self.vocab.boi_token_id
+        self._produced = torch.where(is_boi, 0, self._produced + self._in_image.long())
+        self._in_image = (self._in_image & (last != self.vocab.eoi_token_id)) | is_boi
+        self._opened = self._opened + is_boi.long()
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         previous = self._previous
         continues = (
             previous is not None
@@ -122,49 +144,38 @@ class ImageSpanLogitsProcessor(LogitsProcessor):
             and previous.shape[1] + 1 == input_ids.shape[1]
             and torch.equal(previous, input_ids[:, :-1])
         )
-        if not continues:
-            self._prompt_length = input_ids.shape[1]
+        if continues:
+            self._advance(input_ids)
+        else:
+            self._scan(input_ids)
         self._previous = input_ids
-        return self._prompt_length
 
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        vocab = self.vocab
-        device = input_ids.device
-        batch, length = input_ids.shape
-        prompt_length = self._track_prompt(input_ids)
+        no_new_image = self._opened >= self.max_images if self.max_images is not None else None
+        budget_left = None if self.max_new_tokens is None else self._prompt_length + self.max_new_tokens
+        if not self.allow_images or (
+            budget_left is not None and budget_left - input_ids.shape[1] < self.vocab.span_length
+        ):
+            text_mode = self._TEXT_NO_IMAGE
+        elif no_new_image is not None:
+            text_mode = no_new_image.long()  # _TEXT (0) or _TEXT_NO_IMAGE (1)
+        else:
+            text_mode = self._TEXT
+        image_mode = self._DRAWING + (self._produced >= self.vocab.tokens_per_image).long()
+        mode = torch.where(self._in_image, image_mode, text_mode)
+        return scores + self._bias_table(scores)[mode]
 
-        positions = torch.arange(length, device=device)
-        is_boi = input_ids == vocab.boi_token_id
-        last_boi = torch.where(is_boi, positions, -1).amax(dim=1)
-        last_eoi = torch.where(input_ids == vocab.eoi_token_id, positions, -1).amax(dim=1)
-        in_image = last_boi > last_eoi
-        # Every token after an open BOI is an image token (this processor allowed nothing else there).
-        produced = length - 1 - last_boi
-        image_full = in_image & (produced >= vocab.tokens_per_image)
-        drawing = in_image & ~image_full
-
-        no_new_image = torch.full((batch,), not self.allow_images, dtype=torch.bool, device=device)
-        if self.max_images is not None:
-            no_new_image |= is_boi[:, prompt_length:].sum(dim=1) >= self.max_images
-        if self.max_new_tokens is not None and prompt_length + self.max_new_tokens - length < vocab.span_length:
-            no_new_image = torch.ones_like(no_new_image)
-
-        ban_text, ban_text_no_boi, ban_drawing, ban_closing = self._ban_rows(scores.shape[-1], device)
-        ban = torch.where(no_new_image[:, None], ban_text_no_boi, ban_text)
-        ban = torch.where(drawing[:, None], ban_drawing, ban)
-        ban = torch.where(image_full[:, None], ban_closing, ban)
-        return scores.masked_fill(ban, float("-inf"))
-
-    def _ban_rows(self, vocab_size: int, device: torch.device) -> tuple[torch.Tensor, ...]:
-        key = (vocab_size, str(device))
-        if self._ban_cache_key != key:
+    def _bias_table(self, scores: torch.Tensor) -> torch.Tensor:
+        key = (scores.shape[-1], str(scores.device), scores.dtype)
+        if self._bias_key != key:
+            vocab_size, device = scores.shape[-1], scores.device
             image = self.vocab.image_token_mask(vocab_size, device)
             eoi = torch.zeros_like(image)
             eoi[self.vocab.eoi_token_id] = True
             boi = torch.zeros_like(image)
             boi[self.vocab.boi_token_id] = True
-            # Text mode: no image codes and no lone EOI. Drawing: codes only. Closing: EOI only.
-            ban_text = image | eoi
-            self._ban_cache = (ban_text, ban_text | boi, ~image, ~eoi)
-            self._ban_cache_key = key
-        return self._ban_cache
+            # Text: no image codes and no lone EOI. Drawing: codes only. Closing: EOI only.
+            bans = torch.stack([image | eoi, image | eoi | boi, ~image, ~eoi])
+            table = torch.zeros(bans.shape, dtype=scores.dtype, device=device)
+            self._bias = table.masked_fill(bans, float("-inf"))
+            self._bias_key = key
+        return self._bias
