@@ -290,3 +290,40 @@ def test_batches_from_arrow_dataset(tiny_data, tmp_path):
     from_arrow = collator(list(loaded))
     expected_rows = [{**row, "answer": row["answer"].lower()} for row in rows]
     assert torch.equal(from_arrow["input_ids"], InterleavedDataCollator(processor, vocab)(expected_rows)["input_ids"])
+
+
+def test_sft_trainer_trains_on_collator_batches(tmp_path):
+    import math
+
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    from trl_omni.testing import tiny_chameleon
+
+    model, processor = tiny_chameleon(seed=1)
+    vocab = ImageVocabulary.from_model(model, processor)
+    dataset = Dataset.from_list(interleaved_rows(vocab, num_rows=4, seed=1), features=interleaved_features())
+    args = SFTConfig(
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=2,
+        max_steps=2,
+        learning_rate=1e-2,
+        bf16=False,
+        use_cpu=True,
+        report_to="none",
+        save_strategy="no",
+        remove_unused_columns=False,
+        dataset_kwargs={"skip_prepare_dataset": True},
+    )
+    before = {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
+    trainer = SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=dataset,
+        processing_class=processor.tokenizer,
+        data_collator=InterleavedDataCollator(processor, vocab),
+    )
+    loss = trainer.train().training_loss
+    assert math.isfinite(loss)
+    changed = [name for name, p in model.named_parameters() if name in before and not torch.equal(before[name], p)]
+    assert "lm_head.weight" in changed and len(changed) > len(before) // 2

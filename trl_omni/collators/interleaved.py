@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Mapping, Sequence
+from itertools import chain
 from typing import Any
 
 import torch
@@ -196,6 +197,7 @@ class InterleavedDataCollator:
             forbidden[image_vocabulary.image_placeholder_id] = True
         self._forbidden = torch.cat([forbidden, torch.zeros(max(len(self.tokenizer) - size, 0), dtype=torch.bool)])
         self._text_cache: dict[str, torch.Tensor] = {}
+        self._bad_texts: set[str] = set()
         self.stats = {"rows": 0, "batches": 0, "dropped": 0, "truncated": 0, "images_encoded": 0}
 
     # ------------------------------------------------------------------ public API
@@ -205,12 +207,12 @@ class InterleavedDataCollator:
     def torch_call(self, rows: list[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
         """Builds the batch. See the class docstring for the layout."""
         encoded = self._encode_rows(rows, with_completion=True)
-        kept_ids, kept_trained = [], []
-        for position, (row, (ids, trained, image_starts, image_ends)) in enumerate(zip(rows, encoded)):
-            ids, trained = self._apply_length_policy(row, position, ids, trained, image_starts, image_ends)
+        kept_ids, kept_prompt_lengths = [], []
+        for position, (row, (ids, prompt_length, image_starts, image_ends)) in enumerate(zip(rows, encoded)):
+            ids = self._apply_length_policy(row, position, ids, prompt_length, image_starts, image_ends)
             if ids is not None:
                 kept_ids.append(ids)
-                kept_trained.append(trained)
+                kept_prompt_lengths.append(prompt_length)
         self.stats["rows"] += len(rows)
         self.stats["batches"] += 1
         if not kept_ids:
@@ -219,7 +221,7 @@ class InterleavedDataCollator:
                 f"dropped (length_policy={self.length_policy!r}). Fix: raise max_length, use "
                 "length_policy='truncate', or filter long rows out of the dataset beforehand."
             )
-        return self._pad(kept_ids, kept_trained)
+        return self._pad(kept_ids, kept_prompt_lengths)
 
     def encode_prompt(self, row: Mapping[str, Any]) -> list[int]:
         """Token ids of a row's prompt, images spliced in, laid out by the template up to where the model writes.
@@ -364,15 +366,22 @@ class InterleavedDataCollator:
 
     # ------------------------------------------------------------------ encoding
     def _tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
-        missing = [text for text in dict.fromkeys(texts) if text not in self._text_cache]
-        if missing:
-            encoded = self.tokenizer(missing, add_special_tokens=False)["input_ids"]
-            new = dict(zip(missing, (torch.tensor(ids, dtype=torch.long) for ids in encoded)))
-            # Only fixed template strings are worth keeping; row texts are seen once per epoch.
-            if len(self._text_cache) < 4096:
-                self._text_cache.update((text, ids) for text, ids in new.items() if text in self._constant_texts())
-            return {**self._text_cache, **new}
-        return self._text_cache
+        """Token ids of each distinct text: one batched tokenizer call, one tensor, one forbidden-id check."""
+        unique = [text for text in dict.fromkeys(texts) if text not in self._text_cache]
+        table = dict(self._text_cache)
+        if unique:
+            encoded = self.tokenizer(unique, add_special_tokens=False)["input_ids"]
+            lengths = [len(ids) for ids in encoded]
+            flat = torch.tensor(list(chain.from_iterable(encoded)), dtype=torch.long)
+            table.update(zip(unique, torch.split(flat, lengths)))
+            self._bad_texts = set()
+            if flat.numel() and bool(self._forbidden[flat].any()):
+                self._bad_texts = {text for text in unique if bool(self._forbidden[table[text]].any())}
+            constants = self._constant_texts()
+            self._text_cache.update((text, table[text]) for text in unique if text in constants)
+        else:
+            self._bad_texts = set()
+        return table
 
     def _constant_texts(self) -> set[str]:
         cached = getattr(self, "_constants", None)
@@ -424,14 +433,19 @@ class InterleavedDataCollator:
 
     def _encode_rows(
         self, rows: Sequence[Mapping[str, Any]], with_completion: bool
-    ) -> list[tuple[torch.Tensor, torch.Tensor, list[int], list[int]]]:
-        """Per row: `(ids, trained, image_starts, image_ends)` before any length policy."""
+    ) -> list[tuple[torch.Tensor, int, list[int], list[int]]]:
+        """Per row: `(ids, prompt_length, image_starts, image_ends)` before any length policy.
+
+        Every template lays a row out as a masked prompt followed by the trained completion, so one prompt length per
+        row describes the labels.
+        """
         names = [self._row_name(row, position) for position, row in enumerate(rows)]
         row_chunks = [self._row_chunks(row, name, with_completion) for row, name in zip(rows, names)]
 
         texts = [chunk[1] for chunks in row_chunks for chunk in chunks if chunk[0] == _TEXT]
         token_table = self._tokenize(texts) if texts else {}
-        self._check_text_tokens(row_chunks, names, token_table)
+        if texts and self._bad_texts:
+            self._raise_bad_text(row_chunks, names, token_table)
 
         image_items = [
             (name, chunk[1], chunk[3])
@@ -443,8 +457,10 @@ class InterleavedDataCollator:
 
         results = []
         for chunks in row_chunks:
-            pieces, lengths, flags, starts, ends, offset = [], [], [], [], [], 0
+            pieces, starts, ends, offset, prompt_length = [], [], [], 0, None
             for kind, payload, trained, _ in chunks:
+                if trained and prompt_length is None:
+                    prompt_length = offset
                 if kind == _TEXT:
                     piece = token_table[payload]
                 elif kind == _IDS:
@@ -454,29 +470,16 @@ class InterleavedDataCollator:
                     starts.append(offset)
                     ends.append(offset + piece.numel())
                 pieces.append(piece)
-                lengths.append(piece.numel())
-                flags.append(trained)
                 offset += piece.numel()
             ids = torch.cat(pieces) if pieces else torch.empty(0, dtype=torch.long)
-            trained = torch.repeat_interleave(torch.tensor(flags, dtype=torch.bool), torch.tensor(lengths))
-            results.append((ids, trained, starts, ends))
+            results.append((ids, offset if prompt_length is None else prompt_length, starts, ends))
         return results
 
-    def _check_text_tokens(self, row_chunks, names, token_table) -> None:
-        """One vectorised look-up over every text token of the batch; names the first offending field."""
-        if not token_table:
-            return
-        table_keys = list(token_table)
-        flat = torch.cat([token_table[key] for key in table_keys])
-        if flat.numel() == 0:
-            return
-        bad = self._forbidden[flat.clamp(max=self._forbidden.numel() - 1)] & (flat < self._forbidden.numel())
-        if not bool(bad.any()):
-            return
-        offenders = {key for key in table_keys if bool(self._forbidden[token_table[key]].any())}
+    def _raise_bad_text(self, row_chunks, names, token_table) -> None:
+        """Names the first text field that tokenizes to an image / BOI / EOI / placeholder id."""
         for name, chunks in zip(names, row_chunks):
             for kind, payload, _, field in chunks:
-                if kind == _TEXT and payload in offenders:
+                if kind == _TEXT and payload in self._bad_texts:
                     token_ids = token_table[payload]
                     token = self.tokenizer.convert_ids_to_tokens(int(token_ids[self._forbidden[token_ids]][0]))
                     raise InterleavedDataError(
@@ -488,9 +491,9 @@ class InterleavedDataCollator:
                     )
 
     # ------------------------------------------------------------------ length policy and padding
-    def _apply_length_policy(self, row, position, ids, trained, image_starts, image_ends):
+    def _apply_length_policy(self, row, position, ids, prompt_length, image_starts, image_ends):
         if self.max_length is None or ids.numel() <= self.max_length:
-            return ids, trained
+            return ids
         name = self._row_name(row, position)
         if self.length_policy == "truncate":
             cut = self.max_length
@@ -498,9 +501,9 @@ class InterleavedDataCollator:
                 if start < cut < end:  # never cut inside an image span: cut before its BOI
                     cut = start
                     break
-            if bool(trained[:cut].any()):
+            if cut > prompt_length:
                 self.stats["truncated"] += 1
-                return ids[:cut], trained[:cut]
+                return ids[:cut]
             reason = "nothing trainable is left before max_length"
         else:
             reason = "length_policy='drop'"
@@ -513,23 +516,18 @@ class InterleavedDataCollator:
             reason,
             self.stats["dropped"],
         )
-        return None, None
+        return None
 
-    def _pad(self, ids_list: list[torch.Tensor], trained_list: list[torch.Tensor]) -> dict[str, torch.Tensor]:
-        lengths = torch.tensor([ids.numel() for ids in ids_list])
-        length = int(lengths.max())
+    def _pad(self, ids_list: list[torch.Tensor], prompt_lengths: list[int]) -> dict[str, torch.Tensor]:
+        lengths = [ids.numel() for ids in ids_list]
+        length = max(lengths)
         if self.pad_to_multiple_of:
             length = -(-length // self.pad_to_multiple_of) * self.pad_to_multiple_of
-        flat_ids = torch.cat(ids_list)
-        flat_trained = torch.cat(trained_list)
-        # Scatter every row into the right-padded batch with one indexed assignment.
-        rows = torch.repeat_interleave(torch.arange(len(ids_list)), lengths)
-        row_starts = torch.cumsum(lengths, 0) - lengths
-        columns = torch.arange(flat_ids.numel()) - torch.repeat_interleave(row_starts, lengths)
         input_ids = torch.full((len(ids_list), length), self.pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(ids_list), length), dtype=torch.long)
-        labels = torch.full((len(ids_list), length), -100, dtype=torch.long)
-        input_ids[rows, columns] = flat_ids
-        attention_mask[rows, columns] = 1
-        labels[rows, columns] = torch.where(flat_trained, flat_ids, -100)
+        for row, ids in enumerate(ids_list):  # one slice copy per row
+            input_ids[row, : ids.numel()] = ids
+        positions = torch.arange(length)
+        attention_mask = (positions < torch.tensor(lengths)[:, None]).long()
+        trained = attention_mask.bool() & (positions >= torch.tensor(prompt_lengths)[:, None])
+        labels = input_ids.masked_fill(~trained, -100)
         return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
