@@ -81,12 +81,13 @@ def test_cached_on_disk_never_reencodes(tiny_pre, tmp_path):
     assert other.num_images_encoded == 9  # a different VQ model changes the fingerprint
 
 
-@pytest.mark.parametrize("path", ["../outside.png", "/etc/passwd", "sub/../../outside.png"])
+@pytest.mark.parametrize("path", ["../outside.png", "/etc/passwd", "sub/../../outside.png", "link.png"])
 def test_path_escaping_the_root_is_refused(tiny_pre, tmp_path, path):
     model, processor, _ = tiny_pre
     root = tmp_path / "root"
     root.mkdir()
     make_image().save(tmp_path / "outside.png")
+    (root / "link.png").symlink_to(tmp_path / "outside.png")  # a symbolic link leading out of the root
     rows = [{"id": "x", "prompt": [text_part("Q"), image_part(path=path)], "completion": [], "answer": "A"}]
     with pytest.raises(InterleavedDataError, match=r"Row 0, field 'prompt\[1\]\.path'.*outside the image root.*Fix:"):
         pretokenize_images(_dataset(rows), model, processor, image_root=root)
@@ -142,6 +143,17 @@ def test_odd_images_are_encoded(tiny_pre):
     out = pretokenize_images(_dataset(rows), model, processor, batch_size=4)
     codes = torch.tensor([row["prompt"][0]["codes"] for row in out])
     assert codes.shape == (6, 64)
+
+
+def test_decompression_bomb_is_a_clear_error(tiny_pre, monkeypatch):
+    from PIL import Image
+
+    model, processor, _ = tiny_pre
+    data = image_to_bytes(make_image((100, 100)))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 10,000 pixels > 2x the limit: refused by PIL
+    rows = [{"id": "big", "prompt": [image_part(bytes=data)], "completion": [], "answer": "A"}]
+    with pytest.raises(InterleavedDataError, match=r"Row 0, field 'prompt\[0\]\.bytes'.*too large.*MAX_IMAGE_PIXELS"):
+        pretokenize_images(_dataset(rows), model, processor)
 
 
 def test_reserved_top_level_column_refused(tiny_pre):

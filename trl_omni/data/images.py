@@ -46,7 +46,14 @@ def _decode_bytes(data: bytes, row: Any, field: str):
     try:
         image = Image.open(io.BytesIO(data))
         image.load()  # decode now, so a truncated / corrupt file fails here with the row named
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+    except Image.DecompressionBombError as error:
+        raise InterleavedDataError(
+            row,
+            field,
+            f"the image is too large to decode safely ({error}).",
+            "downscale the image, or raise `PIL.Image.MAX_IMAGE_PIXELS` if the source is trusted.",
+        ) from error
+    except (OSError, SyntaxError, ValueError) as error:
         raise InterleavedDataError(
             row,
             field,
