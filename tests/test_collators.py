@@ -194,6 +194,31 @@ def test_encode_prompt_is_prefix(tiny_data, template):
     assert collator.encode_prompt({"prompt": rows[0]["prompt"]}) == prompts[0]
 
 
+def test_encode_prompt_batch_left_padded_generates(tiny_data):
+    from transformers import LogitsProcessorList
+
+    from trl_omni.models import ImageSpanLogitsProcessor
+
+    model, processor, vocab = tiny_data
+    rows = [_row(vocab, seed=13, prompt_images=0), _row(vocab, seed=14, prompt_images=2)]
+    collator = InterleavedDataCollator(processor, vocab, template="templated")
+    inputs = collator.encode_prompt_batch(rows)
+    prompts = collator.encode_prompts(rows)
+    for r, prompt_ids in enumerate(prompts):
+        assert int(inputs["attention_mask"][r].sum()) == len(prompt_ids)
+        assert inputs["input_ids"][r, -len(prompt_ids) :].tolist() == prompt_ids  # left padded
+    right = collator.encode_prompt_batch(rows, padding_side="right")
+    assert right["input_ids"][0, : len(prompts[0])].tolist() == prompts[0]
+    out = model.generate(
+        **inputs,
+        max_new_tokens=4,
+        do_sample=False,
+        logits_processor=LogitsProcessorList([ImageSpanLogitsProcessor(vocab)]),
+        pad_token_id=processor.tokenizer.pad_token_id,
+    )
+    assert out.shape == (2, inputs["input_ids"].shape[1] + 4)
+
+
 def test_length_policy_drop_counts_and_warns(tiny_data, caplog):
     _, processor, vocab = tiny_data
     short = {"id": "short", "prompt": "Hi", "completion": "Ok", "answer": "A"}

@@ -7,7 +7,8 @@ Stable interface (consumed by the trainers):
   completion: text, images (BOI, codes, EOI) and the final EOS. Completion image-token positions are exactly
   `image_vocabulary.is_image_token(labels)` (PeSFT relies on that; prompt images never appear in `labels`).
 - `collator.encode_prompt(row) -> list[int]` / `collator.encode_prompts(rows)`: the prompt of a row with its images
-  spliced in, laid out by the same template, ending where the model should start writing (for RL trainers).
+  spliced in, laid out by the same template, ending where the model should start writing (for RL trainers);
+  `collator.encode_prompt_batch(rows, padding_side="left")`: the same, padded, ready for `model.generate`.
 - `collator.stats`: counters (`rows`, `batches`, `dropped`, `truncated`, `images_encoded`).
 
 Text pieces are tokenized separately (one batched tokenizer call per batch) and image spans are spliced between
@@ -236,6 +237,29 @@ class InterleavedDataCollator:
     def encode_prompts(self, rows: Sequence[Mapping[str, Any]]) -> list[list[int]]:
         """Batched [`encode_prompt`] (one tokenizer call, one image-encoder call)."""
         return [ids.tolist() for ids, _, _, _ in self._encode_rows(rows, with_completion=False)]
+
+    def encode_prompt_batch(
+        self, rows: Sequence[Mapping[str, Any]], padding_side: str = "left"
+    ) -> dict[str, torch.Tensor]:
+        """Padded prompt batch for generation: `{"input_ids", "attention_mask"}`, left padded by default.
+
+        Example:
+            ```python
+            >>> inputs = collator.encode_prompt_batch(rows)
+            >>> model.generate(**inputs, logits_processor=[ImageSpanLogitsProcessor(vocab)])
+            ```
+        """
+        if padding_side not in ("left", "right"):
+            raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}.")
+        prompts = [ids for ids, _, _, _ in self._encode_rows(rows, with_completion=False)]
+        length = max(ids.numel() for ids in prompts)
+        input_ids = torch.full((len(prompts), length), self.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(prompts), length), dtype=torch.long)
+        for row, ids in enumerate(prompts):
+            span = slice(length - ids.numel(), length) if padding_side == "left" else slice(0, ids.numel())
+            input_ids[row, span] = ids
+            attention_mask[row, span] = 1
+        return {"input_ids": input_ids, "attention_mask": attention_mask}
 
     # ------------------------------------------------------------------ templates
     def _row_name(self, row: Mapping[str, Any], position: int) -> str:
