@@ -1,1 +1,41 @@
-"""data of trl-omni."""
+"""Interleaved text/image data: the schema, image reading, pre-tokenization and public-dataset converters."""
+
+from .converters import (
+    convert_m3cot,
+    convert_omni_bench,
+    convert_zebra_cot,
+    m3cot_row_to_interleaved,
+    omni_bench_row_to_interleaved,
+    zebra_cot_row_to_interleaved,
+)
+from .images import load_image, resolve_image_path
+from .pretokenize import pretokenize_images
+from .schema import (
+    InterleavedDataError,
+    check_column_names,
+    image_part,
+    interleaved_features,
+    normalize_parts,
+    part_list_feature,
+    text_part,
+)
+
+
+__all__ = [
+    "InterleavedDataError",
+    "check_column_names",
+    "convert_m3cot",
+    "convert_omni_bench",
+    "convert_zebra_cot",
+    "image_part",
+    "interleaved_features",
+    "load_image",
+    "m3cot_row_to_interleaved",
+    "normalize_parts",
+    "omni_bench_row_to_interleaved",
+    "part_list_feature",
+    "pretokenize_images",
+    "resolve_image_path",
+    "text_part",
+    "zebra_cot_row_to_interleaved",
+]

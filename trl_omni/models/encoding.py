@@ -1,0 +1,132 @@
+"""Encoding images into VQ codes with the model's own VQ encoder, batched.
+
+Images go through `processor.image_processor` (resize, crop, normalise exactly as the model was trained) and the
+model's `get_image_tokens`; the resulting vocabulary ids are mapped to codes by [`ImageVocabulary.ids_to_codes`], so
+no id arithmetic happens here. Codes are what the interleaved schema stores (`codes` of an image part); the collator
+turns them back into an in-sequence span with [`ImageVocabulary.image_span_ids`].
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from .image_vocabulary import ImageVocabulary, _chameleon_backbone
+
+
+def to_rgb(image: Any, background: tuple[int, int, int] = (255, 255, 255)) -> Any:
+    """Converts a PIL image of any mode to RGB.
+
+    Transparent images (RGBA, LA, palette with transparency) are composited over `background` (Chameleon's own
+    preprocessing uses white) instead of keeping the colour of fully transparent pixels; 16/32-bit integer and float
+    images are rescaled to 8 bits from their actual range; everything else uses PIL's conversion.
+    """
+    from PIL import Image
+
+    if image.mode == "RGB":
+        return image
+    if image.mode == "P":
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+    if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+        array = np.asarray(image, dtype=np.float64)
+        low, high = float(array.min()), float(array.max())
+        scaled = (array - low) * (255.0 / (high - low)) if high > low else np.zeros_like(array)
+        image = Image.fromarray(scaled.round().astype(np.uint8), mode="L")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = image.convert("RGBA")
+        canvas = Image.new("RGBA", rgba.size, (*background, 255))
+        return Image.alpha_composite(canvas, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+class ImageEncoder:
+    """Batched image -> VQ code encoder built on a unified-token model's own VQ tokenizer.
+
+    Args:
+        model: A Chameleon / Anole model (possibly PEFT / accelerate wrapped). Only its VQ model is used.
+        processor: The model's `ChameleonProcessor` (or its image processor).
+        image_vocabulary: The model's [`ImageVocabulary`]; built from `model` when omitted.
+        batch_size: Images per VQ forward.
+
+    Example:
+        ```python
+        >>> from PIL import Image
+        >>> from trl_omni.models.encoding import ImageEncoder
+        >>> from trl_omni.testing import tiny_chameleon
+        >>> model, processor = tiny_chameleon()
+        >>> codes = ImageEncoder(model, processor).encode([Image.new("RGB", (40, 30), "red")])
+        >>> codes.shape  # (images, H*W)
+        torch.Size([1, 64])
+        ```
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        processor: Any,
+        image_vocabulary: ImageVocabulary | None = None,
+        batch_size: int = 32,
+    ):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+        self.backbone = _chameleon_backbone(model)
+        self.image_processor = getattr(processor, "image_processor", processor)
+        if not callable(self.image_processor):
+            raise ValueError("`processor` must be the model's ChameleonProcessor or its image processor.")
+        self.vocab = image_vocabulary or ImageVocabulary.from_model(model, processor)
+        self.batch_size = batch_size
+        self.num_images_encoded = 0
+
+    def pixel_values(self, images: Sequence[Any]) -> torch.Tensor:
+        """Preprocesses PIL images (any mode, any size) with the model's image processor."""
+        return self.image_processor([to_rgb(image) for image in images], return_tensors="pt")["pixel_values"]
+
+    @torch.inference_mode()
+    def encode(self, images: Sequence[Any]) -> torch.Tensor:
+        """Encodes PIL images into codes.
+
+        Args:
+            images: PIL images of any mode and size.
+
+        Returns:
+            `(N, H*W)` LongTensor of codes on CPU, row-major per image.
+        """
+        tokens_per_image = self.vocab.tokens_per_image
+        if len(images) == 0:
+            return torch.empty(0, tokens_per_image, dtype=torch.long)
+        vq_parameter = next(self.backbone.vqmodel.parameters())
+        chunks = []
+        for start in range(0, len(images), self.batch_size):
+            pixels = self.pixel_values(images[start : start + self.batch_size])
+            pixels = pixels.to(device=vq_parameter.device, dtype=vq_parameter.dtype)
+            ids = self.backbone.get_image_tokens(pixels).long().cpu()
+            chunks.append(self.vocab.ids_to_codes(ids))
+        codes = torch.cat(chunks)
+        if codes.shape[1] != tokens_per_image or bool((codes < 0).any()):
+            raise RuntimeError(
+                f"The VQ encoder returned {codes.shape[1]} tokens per image (expected {tokens_per_image}) or ids "
+                "outside the image vocabulary: the processor and the model do not match."
+            )
+        self.num_images_encoded += len(images)
+        return codes
+
+    def fingerprint(self) -> str:
+        """A hash of everything that decides the codes: VQ weights, grid and image-processor settings."""
+        from datasets.fingerprint import Hasher
+
+        hasher = Hasher()
+        hasher.update(repr(self.vocab.grid_size))
+        hasher.update(self.vocab.codebook.numpy().tobytes())
+        for name, parameter in self.backbone.vqmodel.named_parameters():
+            # Sums in float64 are cheap and change whenever the encoder's weights do.
+            hasher.update(f"{name}:{tuple(parameter.shape)}:{float(parameter.detach().double().sum()):.10e}")
+        hasher.update(self.image_processor.to_json_string())
+        return hasher.hexdigest()
+
+
+def encode_images(model: Any, processor: Any, images: Sequence[Any], batch_size: int = 32) -> torch.Tensor:
+    """Encodes PIL images into `(N, H*W)` VQ codes with `model`'s VQ encoder. See [`ImageEncoder`]."""
+    return ImageEncoder(model, processor, batch_size=batch_size).encode(images)
