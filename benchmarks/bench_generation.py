@@ -35,9 +35,7 @@ def main() -> None:
     tokenizer.padding_side = "left"
     prompts = ["Let me draw it", "zoom in", "THOUGHT 1:", "mark the red square"] * (args.batch_size // 4 + 1)
     inputs = tokenizer(prompts[: args.batch_size], return_tensors="pt", padding=True).to(args.device)
-    kwargs = dict(
-        max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, do_sample=True, use_cache=True
-    )
+    kwargs = dict(max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, do_sample=True, use_cache=True)
 
     def run(constrained: bool) -> float:
         processors = LogitsProcessorList([ImageSpanLogitsProcessor(vocab)] if constrained else [])
