@@ -45,7 +45,8 @@ def test_constant_image_scores_one(tiny):
         assert PerceptionReward(vocab, mapping=mapping).score([ids]) == [1.0]
 
 
-def test_checkerboard_matches_formula(tiny):
+@pytest.mark.parametrize("method", ["table", "gather"])
+def test_checkerboard_matches_formula(tiny, method):
     _, _, vocab = tiny
     h, w = vocab.grid_size
     a, b = 3, 17
@@ -55,8 +56,8 @@ def test_checkerboard_matches_formula(tiny):
     energy = 2 * diff / vocab.codebook_dim
     assert energy == pytest.approx(_reference_energy(vocab.codebook, grid), rel=1e-5)
     tau = 3.0
-    inverse = PerceptionReward(vocab, tau=tau).score([_image(vocab, grid)])[0]
-    exp = PerceptionReward(vocab, tau=tau, mapping="exp").score([_image(vocab, grid)])[0]
+    inverse = PerceptionReward(vocab, tau=tau, method=method).score([_image(vocab, grid)])[0]
+    exp = PerceptionReward(vocab, tau=tau, mapping="exp", method=method).score([_image(vocab, grid)])[0]
     assert inverse == pytest.approx(1 / (1 + energy / tau), rel=1e-5)
     assert exp == pytest.approx(math.exp(-energy / tau), rel=1e-5)
     assert 0 < inverse < 1
@@ -125,7 +126,8 @@ def test_none_paths_and_incomplete_segments_are_counted(tiny):
         reward(prompts=["p"], completions=["c"])
 
 
-def test_vectorised_equals_per_sample_reference(tiny):
+@pytest.mark.parametrize("method", ["table", "gather"])
+def test_vectorised_equals_per_sample_reference(tiny, method):
     _, processor, vocab = tiny
     h, w = vocab.grid_size
     gen = torch.Generator().manual_seed(1)
@@ -138,7 +140,8 @@ def test_vectorised_equals_per_sample_reference(tiny):
             scores.append(1 / (1 + _reference_energy(vocab.codebook, grid) / 2.0))
         batch.append(ids)
         expected.append(min(scores) if scores else None)
-    out = PerceptionReward(vocab, tau=2.0, max_chunk_elements=h * w * vocab.codebook_dim * 2).score(batch)
+    out = PerceptionReward(vocab, tau=2.0, method=method, max_chunk_elements=h * w * vocab.codebook_dim * 2)
+    out = out.score(batch)
     for got, want in zip(out, expected):
         assert (got is None) == (want is None)
         if want is not None:
@@ -146,14 +149,14 @@ def test_vectorised_equals_per_sample_reference(tiny):
     # padded tensor input gives the same result
     length = max(len(r) for r in batch)
     padded = torch.tensor([r + [processor.tokenizer.pad_token_id] * (length - len(r)) for r in batch])
-    from_tensor = PerceptionReward(vocab, tau=2.0).score(padded)
+    from_tensor = PerceptionReward(vocab, tau=2.0, method=method).score(padded)
     assert [v is None for v in from_tensor] == [v is None for v in out]
     assert [v for v in from_tensor if v is not None] == pytest.approx([v for v in out if v is not None], rel=1e-6)
 
 
 def test_bad_arguments(tiny):
     vocab = tiny[2]
-    for kwargs in ({"tau": 0}, {"mapping": "linear"}, {"aggregation": "sum"}):
+    for kwargs in ({"tau": 0}, {"mapping": "linear"}, {"aggregation": "sum"}, {"method": "loop"}):
         with pytest.raises(ValueError):
             PerceptionReward(vocab, **kwargs)
 
