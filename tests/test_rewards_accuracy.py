@@ -254,3 +254,22 @@ def test_format_reward_names():
     assert format_reward.__name__ == "format_reward"
     assert format_thought_reward.__name__ == "format_thought_reward"
     assert accuracy_reward.__name__ == "accuracy_reward"
+
+
+def test_warns_once_when_tags_are_invisible(tokenizer, caplog):
+    from trl_omni.rewards import _common
+
+    _common._WARNED.clear()
+    text = f"{REASONING_OPEN}r{REASONING_CLOSE}{ANSWER_OPEN}2{ANSWER_CLOSE}"
+    ids, decoded = _as_trl(tokenizer, text)
+    with caplog.at_level("WARNING", logger="trl_omni.rewards._common"):
+        assert format_reward(["q"], [decoded], [ids]) == [0.0]
+        assert format_reward(["q"], [decoded], [ids]) == [0.0]
+        assert accuracy_reward(["q"], [decoded], [ids], answer=["2"]) == [0.0]
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum("format_reward" in m and "processing_class=tokenizer" in m for m in messages) == 1
+    assert sum("make_accuracy_reward(processing_class=tokenizer)" in m for m in messages) == 1
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="trl_omni.rewards._common"):
+        make_format_reward(processing_class=tokenizer)(["q"], [decoded], [ids])
+    assert not caplog.records

@@ -142,12 +142,18 @@ def warn_once(key: str, message: str) -> None:
 
 
 def warn_if_tags_stripped(
-    reward_name: str, texts: Sequence[str], completion_ids: Any, restorer: Any, tags: OutputTags
+    reward_name: str,
+    texts: Sequence[str],
+    completion_ids: Any,
+    restorer: Any,
+    tags: OutputTags,
+    other_markers: Sequence[str] = (),
 ) -> None:
-    """Warns once when a tags-style reward sees no control tag at all while it cannot recover them from ids."""
+    """Warns once when a tags-style reward sees no control tag (nor any of `other_markers`) in a whole batch while
+    it cannot recover the tags from ids."""
     if restorer is not None or completion_ids is None or not texts:
         return
-    if any(tag in text for text in texts for tag in tags.control_tags):
+    if any(marker in text for text in texts for marker in (*tags.control_tags, *other_markers)):
         return
     warn_once(
         f"{reward_name}-stripped",

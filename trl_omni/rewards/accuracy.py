@@ -415,8 +415,9 @@ def make_accuracy_reward(
         answers = kwargs[answer_column]
         active = resolve_restorer(restorer, kwargs, tags.control_tags, call_cache)
         texts = completion_texts(completions, completion_ids, active)
-        if answer_style == "tags":
-            warn_if_tags_stripped(name, texts, completion_ids, active, tags)
+        if answer_style != "thought":
+            markers = (tags.final_answer_marker,) if answer_style == "auto" else ()
+            warn_if_tags_stripped(name, texts, completion_ids, active, tags, markers)
         rewards: list[float | None] = []
         for text, gold in zip(texts, answers, strict=True):
             if gold is None or (isinstance(gold, float) and math.isnan(gold)) or not str(gold).strip():

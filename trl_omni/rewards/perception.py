@@ -104,7 +104,7 @@ class PerceptionReward:
         device: torch.device | str | None = None,
         method: str = "auto",
         max_table_bytes: int = 1 << 29,
-        max_chunk_elements: int = 1 << 22,
+        max_chunk_elements: int = 1 << 19,
         name: str = "perception_reward",
     ):
         if tau <= 0:
