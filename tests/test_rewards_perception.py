@@ -198,3 +198,27 @@ def test_calibrated_combination(tiny):
     custom = PerceptionCalibratedReward(vocab, perception_weight=0.5, accuracy_weight=0.5, format_weight=0.5,
                                         processing_class=processor)  # fmt: skip
     assert custom(["q"], texts[:1], ids[:1], answer=["2"])[0] == pytest.approx(0.5 * 1.0 + 0.5 * pe)
+
+
+def test_image_segments_from_the_trainer_give_the_same_scores(tiny):
+    _, processor, vocab = tiny
+    ids, _ = _three_images(vocab, processor)
+    h, w = vocab.grid_size
+    truncated = _image(vocab, [[1] * w for _ in range(h)])[:10]
+    batch = [ids, _text(processor, "no image"), truncated]
+    segments = vocab.parse_segments(batch).per_row(len(batch))
+    reward = PerceptionReward(vocab, aggregation="mean")
+    metrics, metrics_from_segments = {}, {}
+    expected = reward(["p"] * 3, ["c"] * 3, batch, log_metric=metrics.__setitem__)
+    got = reward(["p"] * 3, ["c"] * 3, batch, image_segments=segments, log_metric=metrics_from_segments.__setitem__)
+    assert got[1:] == [None, None] and got[0] == pytest.approx(expected[0], rel=1e-6)
+    assert (
+        metrics_from_segments
+        == metrics
+        == {
+            "perception_reward/incomplete_images": 1.0,
+            "perception_reward/complete_images": 3.0,
+        }
+    )
+    # segments that do not match the batch are ignored: the ids are parsed instead
+    assert reward(["p"] * 3, ["c"] * 3, batch, image_segments=segments[:1]) == expected

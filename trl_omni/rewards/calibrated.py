@@ -109,7 +109,9 @@ class PerceptionCalibratedReward:
             raise ValueError(f"{self.name} needs `completion_ids`; TRL's GRPOTrainer passes them.")
         accuracy = self.accuracy(prompts, completions, completion_ids, **kwargs)
         fmt = self.format(prompts, completions, completion_ids, **kwargs)
-        perception = self.perception.score(completion_ids, log_metric=log_metric)
+        perception = self.perception.score(
+            completion_ids, log_metric=log_metric, image_segments=kwargs.get("image_segments")
+        )
         if log_metric is not None:
             scored_acc = [a for a in accuracy if a is not None]
             scored_pe = [p for p in perception if p is not None]

@@ -184,7 +184,9 @@ class ModelReward:
         if step != self._cache_step:
             self._cache.clear()
             self._cache_step = step
-        key = (step, _fingerprint(batch.prompts, batch.completions, batch.completion_ids, batch.columns))
+        # image_segments are derived from completion_ids (already in the key) and are costly to repr.
+        plain_columns = {k: v for k, v in batch.columns.items() if k != "image_segments"}
+        key = (step, _fingerprint(batch.prompts, batch.completions, batch.completion_ids, plain_columns))
         if key in self._cache:
             return self._cache[key][1]
         outputs = self._run(batch)

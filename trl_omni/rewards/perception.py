@@ -67,7 +67,8 @@ class PerceptionReward:
     a complete image gets None. Incomplete segments are ignored; their count is reported through `log_metric`
     (`<name>/incomplete_images`) together with `<name>/complete_images`.
 
-    All images of the batch are scored at once: one parse of the padded batch, one tensor expression for the TV of
+    All images of the batch are scored at once: one parse of the padded batch (skipped when the trainer passes the
+    `image_segments` it already parsed, as `PeRPOTrainer` does), one tensor expression for the TV of
     every image (a lookup of all neighbour pairs in a cached table of squared codebook distances, or a gather of
     the embeddings, see `method`), and segment reductions per completion. The codebook comes from
     `ImageVocabulary.codebook_on(device)`, cached per device.
@@ -195,29 +196,73 @@ class PerceptionReward:
         ids[mask] = torch.from_numpy(flat)
         return ids.to(device), mask.to(device)
 
-    def score_tensor(
-        self, completion_ids: Any, attention_mask: torch.Tensor | None = None, log_metric: Any | None = None
-    ) -> torch.Tensor:
-        """Per-completion scores as a `(B,)` float tensor, NaN where a completion has no complete image."""
-        ids, mask = self._to_batch(completion_ids)
-        if attention_mask is not None:
-            mask = attention_mask.to(ids.device)
-        segments = self.image_vocabulary.parse_segments(ids, attention_mask=mask)
-        scores = self.image_scores(segments.complete_codes)
-        if log_metric is not None:
-            log_metric(f"{self.name}/incomplete_images", float((~segments.complete).sum()))
-            log_metric(f"{self.name}/complete_images", float(segments.complete.sum()))
-        return _segment_reduce(scores, segments.complete_batch_index, ids.shape[0], self.aggregation)
+    def _from_image_segments(self, image_segments: Any, num_rows: int, device: torch.device) -> tuple | None:
+        """Complete codes and rows from already-parsed segments (PeRPO's `image_segments`), or None to re-parse."""
+        if image_segments is None or len(image_segments) != num_rows:
+            return None
+        h, w = self.image_vocabulary.grid_size
+        codes, rows, incomplete = [], [], 0
+        for row, segments in enumerate(image_segments):
+            for segment in segments or ():
+                if not segment.complete:
+                    incomplete += 1
+                    continue
+                if segment.codes.numel() != h * w:
+                    return None  # not what the core produces for this vocabulary: parse the ids instead
+                codes.append(segment.codes)
+                rows.append(row)
+        if not codes:
+            return torch.zeros(0, h, w, dtype=torch.long, device=device), torch.zeros(0, dtype=torch.long), incomplete
+        stacked = torch.stack(codes).to(device=device, dtype=torch.long).view(-1, h, w)
+        return stacked, torch.tensor(rows, dtype=torch.long, device=device), incomplete
 
-    def score(self, completion_ids: Any, log_metric: Any | None = None) -> list[float | None]:
+    def score_tensor(
+        self,
+        completion_ids: Any,
+        attention_mask: torch.Tensor | None = None,
+        log_metric: Any | None = None,
+        image_segments: Sequence[Sequence[Any]] | None = None,
+    ) -> torch.Tensor:
+        """Per-completion scores as a `(B,)` float tensor, NaN where a completion has no complete image.
+
+        When `image_segments` (per completion, the `ImageSegment`s the core parsed from these same ids, as
+        `PeRPOTrainer` passes them) is given, the codes are taken from it instead of parsing `completion_ids` again.
+        """
+        num_rows = len(completion_ids)
+        device = self.device or (completion_ids.device if isinstance(completion_ids, torch.Tensor) else "cpu")
+        parsed = self._from_image_segments(image_segments, num_rows, torch.device(device))
+        if parsed is not None:
+            codes, rows, incomplete = parsed
+            complete = int(rows.numel())
+        else:
+            ids, mask = self._to_batch(completion_ids)
+            if attention_mask is not None:
+                mask = attention_mask.to(ids.device)
+            segments = self.image_vocabulary.parse_segments(ids, attention_mask=mask)
+            codes, rows = segments.complete_codes, segments.complete_batch_index
+            incomplete, complete = int((~segments.complete).sum()), int(segments.complete.sum())
+        if log_metric is not None:
+            log_metric(f"{self.name}/incomplete_images", float(incomplete))
+            log_metric(f"{self.name}/complete_images", float(complete))
+        scores = self.image_scores(codes)
+        return _segment_reduce(scores, rows.to(scores.device), num_rows, self.aggregation)
+
+    def score(
+        self,
+        completion_ids: Any,
+        log_metric: Any | None = None,
+        image_segments: Sequence[Sequence[Any]] | None = None,
+    ) -> list[float | None]:
         """Per-completion scores (None where a completion has no complete image).
 
         Args:
             completion_ids: A list of id lists (TRL's `completion_ids`) or a `(B, L)` tensor (no padding inside
                 rows other than at positions that are not BOI/EOI/image tokens).
             log_metric: Optional TRL `log_metric` callable for the image counts.
+            image_segments: Optional per-completion `ImageSegment` lists already parsed from `completion_ids`
+                (passed by `PeRPOTrainer`); saves the parse.
         """
-        values = self.score_tensor(completion_ids, log_metric=log_metric).tolist()
+        values = self.score_tensor(completion_ids, log_metric=log_metric, image_segments=image_segments).tolist()
         return [None if v != v else float(v) for v in values]
 
     def __call__(
@@ -233,7 +278,7 @@ class PerceptionReward:
                 f"{self.name} needs `completion_ids` (the generated token ids); TRL's GRPOTrainer passes them. "
                 "Call `.score(completion_ids)` when using it outside a trainer."
             )
-        return self.score(completion_ids, log_metric=log_metric)
+        return self.score(completion_ids, log_metric=log_metric, image_segments=kwargs.get("image_segments"))
 
     def __repr__(self) -> str:
         return (
