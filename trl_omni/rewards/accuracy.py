@@ -12,7 +12,15 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
-from ._common import DEFAULT_TAGS, OutputTags, _TagRestorer, completion_texts, resolve_restorer, warn_if_tags_stripped
+from ._common import (
+    DEFAULT_TAGS,
+    OutputTags,
+    _TagRestorer,
+    completion_texts,
+    logger,
+    resolve_restorer,
+    warn_if_tags_stripped,
+)
 
 
 # ----------------------------------------------------------------------------------------------- answer extraction
@@ -254,6 +262,10 @@ class _MathVerifier:
             try:
                 return bool(future.result(timeout=3 * timeout_seconds + 5))
             except FutureTimeout:
+                self._kill_pool()
+                return False
+            except Exception as error:  # a crashed worker (e.g. killed for memory) must not stop training
+                logger.warning("math_verify worker failed (%s); the comparison scores 0.", error)
                 self._kill_pool()
                 return False
 
