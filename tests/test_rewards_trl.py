@@ -27,6 +27,8 @@ from trl_omni.rewards import (  # noqa: E402
     PerceptionCalibratedReward,
     PerceptionReward,
     RewardError,
+    accuracy_reward,
+    format_reward,
     get_reward,
     make_accuracy_reward,
     make_format_reward,
@@ -135,8 +137,10 @@ def test_every_reward_inside_grpo_trainer(steered, tmp_path):
     )  # fmt: skip
     records = {}
     rewards = [
-        make_accuracy_reward(processing_class=tok),
-        make_format_reward(processing_class=tok),
+        make_accuracy_reward(processing_class=tok, name="accuracy_ids"),
+        make_format_reward(processing_class=tok, name="format_ids"),
+        accuracy_reward,  # defaults: text only (no tokenizer)
+        format_reward,
         get_reward("format_thought"),  # registry + SafeReward wrapper
         PerceptionReward(vocab),
         PerceptionCalibratedReward(vocab, processing_class=tok),
@@ -146,8 +150,8 @@ def test_every_reward_inside_grpo_trainer(steered, tmp_path):
     trainer = _trainer(model, processor, [_recording(r, records) for r in rewards], tmp_path)
     trainer.train()
 
-    names = ["accuracy_reward", "format_reward", "format_thought_reward", "perception_reward",
-             "perception_calibrated", "model_reward", "model_reward_fluency"]  # fmt: skip
+    names = ["accuracy_ids", "format_ids", "accuracy_reward", "format_reward", "format_thought_reward",
+             "perception_reward", "perception_calibrated", "model_reward", "model_reward_fluency"]  # fmt: skip
     logs = [entry for entry in trainer.state.log_history if "reward" in entry]
     assert len(logs) == 2
     for name in names:
@@ -158,21 +162,24 @@ def test_every_reward_inside_grpo_trainer(steered, tmp_path):
 
     # exact values on the scripted rows, computed by TRL's own decoding and slicing
     scripted_seen = 0
-    for name, expected in [("accuracy_reward", 1.0), ("format_reward", 1.0), ("format_thought_reward", 0.0),
-                           ("perception_reward", 1.0), ("perception_calibrated", 1.0)]:  # fmt: skip
+    # The defaults see TRL's text, where the special-token tags were removed: no format, no answer. That is why
+    # the tags-style rewards take `processing_class`.
+    for name, expected in [("accuracy_ids", 1.0), ("format_ids", 1.0), ("format_thought_reward", 0.0),
+                           ("perception_reward", 1.0), ("perception_calibrated", 1.0),
+                           ("accuracy_reward", 0.0), ("format_reward", 0.0)]:  # fmt: skip
         for completion_ids, values in records[name]:
             for ids, value in zip(completion_ids, values):
                 if list(ids) == script:
                     scripted_seen += 1
                     assert value == pytest.approx(expected), name
-    assert scripted_seen >= 5 * 4  # 2 scripted rows per generation, 2 steps, 5 rewards
+    assert scripted_seen == 7 * 4  # 2 scripted rows per generation, 2 steps, 7 rewards
     # free rows: images only complete ones (the processor), so perception is None or in (0, 1]
     for _ids, values in records["perception_reward"]:
         assert all(v is None or 0 < v <= 1 for v in values)
     # the ModelReward heads share one helper pass per step
     assert judge.helper_calls == 2
     # free rows hold neither tags nor a final-answer marker: accuracy 0 (not None: the ground truth exists)
-    for completion_ids, values in records["accuracy_reward"]:
+    for completion_ids, values in records["accuracy_ids"]:
         assert all(v == 0.0 for ids, v in zip(completion_ids, values) if list(ids) != script)
 
 
