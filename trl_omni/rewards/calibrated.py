@@ -42,6 +42,7 @@ class PerceptionCalibratedReward:
         format_style: `"tags"` or `"thought"`.
         processing_class: Tokenizer or processor, used to read special-token tags from `completion_ids`
             (strongly recommended for the tags style, see [`make_format_reward`]).
+        device: Device the perception term is computed on (see [`PerceptionReward`]); pass the trainer's device.
         **accuracy_kwargs: Further arguments of [`make_accuracy_reward`] (e.g. `similarity_threshold`, `strict`,
             tag strings, which are shared with the format reward).
 
@@ -66,6 +67,7 @@ class PerceptionCalibratedReward:
         answer_column: str = "answer",
         format_style: str = "tags",
         processing_class: Any | None = None,
+        device: Any | None = None,
         **accuracy_kwargs: Any,
     ):
         if not 0.0 <= perception_weight <= 1.0:
@@ -74,7 +76,9 @@ class PerceptionCalibratedReward:
         self.accuracy_weight = float(accuracy_weight)
         self.format_weight = float(format_weight)
         self.__name__ = self.name
-        self.perception = PerceptionReward(image_vocabulary, tau=tau, mapping=mapping, aggregation=aggregation)
+        self.perception = PerceptionReward(
+            image_vocabulary, tau=tau, mapping=mapping, aggregation=aggregation, device=device
+        )
         tag_keys = ("reasoning_open", "reasoning_close", "answer_open", "answer_close", "final_answer_marker")
         tag_kwargs = {key: accuracy_kwargs[key] for key in tag_keys if key in accuracy_kwargs}
         self.accuracy = make_accuracy_reward(
