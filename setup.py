@@ -38,6 +38,16 @@ setup(
     packages=find_packages(include=["trl_omni", "trl_omni.*"]),
     install_requires=REQUIRED,
     extras_require=EXTRAS,
+    entry_points={
+        "trl_omni.rewards": [
+            "accuracy = trl_omni.rewards.accuracy:accuracy_reward",
+            "format = trl_omni.rewards.format:format_reward",
+            "format_thought = trl_omni.rewards.format:format_thought_reward",
+            "perception = trl_omni.rewards.perception:PerceptionReward",
+            "perception_calibrated = trl_omni.rewards.calibrated:PerceptionCalibratedReward",
+            "model_reward = trl_omni.rewards.model_reward:ModelReward",
+        ]
+    },
     classifiers=[
         "Programming Language :: Python :: 3",
         "Programming Language :: Python :: 3.11",

@@ -1,1 +1,60 @@
-"""rewards of trl-omni."""
+"""Rewards for PeRPO and TRL's GRPOTrainer: accuracy, format, 2D-TV perception, their calibrated combination,
+model-based rewards, and a registry for contributed rewards.
+
+Every reward follows TRL's reward contract, `fn(prompts, completions, completion_ids=None, **kwargs) ->
+list[float | None]`, and is a plain callable (never an `nn.Module`), so it drops into `GRPOTrainer` unchanged.
+"""
+
+from ._common import OutputTags
+from .accuracy import (
+    accuracy_reward,
+    answer_score,
+    extract_answer,
+    make_accuracy_reward,
+    parse_choice,
+    parse_formula,
+    parse_number,
+    similarity,
+)
+from .calibrated import PerceptionCalibratedReward
+from .format import format_reward, format_score, format_thought_reward, make_format_reward
+from .model_reward import ModelReward, RewardBatch
+from .perception import PerceptionReward, total_variation_energy
+from .registry import (
+    ENTRY_POINT_GROUP,
+    RewardError,
+    SafeReward,
+    get_reward,
+    list_rewards,
+    resolve_reward,
+    safe_reward,
+)
+
+
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "ModelReward",
+    "OutputTags",
+    "PerceptionCalibratedReward",
+    "PerceptionReward",
+    "RewardBatch",
+    "RewardError",
+    "SafeReward",
+    "accuracy_reward",
+    "answer_score",
+    "extract_answer",
+    "format_reward",
+    "format_score",
+    "format_thought_reward",
+    "get_reward",
+    "list_rewards",
+    "make_accuracy_reward",
+    "make_format_reward",
+    "parse_choice",
+    "parse_formula",
+    "parse_number",
+    "resolve_reward",
+    "safe_reward",
+    "similarity",
+    "total_variation_energy",
+]

@@ -1,0 +1,214 @@
+"""ModelReward (frozen helper model), the reward registry and the error-locating wrapper."""
+
+import math
+import sys
+import textwrap
+import types
+
+import pytest
+import torch
+
+from trl_omni.rewards import (
+    ModelReward,
+    PerceptionReward,
+    RewardBatch,
+    RewardError,
+    SafeReward,
+    accuracy_reward,
+    format_reward,
+    get_reward,
+    list_rewards,
+    safe_reward,
+)
+from trl_omni.testing import tiny_chameleon
+
+
+# ------------------------------------------------------------------------------------------- the worked example
+def make_judge(helper, tokenizer, weights=None):
+    """The docs' worked example: a frozen Chameleon judges fluency and confidence from ONE forward pass."""
+
+    def build_inputs(batch: RewardBatch):
+        texts = [p + c for p, c in zip(batch.prompt_texts, batch.completion_texts)]
+        return tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+
+    def token_log_probs(outputs, batch):
+        log_probs = outputs.logits[:, :-1].float().log_softmax(-1)
+        targets = batch.inputs["input_ids"][:, 1:]
+        mask = batch.inputs["attention_mask"][:, 1:].float()
+        return log_probs.gather(-1, targets[..., None]).squeeze(-1), log_probs, mask
+
+    def fluency(outputs, batch):  # geometric-mean probability of the text under the helper
+        picked, _, mask = token_log_probs(outputs, batch)
+        return ((picked * mask).sum(1) / mask.sum(1).clamp(min=1)).exp()
+
+    def confidence(outputs, batch):  # mean top-1 probability of the helper's next-token distributions
+        _, log_probs, mask = token_log_probs(outputs, batch)
+        top = log_probs.max(-1).values.exp()
+        return (top * mask).sum(1) / mask.sum(1).clamp(min=1)
+
+    return ModelReward(
+        helper, build_inputs, scores={"fluency": fluency, "confidence": confidence}, weights=weights, name="judge"
+    )
+
+
+@pytest.fixture(scope="module")
+def helper():
+    model, processor = tiny_chameleon(seed=1)
+    calls = []
+    model.register_forward_hook(lambda module, args, kwargs_out: calls.append(1))
+    return model, processor.tokenizer, calls
+
+
+class _State:
+    def __init__(self, step):
+        self.global_step = step
+
+
+def test_model_reward_values_weights_and_freezing(helper):
+    model, tokenizer, calls = helper
+    judge = make_judge(model, tokenizer, weights={"fluency": 0.25, "confidence": 2.0})
+    assert not isinstance(judge, torch.nn.Module)
+    assert not any(p.requires_grad for p in model.parameters()) and not model.training
+    prompts, completions = ["What is 1+1?", "Which color?"], [" The answer is 2.", " red red red"]
+    metrics = {}
+    out = judge(prompts, completions, None, trainer_state=_State(0),
+                log_metric=lambda n, v: metrics.__setitem__(n, v))  # fmt: skip
+    # reference: the same quantities computed per sample, without padding
+    for i, (p, c) in enumerate(zip(prompts, completions)):
+        ids = tokenizer(p + c, return_tensors="pt", add_special_tokens=False).input_ids
+        with torch.no_grad():
+            log_probs = model(input_ids=ids).logits[0, :-1].float().log_softmax(-1)
+        fluency = log_probs.gather(-1, ids[0, 1:, None]).mean().exp().item()
+        confidence = log_probs.max(-1).values.exp().mean().item()
+        assert out[i] == pytest.approx(0.25 * fluency + 2.0 * confidence, rel=1e-4)
+    assert set(metrics) == {"judge/fluency", "judge/confidence"}
+
+
+def test_one_helper_call_per_step_shared_by_heads(helper):
+    model, tokenizer, calls = helper
+    judge = make_judge(model, tokenizer)
+    prompts, completions, ids = ["q1", "q2"], [" a", " b"], [[1, 2], [3, 4]]
+    calls.clear()
+    total = judge(prompts, completions, ids, trainer_state=_State(5))
+    fluency = judge.head("fluency")(prompts=prompts, completions=completions, completion_ids=ids,
+                                    trainer_state=_State(5))  # fmt: skip
+    confidence = judge.head("confidence")(prompts=prompts, completions=completions, completion_ids=ids,
+                                          trainer_state=_State(5))  # fmt: skip
+    assert len(calls) == 1 and judge.helper_calls == 1  # three rewards, one batched helper pass
+    assert total == pytest.approx([f + c for f, c in zip(fluency, confidence)])
+    assert judge.head("fluency").__name__ == "judge_fluency"
+    judge(prompts, completions, ids, trainer_state=_State(6))  # next step: recomputed
+    judge(prompts, [" c", " d"], ids, trainer_state=_State(6))  # other completions: recomputed
+    assert len(calls) == 3 and judge.helper_calls == 3
+    with pytest.raises(KeyError, match="no score"):
+        judge.head("missing")
+
+
+def test_model_reward_contract_checks_and_device(helper):
+    model, tokenizer, _ = helper
+    seen = {}
+
+    def forward(m, inputs):
+        seen["device"] = inputs["x"].device
+        return inputs["x"] * 2
+
+    reward = ModelReward(
+        model, build_inputs=lambda b: {"x": torch.arange(len(b), dtype=torch.float32)}, forward=forward,
+        scores=lambda out, b: [None if v == 0 else float(v) for v in out.tolist()],
+    )  # fmt: skip
+    assert reward.device == next(model.parameters()).device
+    assert reward(["a", "b", "c"], ["x", "y", "z"]) == [None, 2.0, 4.0]
+    assert seen["device"] == reward.device
+    bad = ModelReward(model, build_inputs=lambda b: {"x": torch.zeros(1)}, forward=lambda m, i: i,
+                      scores=lambda out, b: [1.0])  # fmt: skip
+    with pytest.raises(ValueError, match="returned 1 values for 2"):
+        bad(["a", "b"], ["x", "y"])
+    with pytest.raises(ValueError, match="unknown scores"):
+        ModelReward(model, lambda b: None, scores={"a": lambda o, b: []}, weights={"b": 1.0})
+
+
+# ------------------------------------------------------------------------------------------- registry
+def test_builtin_names_and_dotted_paths():
+    names = list_rewards()
+    for name in ("accuracy", "format", "format_thought", "perception", "perception_calibrated", "model_reward"):
+        assert name in names
+    assert get_reward("accuracy", safe=False) is accuracy_reward
+    assert get_reward("trl_omni.rewards:format_reward", safe=False) is format_reward
+    assert get_reward("trl_omni.rewards.format.format_reward", safe=False) is format_reward
+    wrapped = get_reward("format")
+    assert isinstance(wrapped, SafeReward) and wrapped.__name__ == "format_reward"
+    assert wrapped(["q"], ["THOUGHT Final Answer: 1"]) == [0.0]
+
+
+def test_classes_are_built_with_kwargs():
+    model, processor = tiny_chameleon(seed=0)
+    from trl_omni.models import ImageVocabulary
+
+    vocab = ImageVocabulary.from_model(model, processor)
+    reward = get_reward("perception", image_vocabulary=vocab, aggregation="mean")
+    assert isinstance(reward.fn, PerceptionReward) and reward.aggregation == "mean"
+    assert reward.__name__ == "perception_reward"
+    with pytest.raises(TypeError, match="could not be built"):
+        get_reward("perception")
+
+
+def test_unknown_name_lists_available():
+    with pytest.raises(ValueError, match="Unknown reward 'nope'.*accuracy.*perception_calibrated"):
+        get_reward("nope")
+    with pytest.raises(ValueError, match="Could not import reward 'no_such_module:x'.*Available names"):
+        get_reward("no_such_module:x")
+
+
+def test_entry_point_rewards(monkeypatch):
+    from importlib.metadata import EntryPoint
+
+    module = types.ModuleType("contrib_rewards_for_test")
+    exec(textwrap.dedent("""
+        def length_penalty(prompts, completions, **kwargs):
+            return [-len(c) / 100 for c in completions]
+    """), module.__dict__)  # fmt: skip
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    point = EntryPoint("length_penalty", f"{module.__name__}:length_penalty", "trl_omni.rewards")
+    monkeypatch.setattr(
+        "trl_omni.rewards.registry.entry_points", lambda group: [point] if group == "trl_omni.rewards" else []
+    )
+    assert "length_penalty" in list_rewards()
+    assert get_reward("length_penalty")(["q"], ["abcd"]) == [-0.04]
+
+
+def test_setup_declares_the_builtins_as_entry_points():
+    import re
+    from pathlib import Path
+
+    from trl_omni.rewards.registry import BUILTIN_REWARDS, resolve_reward
+
+    setup = (Path(__file__).resolve().parents[1] / "setup.py").read_text()
+    block = setup.split('"trl_omni.rewards": [', 1)[1].split("]", 1)[0]
+    declared = dict(re.findall(r'"\s*(\w+)\s*=\s*([\w.:]+)\s*"', block))
+    assert declared == BUILTIN_REWARDS
+    for target in declared.values():  # every declared target imports and is a reward (function or class)
+        assert callable(resolve_reward(target))
+
+
+# ------------------------------------------------------------------------------------------- safe_reward
+def flaky_reward(prompts, completions, **kwargs):
+    return [1.0 / len(c) for c in completions]  # ZeroDivisionError on an empty completion
+
+
+def test_failure_names_reward_and_sample_index():
+    reward = safe_reward(flaky_reward)
+    assert reward(["a", "b"], ["xy", "x"]) == [0.5, 1.0]
+    with pytest.raises(RewardError, match=r"'flaky_reward' raised ZeroDivisionError on sample 2") as info:
+        reward(["a", "b", "c"], ["xy", "x", ""], answer=["1", "2", "3"])
+    assert info.value.sample_index == 2 and info.value.reward_name == "flaky_reward"
+    assert isinstance(info.value.__cause__, ZeroDivisionError)
+
+
+def test_bad_outputs_are_reported():
+    with pytest.raises(RewardError, match="returned nan for sample 1"):
+        safe_reward(lambda prompts, completions, **k: [1.0, math.nan])(["a", "b"], ["x", "y"])
+    with pytest.raises(RewardError, match="returned 1 values for 2"):
+        safe_reward(lambda prompts, completions, **k: [1.0])(["a", "b"], ["x", "y"])
+    with pytest.raises(RewardError, match="returned 'bad' for sample 0"):
+        safe_reward(lambda prompts, completions, **k: ["bad"], name="typo")(["a"], ["x"])
+    assert safe_reward(safe_reward(flaky_reward)).fn is flaky_reward

@@ -1,0 +1,167 @@
+"""Shared helpers of the rewards: output-format strings, completion text recovery, per-sample column access."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+
+logger = logging.getLogger(__name__)
+
+# The authors' defaults (Omni-R1 templated format); every reward takes them as arguments so other checkpoints and
+# templates can override them.
+DEFAULT_REASONING_OPEN = "<reserved12856>"
+DEFAULT_REASONING_CLOSE = "<reserved12857>"
+DEFAULT_ANSWER_OPEN = "<reserved12866>"
+DEFAULT_ANSWER_CLOSE = "<reserved12867>"
+DEFAULT_FINAL_ANSWER_MARKER = "Final Answer:"
+DEFAULT_THOUGHT_MARKER = "THOUGHT"
+
+
+@dataclass(frozen=True)
+class OutputTags:
+    """The strings that structure a completion, in both output styles.
+
+    Attributes:
+        reasoning_open: Opens the reasoning (templated style).
+        reasoning_close: Closes the reasoning (templated style).
+        answer_open: Opens the answer (templated style).
+        answer_close: Closes the answer (templated style).
+        final_answer_marker: Precedes the answer in the "thought" style (Zebra-CoT traces).
+        thought_marker: Marks reasoning steps in the "thought" style.
+    """
+
+    reasoning_open: str = DEFAULT_REASONING_OPEN
+    reasoning_close: str = DEFAULT_REASONING_CLOSE
+    answer_open: str = DEFAULT_ANSWER_OPEN
+    answer_close: str = DEFAULT_ANSWER_CLOSE
+    final_answer_marker: str = DEFAULT_FINAL_ANSWER_MARKER
+    thought_marker: str = DEFAULT_THOUGHT_MARKER
+
+    @property
+    def control_tags(self) -> tuple[str, str, str, str]:
+        return (self.reasoning_open, self.reasoning_close, self.answer_open, self.answer_close)
+
+
+def message_text(completion: Any) -> str:
+    """The text of one completion, standard (a string) or conversational (a list of messages)."""
+    if completion is None:
+        return ""
+    if isinstance(completion, str):
+        return completion
+    if isinstance(completion, dict):
+        content = completion.get("content", "")
+        if isinstance(content, list):
+            return "".join(part.get("text", "") for part in content if isinstance(part, dict))
+        return str(content)
+    if isinstance(completion, Sequence) and completion:
+        # Conversational: the completion is the list of generated messages; the answer is in the last one.
+        return message_text(completion[-1])
+    return str(completion)
+
+
+class _TagRestorer:
+    """Re-inserts control tags that the tokenizer treats as special tokens into decoded completion text.
+
+    TRL decodes completions with `skip_special_tokens=True`. When the control tags are special tokens (as in the
+    Anole tokenizer), they are absent from `completions`. Given the tokenizer, the tags are found by id in
+    `completion_ids`; the text between them is decoded exactly as TRL does, so the result is TRL's text with the
+    tags put back. Image tokens (when an image vocabulary is given) are dropped before decoding.
+    """
+
+    def __init__(self, tokenizer: Any, tags: Sequence[str], image_vocabulary: Any | None = None):
+        tokenizer = getattr(tokenizer, "tokenizer", tokenizer)  # accept a processor
+        self.tokenizer = tokenizer
+        self.image_vocabulary = image_vocabulary
+        self.tag_ids: dict[int, str] = {}
+        unk = getattr(tokenizer, "unk_token_id", None)
+        for tag in tags:
+            ids = tokenizer.convert_tokens_to_ids([tag])
+            token_id = ids[0] if ids else None
+            # A tag that is not one token of the vocabulary is ordinary text: the plain decode keeps it already.
+            if token_id is not None and token_id != unk and token_id >= 0:
+                self.tag_ids[int(token_id)] = tag
+
+    def __call__(self, ids: Sequence[int]) -> str:
+        ids = [int(i) for i in ids]
+        if self.image_vocabulary is not None and ids:
+            import torch
+
+            keep = ~self.image_vocabulary.is_image_token(torch.tensor(ids, dtype=torch.long))
+            ids = [i for i, k in zip(ids, keep.tolist()) if k]
+        pieces: list[str] = []
+        run: list[int] = []
+        for token_id in ids:
+            tag = self.tag_ids.get(token_id)
+            if tag is None:
+                run.append(token_id)
+                continue
+            if run:
+                pieces.append(self.tokenizer.decode(run, skip_special_tokens=True))
+                run = []
+            pieces.append(tag)
+        if run:
+            pieces.append(self.tokenizer.decode(run, skip_special_tokens=True))
+        return "".join(pieces)
+
+
+def completion_texts(
+    completions: Sequence[Any],
+    completion_ids: Sequence[Sequence[int]] | None,
+    restorer: _TagRestorer | None,
+) -> list[str]:
+    """Completion texts with control tags present, from ids when a tokenizer is known, else from the text."""
+    if restorer is not None and completion_ids is not None and len(completion_ids) == len(completions):
+        return [restorer(ids) for ids in completion_ids]
+    return [message_text(c) for c in completions]
+
+
+def resolve_restorer(own: _TagRestorer | None, kwargs: dict, tags: Sequence[str], cache: dict) -> _TagRestorer | None:
+    """The reward's own restorer, else one built from a `processing_class` passed at call time (cached)."""
+    if own is not None:
+        return own
+    processing_class = kwargs.get("processing_class")
+    if processing_class is None:
+        return None
+    key = id(processing_class)
+    if key not in cache:
+        cache.clear()
+        cache[key] = _TagRestorer(processing_class, tags, kwargs.get("image_vocabulary"))
+    return cache[key]
+
+
+_WARNED: set[str] = set()
+
+
+def warn_once(key: str, message: str) -> None:
+    if key not in _WARNED:
+        _WARNED.add(key)
+        logger.warning(message)
+
+
+def warn_if_tags_stripped(
+    reward_name: str,
+    texts: Sequence[str],
+    completion_ids: Any,
+    restorer: Any,
+    tags: OutputTags,
+    other_markers: Sequence[str] = (),
+) -> None:
+    """Warns once when a tags-style reward sees no control tag (nor any of `other_markers`) in a whole batch while
+    it cannot recover the tags from ids."""
+    if restorer is not None or completion_ids is None or not texts:
+        return
+    if any(marker in text for text in texts for marker in (*tags.control_tags, *other_markers)):
+        return
+    warn_once(
+        f"{reward_name}-stripped",
+        f"{reward_name}: no completion of the batch contains any control tag {list(tags.control_tags)}. TRL decodes "
+        "completions with skip_special_tokens=True, which removes tags that are special tokens. Pass the tokenizer "
+        f"(e.g. `make_{reward_name.removesuffix('_reward')}_reward(processing_class=tokenizer)`) so the reward reads "
+        "the tags from `completion_ids`.",
+    )
+
+
+DEFAULT_TAGS = OutputTags()

@@ -1,0 +1,287 @@
+"""Perception reward: 2D total variation of the codebook embeddings of generated images (Omni-R1)."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+
+MAPPINGS = ("inverse", "exp")
+AGGREGATIONS = ("min", "mean", "max", "median")
+
+
+def total_variation_energy(embeddings: torch.Tensor) -> torch.Tensor:
+    """2D total-variation energy of a batch of embedded code grids.
+
+    `E = (TV_x + TV_y) / D` with `TV_x` the mean over the `H x (W-1)` horizontal neighbour pairs of
+    `||Z[i, j+1] - Z[i, j]||^2` and `TV_y` likewise over the `(H-1) x W` vertical pairs. A grid with a single
+    column (row) has `TV_x = 0` (`TV_y = 0`).
+
+    Args:
+        embeddings: `(M, H, W, D)` codebook embeddings of `M` images.
+
+    Returns:
+        `(M,)` energies.
+    """
+    m, h, w, d = embeddings.shape
+    tv_x = (embeddings[:, :, 1:] - embeddings[:, :, :-1]).pow(2).sum(-1).mean((1, 2)) if w > 1 else None
+    tv_y = (embeddings[:, 1:] - embeddings[:, :-1]).pow(2).sum(-1).mean((1, 2)) if h > 1 else None
+    zero = embeddings.new_zeros(m)
+    return ((tv_x if tv_x is not None else zero) + (tv_y if tv_y is not None else zero)) / d
+
+
+def _segment_reduce(values: torch.Tensor, index: torch.Tensor, num_rows: int, how: str) -> torch.Tensor:
+    """Per-row reduction of `values` grouped by `index` (rows without values get NaN)."""
+    counts = torch.bincount(index, minlength=num_rows)
+    if how in ("min", "max"):
+        fill = float("inf") if how == "min" else float("-inf")
+        out = values.new_full((num_rows,), fill).scatter_reduce(0, index, values, "amin" if how == "min" else "amax")
+    elif how == "mean":
+        out = values.new_zeros(num_rows).index_add(0, index, values) / counts.clamp(min=1)
+    elif how == "median":
+        # Sort by value, then stably by row: each row's values end up contiguous and ascending.
+        order = torch.sort(values, stable=True).indices
+        order = order[torch.sort(index[order], stable=True).indices]
+        ordered = values[order]
+        starts = torch.cumsum(counts, 0) - counts
+        low = (starts + (counts - 1).clamp(min=0) // 2).clamp(max=max(len(values) - 1, 0))
+        high = (starts + counts // 2).clamp(max=max(len(values) - 1, 0))
+        out = (ordered[low] + ordered[high]) / 2 if len(values) else values.new_zeros(num_rows)
+    else:
+        raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {how!r}.")
+    return torch.where(counts > 0, out, torch.full_like(out, float("nan")))
+
+
+class PerceptionReward:
+    """Perception reward: smoothness of each generated image, measured on its codebook embeddings.
+
+    For every complete image segment in a completion (BOI + exactly H*W image tokens + EOI, as parsed by
+    [`~trl_omni.ImageVocabulary.parse_segments`]): `Z = codebook[codes]` of shape `(H, W, D)`,
+    `E = (TV_x + TV_y) / D` ([`total_variation_energy`]), and the image scores `1 / (1 + E / tau)` (`"inverse"`)
+    or `exp(-E / tau)` (`"exp"`). A completion's score aggregates its images' scores with `min` (the authors'
+    default), `mean`, `max` or `median` (the mean of the two middle values for an even count). A completion without
+    a complete image gets None. Incomplete segments are ignored; their count is reported through `log_metric`
+    (`<name>/incomplete_images`) together with `<name>/complete_images`.
+
+    All images of the batch are scored at once: one parse of the padded batch (skipped when the trainer passes the
+    `image_segments` it already parsed, as `PeRPOTrainer` does), one tensor expression for the TV of
+    every image (a lookup of all neighbour pairs in a cached table of squared codebook distances, or a gather of
+    the embeddings, see `method`), and segment reductions per completion. The codebook comes from
+    `ImageVocabulary.codebook_on(device)`, cached per device.
+
+    Args:
+        image_vocabulary: The policy's [`~trl_omni.ImageVocabulary`].
+        tau: Temperature of the mapping (3.0 in the paper).
+        mapping: `"inverse"` or `"exp"`.
+        aggregation: `"min"`, `"mean"`, `"max"` or `"median"`.
+        device: Device to score on; None uses the device of `completion_ids` when it is a tensor, else the CPU.
+            Inside a trainer, pass the accelerator's device.
+        method: `"table"`: neighbour distances are looked up in a `(K, K)` table of squared codebook distances
+            built once per device (the codebook is frozen); `"gather"`: embeddings are gathered and differenced;
+            `"auto"` (default): the table when it fits in `max_table_bytes` (512 MiB: K = 8192 takes 256 MiB).
+            Both compute the same formula.
+        max_table_bytes: Size limit of the distance table for `method="auto"`.
+        max_chunk_elements: Bound on the elements of one gathered `(chunk, H, W, D)` tensor (gather method).
+        name: Reward name (TRL logs `rewards/<name>/mean`).
+
+    Example:
+        ```python
+        >>> reward = PerceptionReward(ImageVocabulary.from_model(model, processor), aggregation="min")
+        >>> reward(prompts, completions, completion_ids=ids)  # inside TRL's GRPOTrainer, or directly
+        [0.93, None, 0.71]
+        ```
+    """
+
+    def __init__(
+        self,
+        image_vocabulary: Any,
+        tau: float = 3.0,
+        mapping: str = "inverse",
+        aggregation: str = "min",
+        device: torch.device | str | None = None,
+        method: str = "auto",
+        max_table_bytes: int = 1 << 29,
+        max_chunk_elements: int = 1 << 19,
+        name: str = "perception_reward",
+    ):
+        if tau <= 0:
+            raise ValueError(f"tau must be > 0, got {tau}.")
+        if mapping not in MAPPINGS:
+            raise ValueError(f"mapping must be one of {MAPPINGS}, got {mapping!r}.")
+        if aggregation not in AGGREGATIONS:
+            raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {aggregation!r}.")
+        self.image_vocabulary = image_vocabulary
+        self.tau = float(tau)
+        self.mapping = mapping
+        self.aggregation = aggregation
+        self.device = None if device is None else torch.device(device)
+        if method not in ("auto", "table", "gather"):
+            raise ValueError(f"method must be 'auto', 'table' or 'gather', got {method!r}.")
+        self.method = method
+        self.max_table_bytes = int(max_table_bytes)
+        self.max_chunk_elements = int(max_chunk_elements)
+        self._tables: dict[str, torch.Tensor] = {}
+        self.name = name
+        self.__name__ = name  # TRL names rewards by `__name__`
+
+    # ------------------------------------------------------------------------------------------------ scoring
+    def _use_table(self, num_codes: int) -> bool:
+        if self.method == "auto":
+            return num_codes * num_codes * 4 <= self.max_table_bytes
+        return self.method == "table"
+
+    def distance_table(self, device: torch.device | str) -> torch.Tensor:
+        """`(K, K)` squared distances `||E[a] - E[b]||^2` between codebook entries, built once per device.
+
+        The codebook is frozen, so every neighbour pair of every image reduces to one lookup in this table instead
+        of a gather of two `D`-dim embeddings and their difference. Computed as `|a|^2 + |b|^2 - 2 a.b` (in
+        float64 for small codebooks, float32 for Anole's 8192 x 256, where the relative error stays near 1e-7),
+        clamped at 0, with an exact zero diagonal (a constant image scores exactly 1), stored in float32.
+        """
+        key = str(torch.device(device))
+        table = self._tables.get(key)
+        if table is None:
+            codebook = self.image_vocabulary.codebook_on(device, torch.float32)
+            if codebook.shape[0] ** 2 * codebook.shape[1] <= 1 << 30:
+                codebook = codebook.double()  # small codebooks: exact enough to compare with hand computations
+            norms = codebook.pow(2).sum(-1)
+            table = (norms[:, None] + norms[None, :] - 2.0 * codebook @ codebook.T).clamp_(min=0.0)
+            table.fill_diagonal_(0.0)
+            table = table.float()
+            self._tables[key] = table
+        return table
+
+    def image_energies(self, codes: torch.Tensor) -> torch.Tensor:
+        """`(M,)` TV energies `E = (TV_x + TV_y) / D` of `(M, H, W)` code grids, all images at once."""
+        vocab = self.image_vocabulary
+        m, h, w = codes.shape
+        d = vocab.codebook_dim
+        if m == 0:
+            return torch.zeros(0, device=codes.device)
+        if self._use_table(vocab.num_codes):
+            table = self.distance_table(codes.device).view(-1)
+            k = vocab.num_codes
+            tv_x = table[codes[:, :, :-1] * k + codes[:, :, 1:]].mean((1, 2)) if w > 1 else 0.0
+            tv_y = table[codes[:, :-1, :] * k + codes[:, 1:, :]].mean((1, 2)) if h > 1 else 0.0
+            return (tv_x + tv_y) / d + torch.zeros(m, device=codes.device)
+        codebook = vocab.codebook_on(codes.device, torch.float32)
+        # Gather path: embeddings of all images, chunked only to bound the memory of one (chunk, H, W, D) tensor.
+        chunk = max(1, self.max_chunk_elements // max(h * w * d, 1))
+        return torch.cat([total_variation_energy(codebook[codes[i : i + chunk]]) for i in range(0, m, chunk)])
+
+    def image_scores(self, codes: torch.Tensor) -> torch.Tensor:
+        """Scores `(M, H, W)` code grids: `(M,)` values in (0, 1]."""
+        energy = self.image_energies(codes)
+        if self.mapping == "inverse":
+            return 1.0 / (1.0 + energy / self.tau)
+        return torch.exp(-energy / self.tau)
+
+    def _to_batch(self, completion_ids: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if isinstance(completion_ids, torch.Tensor):
+            ids = completion_ids if self.device is None else completion_ids.to(self.device)
+            return ids, None
+        rows = [r.tolist() if isinstance(r, torch.Tensor) else r for r in completion_ids]
+        lengths = torch.tensor([len(r) for r in rows], dtype=torch.long)
+        length = int(lengths.max()) if len(rows) else 0
+        device = self.device or torch.device("cpu")
+        # One array from the concatenated rows, scattered under the mask: building tensors from Python int lists
+        # row by row (or with torch.tensor) costs several times the whole scoring.
+        mask = torch.arange(length)[None, :] < lengths[:, None]
+        ids = torch.zeros(len(rows), length, dtype=torch.long)
+        flat = np.fromiter(itertools.chain.from_iterable(rows), dtype=np.int64, count=int(lengths.sum()))
+        ids[mask] = torch.from_numpy(flat)
+        return ids.to(device), mask.to(device)
+
+    def _from_image_segments(self, image_segments: Any, num_rows: int, device: torch.device) -> tuple | None:
+        """Complete codes and rows from already-parsed segments (PeRPO's `image_segments`), or None to re-parse."""
+        if image_segments is None or len(image_segments) != num_rows:
+            return None
+        h, w = self.image_vocabulary.grid_size
+        codes, rows, incomplete = [], [], 0
+        for row, segments in enumerate(image_segments):
+            for segment in segments or ():
+                if not segment.complete:
+                    incomplete += 1
+                    continue
+                if segment.codes.numel() != h * w:
+                    return None  # not what the core produces for this vocabulary: parse the ids instead
+                codes.append(segment.codes)
+                rows.append(row)
+        if not codes:
+            return torch.zeros(0, h, w, dtype=torch.long, device=device), torch.zeros(0, dtype=torch.long), incomplete
+        stacked = torch.stack(codes).to(device=device, dtype=torch.long).view(-1, h, w)
+        return stacked, torch.tensor(rows, dtype=torch.long, device=device), incomplete
+
+    def score_tensor(
+        self,
+        completion_ids: Any,
+        attention_mask: torch.Tensor | None = None,
+        log_metric: Any | None = None,
+        image_segments: Sequence[Sequence[Any]] | None = None,
+    ) -> torch.Tensor:
+        """Per-completion scores as a `(B,)` float tensor, NaN where a completion has no complete image.
+
+        When `image_segments` (per completion, the `ImageSegment`s the core parsed from these same ids, as
+        `PeRPOTrainer` passes them) is given, the codes are taken from it instead of parsing `completion_ids` again.
+        """
+        num_rows = len(completion_ids)
+        device = self.device or (completion_ids.device if isinstance(completion_ids, torch.Tensor) else "cpu")
+        parsed = self._from_image_segments(image_segments, num_rows, torch.device(device))
+        if parsed is not None:
+            codes, rows, incomplete = parsed
+            complete = int(rows.numel())
+        else:
+            ids, mask = self._to_batch(completion_ids)
+            if attention_mask is not None:
+                mask = attention_mask.to(ids.device)
+            segments = self.image_vocabulary.parse_segments(ids, attention_mask=mask)
+            codes, rows = segments.complete_codes, segments.complete_batch_index
+            incomplete, complete = int((~segments.complete).sum()), int(segments.complete.sum())
+        if log_metric is not None:
+            log_metric(f"{self.name}/incomplete_images", float(incomplete))
+            log_metric(f"{self.name}/complete_images", float(complete))
+        scores = self.image_scores(codes)
+        return _segment_reduce(scores, rows.to(scores.device), num_rows, self.aggregation)
+
+    def score(
+        self,
+        completion_ids: Any,
+        log_metric: Any | None = None,
+        image_segments: Sequence[Sequence[Any]] | None = None,
+    ) -> list[float | None]:
+        """Per-completion scores (None where a completion has no complete image).
+
+        Args:
+            completion_ids: A list of id lists (TRL's `completion_ids`) or a `(B, L)` tensor (no padding inside
+                rows other than at positions that are not BOI/EOI/image tokens).
+            log_metric: Optional TRL `log_metric` callable for the image counts.
+            image_segments: Optional per-completion `ImageSegment` lists already parsed from `completion_ids`
+                (passed by `PeRPOTrainer`); saves the parse.
+        """
+        values = self.score_tensor(completion_ids, log_metric=log_metric, image_segments=image_segments).tolist()
+        return [None if v != v else float(v) for v in values]
+
+    def __call__(
+        self,
+        prompts: Sequence[Any] | None = None,
+        completions: Sequence[Any] | None = None,
+        completion_ids: Sequence[Sequence[int]] | None = None,
+        log_metric: Any | None = None,
+        **kwargs: Any,
+    ) -> list[float | None]:
+        if completion_ids is None:
+            raise ValueError(
+                f"{self.name} needs `completion_ids` (the generated token ids); TRL's GRPOTrainer passes them. "
+                "Call `.score(completion_ids)` when using it outside a trainer."
+            )
+        return self.score(completion_ids, log_metric=log_metric, image_segments=kwargs.get("image_segments"))
+
+    def __repr__(self) -> str:
+        return (
+            f"PerceptionReward(tau={self.tau}, mapping={self.mapping!r}, aggregation={self.aggregation!r}, "
+            f"grid={self.image_vocabulary.grid_size}, codebook_dim={self.image_vocabulary.codebook_dim})"
+        )
