@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from itertools import chain
 from typing import Any
 
+import numpy as np
 import torch
 
 
@@ -53,6 +55,17 @@ def _gathered_copy(weight: torch.Tensor) -> torch.Tensor:
     if hasattr(weight, "full_tensor"):  # FSDP2 DTensor
         weight = weight.full_tensor()
     return weight.detach().float().cpu().clone()
+
+
+def _pack_rows(rows: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pads lists of ids of any lengths into `(B, L)` ids and a mask, with one flat copy (no per-row tensors)."""
+    lengths = torch.tensor([len(row) for row in rows], dtype=torch.long)
+    length = int(lengths.max()) if len(rows) else 0
+    flat = torch.from_numpy(np.fromiter(chain.from_iterable(rows), dtype=np.int64, count=int(lengths.sum())))
+    mask = torch.arange(length).expand(len(rows), length) < lengths[:, None]
+    padded = torch.zeros(len(rows), length, dtype=torch.long)
+    padded[mask] = flat
+    return padded, mask
 
 
 @dataclass
@@ -341,14 +354,7 @@ class ImageVocabulary:
             [`ImageSegments`].
         """
         if not isinstance(ids, torch.Tensor):
-            rows = [torch.as_tensor(list(r), dtype=torch.long) for r in ids]
-            length = max((r.numel() for r in rows), default=0)
-            padded = torch.zeros(len(rows), length, dtype=torch.long)
-            mask = torch.zeros(len(rows), length, dtype=torch.bool)
-            for i, row in enumerate(rows):
-                padded[i, : row.numel()] = row
-                mask[i, : row.numel()] = True
-            ids, attention_mask = padded, mask
+            ids, attention_mask = _pack_rows(ids)
         ids = ids.long()
         if ids.dim() == 1:
             ids = ids.unsqueeze(0)
