@@ -132,37 +132,42 @@ class ImageSpanLogitsProcessor(LogitsProcessor):
         """O(batch) state update from the token sampled at the previous step."""
         last = input_ids[:, -1]
         is_boi = last == self.vocab.boi_token_id
-        self._produced = torch.where(is_boi, 0, self._produced + self._in_image.long())
+        self._produced = (self._produced + self._in_image).masked_fill_(is_boi, 0)
         self._in_image = (self._in_image & (last != self.vocab.eoi_token_id)) | is_boi
-        self._opened = self._opened + is_boi.long()
+        self._opened += is_boi
 
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+    def _continues(self, input_ids: torch.LongTensor) -> bool:
+        # `generate` appends exactly one column per step. Checking the shape and the edge columns keeps this O(batch);
+        # a new `generate` call would have to reproduce both edges of every row at exactly one more column to pass.
         previous = self._previous
-        continues = (
+        return (
             previous is not None
             and previous.shape[0] == input_ids.shape[0]
             and previous.shape[1] + 1 == input_ids.shape[1]
-            and torch.equal(previous, input_ids[:, :-1])
+            and bool((previous[:, -1] == input_ids[:, -2]).all())
+            and bool((previous[:, 0] == input_ids[:, 0]).all())
         )
-        if continues:
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        if self._continues(input_ids):
             self._advance(input_ids)
         else:
             self._scan(input_ids)
         self._previous = input_ids
 
-        no_new_image = self._opened >= self.max_images if self.max_images is not None else None
-        budget_left = None if self.max_new_tokens is None else self._prompt_length + self.max_new_tokens
-        if not self.allow_images or (
-            budget_left is not None and budget_left - input_ids.shape[1] < self.vocab.span_length
-        ):
+        length = input_ids.shape[1]
+        out_of_budget = self.max_new_tokens is not None and (
+            self._prompt_length + self.max_new_tokens - length < self.vocab.span_length
+        )
+        if not self.allow_images or out_of_budget:
             text_mode = self._TEXT_NO_IMAGE
-        elif no_new_image is not None:
-            text_mode = no_new_image.long()  # _TEXT (0) or _TEXT_NO_IMAGE (1)
+        elif self.max_images is not None:
+            text_mode = self._opened >= self.max_images  # False -> _TEXT (0), True -> _TEXT_NO_IMAGE (1)
         else:
             text_mode = self._TEXT
-        image_mode = self._DRAWING + (self._produced >= self.vocab.tokens_per_image).long()
+        image_mode = (self._produced >= self.vocab.tokens_per_image) + self._DRAWING
         mode = torch.where(self._in_image, image_mode, text_mode)
-        return scores + self._bias_table(scores)[mode]
+        return scores + torch.index_select(self._bias_table(scores), 0, mode)
 
     def _bias_table(self, scores: torch.Tensor) -> torch.Tensor:
         key = (scores.shape[-1], str(scores.device), scores.dtype)
