@@ -209,6 +209,41 @@ def test_missing_tracker_falls_back_to_files(tiny, vocab, palette_decoder, tmp_p
     assert log.log(_rendered(tiny, vocab, palette_decoder, 1), step=1).logged == 1
 
 
+def test_logger_tensorboard_path_with_stub(tiny, vocab, palette_decoder, tmp_path, monkeypatch):
+    calls = []
+
+    class StubWriter:
+        def __init__(self, log_dir):
+            calls.append(("init", log_dir))
+
+        def add_image(self, tag, array, step, dataformats):
+            calls.append(("image", tag, array.shape, step, dataformats))
+
+        def add_text(self, tag, text, step):
+            calls.append(("text", tag, "IMGIMG" in text, step))
+
+        def flush(self):
+            calls.append(("flush",))
+
+        def close(self):
+            calls.append(("close",))
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", types.SimpleNamespace(SummaryWriter=StubWriter))
+    log = TrajectoryLogger(trackers=["tensorboard"], tensorboard_dir=tmp_path / "tb", max_per_step=2, png_width=320)
+    log.log(_rendered(tiny, vocab, palette_decoder, 3), step=9)
+    log.log(_rendered(tiny, vocab, palette_decoder, 1), step=10)
+    log.close()
+    assert calls[0] == ("init", str(tmp_path / "tb")) and [c[0] for c in calls].count("init") == 1
+    images = [c for c in calls if c[0] == "image"]
+    assert [(tag, step) for _, tag, _, step, _ in images] == [
+        ("rendered_trajectories/0", 9),
+        ("rendered_trajectories/1", 9),
+        ("rendered_trajectories/0", 10),
+    ]
+    assert all(shape[1] == 320 and shape[2] == 3 and fmt == "HWC" for _, _, shape, _, fmt in images)
+    assert not any(c[2] for c in calls if c[0] == "text") and calls[-1] == ("close",)
+
+
 def test_logger_tensorboard(tiny, vocab, palette_decoder, tmp_path):
     pytest.importorskip("tensorboard")
     log = TrajectoryLogger(trackers=["tensorboard"], tensorboard_dir=tmp_path / "tb", max_per_step=2)
@@ -238,6 +273,10 @@ def test_callback_buffers_latest_and_logs_on_main_process(tiny, vocab, palette_d
     assert callback.num_pending == 0 and callback.last_report.logged == 2
     page = open(tmp_path / "step_00000004" / "trajectory_00.html", encoding="utf-8").read()
     assert "reward: 3.0" in page and "step: 4" in page
+    # Padding given by a mask is dropped before rendering.
+    pad = processor.tokenizer.pad_token_id
+    callback.submit(torch.tensor([rows[0] + [pad] * 3]), attention_mask=torch.tensor([[1] * len(rows[0]) + [0] * 3]))
+    assert callback._pending[-1][0] == rows[0]
     # Other processes drop their buffer without writing.
     callback.submit(rows[:1])
     state.is_world_process_zero, state.global_step = False, 5

@@ -789,6 +789,7 @@ class RenderedTrajectoriesCallback(TrainerCallback):
         completion_ids: Any,
         titles: Sequence[str | None] | None = None,
         metadata: Sequence[dict[str, Any]] | None = None,
+        attention_mask: Any | None = None,
     ) -> None:
         """Hands completions to the callback; only the latest `max_per_step` are kept until the next log.
 
@@ -797,8 +798,9 @@ class RenderedTrajectoriesCallback(TrainerCallback):
                 or full sequences; prompt text and images render too when included.
             titles: Optional title per completion (e.g. the prompt).
             metadata: Optional dict per completion (e.g. `{"reward": 0.8}`), shown with the trajectory.
+            attention_mask: Optional mask for a padded tensor of ids (0 = padding, dropped).
         """
-        rows = _rows_of(completion_ids, None)
+        rows = _rows_of(completion_ids, attention_mask)
         for i, row in enumerate(rows):
             title = None if titles is None else titles[i]
             facts = {} if metadata is None else dict(metadata[i])
