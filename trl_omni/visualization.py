@@ -268,6 +268,9 @@ class RenderedTrajectory:
                     draw.text((margin, y + i * line_height), line, fill=colour, font=font)
             elif kind == "image":
                 canvas.paste(payload, (margin, y))
+                # A 1-pixel frame just outside the image, so white drawings stay visible on the white strip.
+                frame = [margin - 1, y - 1, margin + payload.width, y + payload.height]
+                draw.rectangle(frame, outline=(190, 190, 190), width=1)
             else:
                 draw.rectangle([margin, y, width - margin - 1, y + height - 1], outline=(200, 80, 80), width=2)
                 draw.text((margin + 6, y + line_height // 2), payload, fill=(170, 40, 40), font=font)
