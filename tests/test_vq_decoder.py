@@ -240,3 +240,43 @@ def test_palette_codebook_distances_are_colour_distances():
     torch.testing.assert_close(torch.cdist(codebook, codebook), torch.cdist(colours, colours))
     with pytest.raises(ValueError, match="dim >= 3"):
         palette_codebook(palette, dim=2)
+
+
+def test_hub_repo_id_fetches_only_decoder_shards(tiny, tmp_path, monkeypatch):
+    import fnmatch
+    import shutil
+
+    import huggingface_hub
+
+    model, processor = tiny
+    reference = _random_decoder(model, processor, seed=4)
+    source, snapshot = tmp_path / "remote", tmp_path / "snapshot"
+    source.mkdir()
+    snapshot.mkdir()
+    lm_state = {"model.embed_tokens.weight": torch.zeros(4, 4)}
+    decoder_state = _anole_state(reference, "model.vqmodel.")
+    save_file(lm_state, source / "model-00001-of-00002.safetensors")
+    save_file(decoder_state, source / "model-00002-of-00002.safetensors")
+    weight_map = {k: "model-00001-of-00002.safetensors" for k in lm_state}
+    weight_map.update({k: "model-00002-of-00002.safetensors" for k in decoder_state})
+    (source / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    requests = []
+
+    def fake_snapshot_download(repo_id, allow_patterns):
+        requests.append((repo_id, sorted(allow_patterns)))
+        for name in os.listdir(source):
+            if any(fnmatch.fnmatch(name, pattern) for pattern in allow_patterns):
+                shutil.copy(source / name, snapshot / name)
+        return str(snapshot)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
+    decoder = load_vq_decoder(model, "someone/Anole-hf")
+    torch.testing.assert_close(decoder.decoder.conv_in.weight, reference.decoder.conv_in.weight)
+    assert requests[-1] == ("someone/Anole-hf", ["*.safetensors.index.json", "model-00002-of-00002.safetensors"])
+    assert not (snapshot / "model-00001-of-00002.safetensors").exists()  # the LM shard was never fetched
+
+
+def test_unreachable_repo_id_gives_clear_error(tiny):
+    model, processor = tiny
+    with pytest.raises(FileNotFoundError, match="neither a local directory"):
+        load_vq_decoder(model.config, "no-such-org/no-such-anole-repo")

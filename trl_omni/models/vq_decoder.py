@@ -343,6 +343,31 @@ def read_vq_decoder_state_dict(
     return state, best_prefix, sorted(wanted_by_file)
 
 
+def _download_decoder_files(repo_id: str) -> str:
+    """Resolves a Hub repo id to a local snapshot holding its decoder weights, fetching only the shards that hold
+    decoder keys (a no-op when the model was loaded from the Hub: the shards are already in the cache)."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        local = snapshot_download(repo_id, allow_patterns=["*.safetensors.index.json"])
+    except Exception as error:  # offline, unknown repo, gated repo, ...
+        raise FileNotFoundError(
+            f"{repo_id!r} is neither a local directory nor a reachable Hub repository ({type(error).__name__}: "
+            f"{error}). Pass `checkpoint_dir=` pointing to a local Anole checkpoint."
+        ) from error
+    shards: set[str] = set()
+    for index_file in (f for f in os.listdir(local) if f.endswith(".safetensors.index.json")):
+        with open(os.path.join(local, index_file), encoding="utf-8") as f:
+            weight_map = json.load(f).get("weight_map", {})
+        shards.update(
+            shard
+            for key, shard in weight_map.items()
+            if any(key.startswith(p + "decoder.") or key.startswith(p + "post_quant_conv.") for p in KEY_PREFIXES)
+        )
+    patterns = sorted(shards) if shards else ["*.safetensors", "tokenizer/vqgan.ckpt"]
+    return snapshot_download(repo_id, allow_patterns=patterns + ["*.safetensors.index.json"])
+
+
 def load_vq_decoder(
     model_or_config: Any,
     checkpoint_dir: str | os.PathLike | None = None,
@@ -361,8 +386,9 @@ def load_vq_decoder(
     Args:
         model_or_config: A Chameleon / Anole model (wrappers allowed), its `ChameleonConfig`, its `vq_config`, or a
             dict of `ChameleonVQVAEConfig` fields.
-        checkpoint_dir: Directory of an Anole-format checkpoint (see the module docstring for the accepted layouts).
-            Defaults to the model's `config._name_or_path` when that is a local directory.
+        checkpoint_dir: Directory of an Anole-format checkpoint (see the module docstring for the accepted layouts),
+            or a Hub repo id (only the shards holding decoder weights are fetched; from the cache when the model was
+            loaded from the Hub). Defaults to the model's `config._name_or_path`.
         image_processor: Chameleon image processor defining the pixel normalisation to invert (optional).
         device: Device for the decoder; defaults to the model's device (CPU for a config).
         dtype: Parameter dtype of the decoder (float32 by default: decoding is a small share of the cost and
@@ -386,9 +412,9 @@ def load_vq_decoder(
     is_model = isinstance(model_or_config, nn.Module)
     decoder = ChameleonVQDecoder(_vq_config_of(model_or_config), image_processor=image_processor)
     if checkpoint_dir is None and is_model:
-        name = getattr(unwrap_model(model_or_config).config, "_name_or_path", None)
-        if name and os.path.isdir(name):
-            checkpoint_dir = name
+        checkpoint_dir = getattr(unwrap_model(model_or_config).config, "_name_or_path", None) or None
+    if checkpoint_dir is not None and not os.path.isdir(checkpoint_dir):
+        checkpoint_dir = _download_decoder_files(os.fspath(checkpoint_dir))
     if checkpoint_dir is None:
         raise ValueError(
             "No checkpoint to load the VQGAN decoder from: pass `checkpoint_dir=` pointing to an Anole checkpoint "
