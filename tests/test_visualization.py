@@ -327,3 +327,17 @@ def test_callback_inside_a_real_trainer(tmp_path):
     assert sorted(os.listdir(out)) == ["step_00000001", "step_00000002"]
     page = open(out / "step_00000002" / "trajectory_00.html", encoding="utf-8").read()
     assert page.count("<img ") == 1 and "Let me draw it." in page and "The answer is A." in page
+
+
+def test_incomplete_segment_shows_other_tokens_inside(tiny, vocab, palette_decoder):
+    model, processor = tiny
+    inside = vocab.codes_to_ids(torch.arange(5)).tolist() + _text_ids(processor, "oops <x>")
+    ids = _text_ids(processor, "Let me draw it.") + [vocab.boi_token_id] + inside + [vocab.eoi_token_id]
+    ids += _text_ids(processor, " The answer is A.")
+    rendered = render_trajectory(ids, processor, vocab, palette_decoder)
+    assert [p.kind for p in rendered.pieces] == ["text", "incomplete_image", "text"]
+    assert rendered.pieces[1].num_image_tokens == 5 and rendered.pieces[1].text == "oops <x>"
+    assert (
+        "incomplete image: 5 of 64 image tokens; other tokens inside: &#x27;oops &lt;x&gt;&#x27;" in rendered.to_html()
+    )
+    assert rendered.pieces[2].text == " The answer is A."

@@ -89,7 +89,8 @@ class TrajectoryPiece:
 
     Attributes:
         kind: `"text"`, `"image"` (a complete, decoded image) or `"incomplete_image"` (shown as a placeholder).
-        text: Decoded text (text pieces only; image spans removed).
+        text: Decoded text (text pieces: image spans removed; incomplete images: the non-image tokens found inside
+            the cut segment, if any).
         image: The decoded image (complete images only).
         num_image_tokens: Image tokens in the segment (images) or stray image tokens dropped from the text.
         tokens_per_image: Image tokens a complete image has.
@@ -161,7 +162,7 @@ class RenderedTrajectory:
             elif piece.kind == "image":
                 parts.append(f"[image {piece.image.width}x{piece.image.height}]")
             else:
-                parts.append(f"[incomplete image: {piece.num_image_tokens}/{piece.tokens_per_image} image tokens]")
+                parts.append(f"[{_incomplete_label(piece)}]")
         return "".join(parts)
 
     # ------------------------------------------------------------------ HTML
@@ -192,10 +193,7 @@ class RenderedTrajectory:
                     f"{piece.image.height} px)</figcaption></figure>"
                 )
             else:
-                out.append(
-                    f'<div class="incomplete">incomplete image: {piece.num_image_tokens} of '
-                    f"{piece.tokens_per_image} image tokens</div>"
-                )
+                out.append(f'<div class="incomplete">{html.escape(_incomplete_label(piece))}</div>')
         out.append("</section>")
         return "\n".join(out)
 
@@ -239,9 +237,7 @@ class RenderedTrajectory:
                 resample = Image.NEAREST if size >= piece.image.width else Image.LANCZOS
                 blocks.append(("image", piece.image.convert("RGB").resize((size, height), resample)))
             else:
-                blocks.append(
-                    ("box", f"incomplete image: {piece.num_image_tokens} of {piece.tokens_per_image} image tokens")
-                )
+                blocks.append(("box", _incomplete_label(piece)))
 
         def block_height(kind: str, payload: Any) -> int:
             if kind == "lines":
@@ -287,6 +283,14 @@ class RenderedTrajectory:
             f.write(self.to_html())
         self.to_png(width=png_width).save(path_prefix + ".png")
         return path_prefix + ".html", path_prefix + ".png"
+
+
+def _incomplete_label(piece: TrajectoryPiece) -> str:
+    label = f"incomplete image: {piece.num_image_tokens} of {piece.tokens_per_image} image tokens"
+    if piece.text:
+        shown = piece.text if len(piece.text) <= 80 else piece.text[:77] + "..."
+        label += f"; other tokens inside: {shown!r}"
+    return label
 
 
 def _line_height(font: Any) -> int:
@@ -423,9 +427,14 @@ def render_trajectories(
                     )
                 )
             else:
+                inside = torch.tensor(row[segment.start + 1 : segment.end], dtype=torch.long)
+                if inside.numel() and int(inside[-1]) == image_vocabulary.eoi_token_id:
+                    inside = inside[:-1]
+                others = inside[~image_vocabulary.is_image_token(inside)].tolist()
                 pieces.append(
                     TrajectoryPiece(
                         "incomplete_image",
+                        text=tokenizer.decode(others, skip_special_tokens=skip_special_tokens) if others else "",
                         num_image_tokens=int(segment.codes.numel()),
                         tokens_per_image=image_vocabulary.tokens_per_image,
                     )
