@@ -280,3 +280,35 @@ def test_unreachable_repo_id_gives_clear_error(tiny):
     model, processor = tiny
     with pytest.raises(FileNotFoundError, match="neither a local directory"):
         load_vq_decoder(model.config, "no-such-org/no-such-anole-repo")
+
+
+def test_matches_reference_vqgan_decoder_outputs():
+    # Golden values computed once with the reference Chameleon/taming VQModel.decode (GAIR-NLP/anole,
+    # chameleon/inference/vqgan.py) on the same deterministic weights: pins the architecture and the key mapping.
+    config = {
+        "embed_dim": 8,
+        "num_embeddings": 16,
+        "latent_channels": 8,
+        "resolution": 16,
+        "base_channels": 32,
+        "channel_multiplier": [1, 2],
+        "num_res_blocks": 1,
+        "attn_resolutions": [8],
+    }
+    decoder = ChameleonVQDecoder(config)
+    state = {}
+    for i, (key, value) in enumerate(sorted(decoder.state_dict().items())):
+        pattern = torch.sin(torch.arange(value.numel(), dtype=torch.float64) * 0.37 + i).reshape(value.shape)
+        is_norm_scale = key.endswith(("norm1.weight", "norm2.weight", "norm.weight", "norm_out.weight"))
+        state[key] = ((1.0 if is_norm_scale else 0.0) + 0.1 * pattern).float()
+    assert len(state) == 90
+    decoder.load_state_dict(state)
+    codebook = torch.cos(torch.arange(16 * 8, dtype=torch.float64) * 0.11).reshape(16, 8).float()
+    codes = (torch.arange(64) * 7 % 16).reshape(1, 8, 8)
+    with torch.no_grad():
+        pixels = decoder(codebook[codes].permute(0, 3, 1, 2))
+    assert pixels.shape == (1, 3, 16, 16)
+    expected = [0.053003, 0.174439, -0.153774, -0.058844, 0.328254, 0.647550, 0.466539, 0.065432, 0.641171, 0.707619]
+    torch.testing.assert_close(pixels[0, :, ::5, ::5].flatten()[:10], torch.tensor(expected), atol=1e-4, rtol=0)
+    torch.testing.assert_close(pixels.mean(), torch.tensor(0.111163), atol=1e-4, rtol=0)
+    torch.testing.assert_close(pixels.std(), torch.tensor(0.618036), atol=1e-4, rtol=0)

@@ -20,6 +20,9 @@ Checkpoint key names (evidence, checked 2026-11):
   Anole modelling from that PR (kept in PR #36047, `AnoleVQVAE.decoder = AnoleVQVAEDecoder`) uses the same submodule
   names as taming's `Decoder`, so the decoder keys are `model.vqmodel.decoder.*` and
   `model.vqmodel.post_quant_conv.*`.
+Cross-check: with the reference `VQModel` from that file, the decoder's `decoder.*` / `post_quant_conv.*` key sets are
+identical (with and without attention resolutions and width changes) and `VQModel.decode` outputs match to 1e-5;
+`tests/test_vq_decoder.py` pins golden outputs computed with the reference.
 [`load_vq_decoder`] accepts the prefixes `model.vqmodel.`, `vqmodel.` and none (bare taming layout), from
 `*.safetensors` files (sharded with `model.safetensors.index.json` or not; only the shards holding decoder keys are
 opened) or from the original `tokenizer/vqgan.ckpt` (`{"state_dict": ...}`, read with `weights_only=True`). Missing
