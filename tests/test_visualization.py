@@ -100,7 +100,11 @@ def test_png_strip_size(tiny, vocab, palette_decoder):
     assert with_text.to_png(width=300, margin=10, gap=6).size == (300, strip.height + line_height + 6)
     # Long text wraps within the width and the strip is capped at max_height.
     long_text = render_trajectory(_text_ids(processor, "the answer is " * 200), processor, vocab, palette_decoder)
-    assert long_text.to_png(width=200, max_height=300).size == (200, 300)
+    cut = long_text.to_png(width=200, max_height=300)
+    assert cut.size == (200, 300)
+    # The long text is drawn down to the "truncated" line, not dropped as a whole.
+    ink_rows = (np.asarray(cut.convert("L")) < 128).any(axis=1)
+    assert ink_rows[200:280].any() and ink_rows[:50].any()
 
 
 def test_batch_rendering_with_padding_decodes_once(tiny, vocab, palette_decoder):

@@ -237,14 +237,14 @@ class RenderedTrajectory:
                 resample = Image.NEAREST if size >= piece.image.width else Image.LANCZOS
                 blocks.append(("image", piece.image.convert("RGB").resize((size, height), resample)))
             else:
-                blocks.append(("box", _incomplete_label(piece)))
+                blocks.append(("box", _wrap(_incomplete_label(piece), font, inner - 12)))
 
         def block_height(kind: str, payload: Any) -> int:
             if kind == "lines":
                 return len(payload[0]) * line_height
             if kind == "image":
                 return payload.height
-            return 2 * line_height
+            return (len(payload) + 1) * line_height
 
         heights = [block_height(kind, payload) for kind, payload in blocks]
         total = 2 * margin + sum(heights) + gap * max(0, len(blocks) - 1)
@@ -256,12 +256,14 @@ class RenderedTrajectory:
         y = margin
         limit = total - margin - (line_height if truncated else 0)
         for (kind, payload), height in zip(blocks, heights):
-            if y + height > limit:
-                break
-            if kind == "lines":
+            if kind == "lines":  # text may be cut line by line; images and boxes are shown whole or not at all
                 lines, colour = payload
                 for i, line in enumerate(lines):
+                    if y + (i + 1) * line_height > limit:
+                        break
                     draw.text((margin, y + i * line_height), line, fill=colour, font=font)
+            elif y + height > limit:
+                break
             elif kind == "image":
                 canvas.paste(payload, (margin, y))
                 # A 1-pixel frame just outside the image, so white drawings stay visible on the white strip.
@@ -269,8 +271,13 @@ class RenderedTrajectory:
                 draw.rectangle(frame, outline=(190, 190, 190), width=1)
             else:
                 draw.rectangle([margin, y, width - margin - 1, y + height - 1], outline=(200, 80, 80), width=2)
-                draw.text((margin + 6, y + line_height // 2), payload, fill=(170, 40, 40), font=font)
+                for i, line in enumerate(payload):
+                    draw.text(
+                        (margin + 6, y + line_height // 2 + i * line_height), line, fill=(170, 40, 40), font=font
+                    )
             y += height + gap
+            if y > limit:
+                break
         if truncated:
             draw.text((margin, total - margin - line_height), "... (truncated)", fill=(170, 40, 40), font=font)
         return canvas
