@@ -32,6 +32,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--rows", type=int, default=16)
+    parser.add_argument("--layout-resolution", type=int, default=128, help="0 to skip the layout comparison")
     parser.add_argument("--decoder-batches", type=int, nargs="*", default=[1], help="empty to skip the decoder")
     args = parser.parse_args()
     torch.manual_seed(0)
@@ -51,6 +52,24 @@ def main() -> None:
                 f"anole-size decoder ({params / 1e6:.1f}M params), {side}x{side} codes -> "
                 f"{config.resolution}px, batch {batch}: {seconds:.2f} s ({seconds / batch:.2f} s/image)"
             )
+
+    # 1b. channels_last (what ChameleonVQDecoder uses) vs the default layout, alternating in one process.
+    if args.layout_resolution:
+        small = ChameleonVQDecoder(ChameleonVQVAEConfig(resolution=args.layout_resolution))
+        plain = ChameleonVQDecoder(ChameleonVQVAEConfig(resolution=args.layout_resolution))
+        plain.to(memory_format=torch.contiguous_format).load_state_dict(small.state_dict())
+        grid = args.layout_resolution // 2 ** (len(config.channel_multiplier) - 1)
+        latents = torch.randn(1, config.embed_dim, grid, grid)
+        channels_last, contiguous = [], []
+        with torch.no_grad():
+            for _ in range(args.repeats):
+                channels_last.append(_best(lambda: small(latents), 1))
+                contiguous.append(_best(lambda: plain.decoder(plain.post_quant_conv(latents)), 1))
+        cl, co = statistics.median(channels_last), statistics.median(contiguous)
+        print(
+            f"decoder layout at {args.layout_resolution}px: channels_last {cl:.2f} s, contiguous {co:.2f} s, "
+            f"ratio contiguous/channels_last = {co / cl:.2f}"
+        )
 
     # 2. Batched rendering (one parse, one decode call) vs one render_trajectory call per row.
     model, processor = tiny_chameleon(seed=0)
