@@ -19,12 +19,16 @@ from .models import (
     ImageSegments,
     ImageSpanLogitsProcessor,
     ImageVocabulary,
+    PaletteDecoder,
+    decode_images,
     disable_image_generation,
     enable_image_generation,
     encode_images,
     freeze_vq_model,
     is_image_generation_enabled,
     load_omni_model,
+    load_vq_decoder,
+    palette_codebook,
 )
 from .rewards import (
     ModelReward,
@@ -39,9 +43,17 @@ from .rewards import (
     make_format_reward,
     safe_reward,
 )
+from .visualization import (
+    FalseColorDecoder,
+    RenderedTrajectoriesCallback,
+    TrajectoryLogger,
+    render_trajectories,
+    render_trajectory,
+)
 
 
 __all__ = [
+    "FalseColorDecoder",
     "ImageEncoder",
     "ImageSegment",
     "ImageSegments",
@@ -50,14 +62,18 @@ __all__ = [
     "InterleavedDataCollator",
     "InterleavedDataError",
     "ModelReward",
+    "PaletteDecoder",
     "PerceptionCalibratedReward",
     "PerceptionReward",
+    "RenderedTrajectoriesCallback",
     "RewardError",
+    "TrajectoryLogger",
     "__version__",
     "accuracy_reward",
     "convert_m3cot",
     "convert_omni_bench",
     "convert_zebra_cot",
+    "decode_images",
     "disable_image_generation",
     "enable_image_generation",
     "encode_images",
@@ -69,9 +85,13 @@ __all__ = [
     "is_image_generation_enabled",
     "list_rewards",
     "load_omni_model",
+    "load_vq_decoder",
     "make_accuracy_reward",
     "make_format_reward",
+    "palette_codebook",
     "pretokenize_images",
+    "render_trajectories",
+    "render_trajectory",
     "safe_reward",
     "text_part",
 ]

@@ -9,20 +9,40 @@ from .generation import (
 )
 from .image_vocabulary import ImageSegment, ImageSegments, ImageVocabulary, unwrap_model
 from .loading import freeze_vq_model, load_omni_model
+from .vq_decoder import (
+    ChameleonVQDecoder,
+    MissingVQDecoderWeightsError,
+    PaletteDecoder,
+    VQImageDecoder,
+    decode_images,
+    load_vq_decoder,
+    palette_codebook,
+    read_vq_decoder_state_dict,
+    uniform_palette,
+)
 
 
 __all__ = [
+    "ChameleonVQDecoder",
     "ImageEncoder",
     "ImageSegment",
     "ImageSegments",
     "ImageSpanLogitsProcessor",
     "ImageVocabulary",
+    "MissingVQDecoderWeightsError",
+    "PaletteDecoder",
+    "VQImageDecoder",
+    "decode_images",
     "disable_image_generation",
-    "encode_images",
     "enable_image_generation",
+    "encode_images",
     "freeze_vq_model",
     "is_image_generation_enabled",
     "load_omni_model",
+    "load_vq_decoder",
+    "palette_codebook",
+    "read_vq_decoder_state_dict",
     "to_rgb",
+    "uniform_palette",
     "unwrap_model",
 ]
