@@ -64,6 +64,7 @@ class PeSFTTrainer(SFTTrainer):
 
     Example:
         ```python
+        >>> import torch
         >>> from datasets import Dataset
         >>> from trl_omni import ImageVocabulary
         >>> from trl_omni.testing import tiny_chameleon
@@ -217,7 +218,8 @@ class PeSFTTrainer(SFTTrainer):
         hidden_states = output[0] if isinstance(output, tuple) else output
         # Projecting here, inside the model's forward, keeps the head's weights gathered under FSDP2 / ZeRO-3; only
         # the N image positions are projected, never the whole sequence.
-        selected = hidden_states[capture.rows, capture.hidden_positions]
+        device = hidden_states.device  # with a `device_map` split, the last layer may sit apart from the labels
+        selected = hidden_states[capture.rows.to(device), capture.hidden_positions.to(device)]
         capture.projection = get_perception_head(self.model)(selected)
 
     def _capture_fused_outputs(self, module: torch.nn.Module, args: tuple, output: Any) -> Any:
@@ -284,7 +286,8 @@ class PeSFTTrainer(SFTTrainer):
                 "states. Is the model a Chameleon / Anole model?"
             )
 
-        targets = self.image_vocabulary.codebook_on(capture.projection.device)[capture.codes]
+        device = capture.projection.device
+        targets = self.image_vocabulary.codebook_on(device)[capture.codes.to(device)]
         squared_error = (capture.projection.float() - targets).pow(2)
         per_token = squared_error.sum(-1) if self.args.perception_reduction == "paper" else squared_error.mean(-1)
         error_sum = per_token.sum()  # an exact, graph-connected zero when there are no image tokens
