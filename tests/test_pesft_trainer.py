@@ -249,9 +249,18 @@ def test_training_updates_head_logs_metrics_and_keeps_vq_frozen(tmp_path, tiny):
     assert {entry["image_tokens"] for entry in logs} <= {64.0, 128.0, 192.0}
     metrics = trainer.evaluate()
     assert math.isfinite(metrics["eval_perception_loss"]) and metrics["eval_image_tokens"] == 128.0
-    # Outside compute_loss the hooks are idle: a plain forward leaves nothing captured.
-    model(input_ids=torch.tensor([[1, 2, 3]]))
-    assert trainer._perception_capture is None
+    # Outside compute_loss the hooks are idle: neither a plain forward nor generation runs the head.
+    calls = []
+    handle = model.perception_head.register_forward_hook(lambda *args: calls.append(1))
+    model.eval()
+    with torch.no_grad():
+        model(input_ids=torch.tensor([[1, 2, 3]]))
+        model.generate(input_ids=torch.tensor([[1, 2, 3]]), max_new_tokens=3, do_sample=False)
+    assert calls == [] and trainer._perception_capture is None
+    model.train()
+    trainer.compute_loss(trainer.model, fixed_batch(trainer, (0, 2)))
+    handle.remove()
+    assert calls == [1] and trainer._perception_capture is None  # one projection per loss forward, then disarmed
 
 
 def test_rows_with_image_columns_are_refused_and_overlong_rows_dropped(tmp_path, tiny, caplog):
@@ -412,3 +421,19 @@ def test_two_processes_end_with_identical_weights(tmp_path):
     assert not torch.equal(rank0["perception_head.weight"], initial["perception_head.weight"])
     # Each rank saw different rows: identical weights mean the head's gradients were all-reduced like the rest.
     assert json.loads((tmp_path / "ranks.json").read_text()) == {"world_size": 2, "distinct_batches": True}
+
+
+def test_model_path_loads_and_peft_model_without_head_is_refused(tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    _, processor = tiny_chameleon(seed=0, save_dir=str(tmp_path / "base"))
+    vocab = ImageVocabulary.from_model(tiny_chameleon(seed=0)[0], processor)
+    dataset = make_dataset(vocab, processor.tokenizer, (1, 0), (0, 0))
+    trainer = PeSFTTrainer(str(tmp_path / "base"), args=make_config(tmp_path, model_init_kwargs={"dtype": "float32"}),
+                           train_dataset=dataset)  # fmt: skip
+    assert isinstance(get_perception_head(trainer.model), PerceptionHead)
+    assert trainer.image_vocabulary.tokens_per_image == vocab.tokens_per_image
+
+    peft_model = get_peft_model(tiny_chameleon(seed=0)[0], LoraConfig(r=2, target_modules=["q_proj"]))
+    with pytest.raises(ValueError, match="no perception head"):
+        PeSFTTrainer(peft_model, args=make_config(tmp_path), train_dataset=dataset, processing_class=processor)
