@@ -344,6 +344,8 @@ def test_peft_adapter_trains_saves_and_reloads_head(tmp_path, tiny):
     trainer.train()
     trained = head_weight(trainer.model)
     assert not torch.equal(trained, before)
+    logged = trainer.state.log_history[0]
+    assert all(math.isfinite(logged[key]) for key in ("perception_loss", "nll_text", "nll_image"))
     assert any(not torch.equal(p, lora_before[n]) for n, p in trainer.model.named_parameters() if n in lora_before)
 
     trainer.save_model(str(tmp_path / "adapter"))
