@@ -407,11 +407,11 @@ def test_qlora_4bit_trains(tmp_path):
     assert losses and all(math.isfinite(loss) for loss in losses)
 
 
-def test_two_processes_end_with_identical_weights(tmp_path):
+def test_two_processes_ddp_identical_weights_and_fsdp2_gradients(tmp_path):
     env = {**os.environ, "PYTHONPATH": f"{REPO_ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
            "OMP_NUM_THREADS": "1"}  # fmt: skip
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               str(REPO_ROOT / "tests" / "scripts" / "pesft_ddp.py"), str(tmp_path)]  # fmt: skip
+               str(REPO_ROOT / "tests" / "scripts" / "pesft_distributed.py"), str(tmp_path)]  # fmt: skip
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     rank0 = torch.load(tmp_path / "rank0.pt")
@@ -423,6 +423,11 @@ def test_two_processes_end_with_identical_weights(tmp_path):
     assert not torch.equal(rank0["perception_head.weight"], initial["perception_head.weight"])
     # Each rank saw different rows: identical weights mean the head's gradients were all-reduced like the rest.
     assert json.loads((tmp_path / "ranks.json").read_text()) == {"world_size": 2, "distinct_batches": True}
+    # FSDP2: with the head's weight sharded, the loss and gradients equal an unsharded copy's.
+    fsdp2 = json.loads((tmp_path / "fsdp2.json").read_text())
+    assert fsdp2["head_is_sharded"] and fsdp2["head_grad_norm"] > 0
+    assert fsdp2["loss"][0] == pytest.approx(fsdp2["loss"][1], rel=1e-6)
+    assert fsdp2["head_grad_max_diff"] < 1e-6 and fsdp2["embed_grad_max_diff"] < 1e-6
 
 
 def test_model_path_loads_and_peft_model_without_head_is_refused(tmp_path):
