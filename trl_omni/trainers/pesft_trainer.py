@@ -128,7 +128,8 @@ class PeSFTTrainer(SFTTrainer):
         # exclude its prompt (and prompt images) from both losses.
         if args.completion_only_loss is None and "input_ids" in sample and "completion_mask" in sample:
             args.completion_only_loss = True
-        data_collator = data_collator if data_collator is not None else self._default_data_collator(sample, args)
+        if data_collator is None:
+            data_collator = self._default_data_collator(sample, args, processing_class)
         train_dataset = self._drop_overlong_rows(train_dataset, args, "train")
         if isinstance(eval_dataset, dict):
             eval_dataset = {name: self._drop_overlong_rows(ds, args, name) for name, ds in eval_dataset.items()}
@@ -176,11 +177,13 @@ class PeSFTTrainer(SFTTrainer):
         ]
 
     # ------------------------------------------------------------------ construction helpers
-    def _default_data_collator(self, sample: dict, args: PeSFTConfig) -> Callable | None:
+    def _default_data_collator(self, sample: dict, args: PeSFTConfig, processing_class: Any) -> Callable | None:
         """Collator used when none is passed; None lets TRL pick its language-modeling collator.
 
-        Pre-tokenized rows (`input_ids` + `completion_mask`/`labels`) need nothing more. Interleaved rows (text pieces
-        and images) get the `InterleavedDataCollator` here once it is wired in.
+        Called before `super().__init__()`, with `self.image_vocabulary` set. Pre-tokenized rows (`input_ids` +
+        `completion_mask` or `labels`) need nothing more. Interleaved rows (text pieces and images) are the
+        `InterleavedDataCollator`'s, which also needs `args.dataset_kwargs={"skip_prepare_dataset": True}` and
+        `args.remove_unused_columns=False`.
         """
         return None
 
