@@ -1,0 +1,113 @@
+"""Configuration of [`PeSFTTrainer`]: perception-aligned supervised fine-tuning (Omni-R1 stage 1)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from trl import SFTConfig
+
+
+PERCEPTION_ALIGNMENTS = ("next_token", "same_position")
+PERCEPTION_REDUCTIONS = ("paper", "mean")
+
+
+@dataclass
+class PeSFTConfig(SFTConfig):
+    r"""
+    Configuration class for the [`PeSFTTrainer`].
+
+    PeSFT trains `L = L_CE + perception_loss_weight * L_Pe` where, over the set `Omega` of image tokens of the
+    *completion* (positions whose label is an image token), `L_Pe = 1/|Omega| * sum_t ||W h - E[c_t]||^2`: `W` is a
+    trainable linear projection (the perception head, registered on the model), `h` the final hidden state after
+    the decoder's last norm, `E` the frozen VQ codebook and `c_t` the ground-truth code at `t`. Only the parameters
+    specific to PeSFT are listed here; see [`~trl.SFTConfig`] for the rest.
+
+    Parameters:
+        perception_loss_weight (`float`, *optional*, defaults to `1.0`):
+            `lambda` in `L_CE + lambda * L_Pe`. `0.0` trains exactly like `SFTTrainer` (the perception loss is
+            still computed and logged).
+        perception_alignment (`str`, *optional*, defaults to `"next_token"`):
+            Which hidden state is paired with the code `c_t` of the image token at position `t`:
+            `"next_token"` takes `h_{t-1}`, the state the LM head reads to *predict* that token; `"same_position"`
+            takes `h_t`, the state whose input already is that token (what the authors' code does). The default is
+            `"next_token"`: it shapes the representation that decides which code gets drawn, whereas `h_t` can
+            satisfy the loss by copying its own input embedding, which teaches the model nothing about drawing.
+        perception_reduction (`str`, *optional*, defaults to `"paper"`):
+            `"paper"`: squared L2 distance summed over the codebook dimension, averaged over image tokens (the
+            paper's formula). `"mean"`: also averaged over the codebook dimension (the authors' code; `1/D` of
+            `"paper"`, so with `D = 256` on Anole it needs a ~256x larger weight for the same pull). The default
+            follows the paper, so `perception_loss_weight` keeps the meaning of the paper's `lambda`.
+        perception_head_seed (`int`, *optional*):
+            Seed of the perception head's initialisation; defaults to `seed`. The head is only initialised when the
+            model does not carry one yet (a model from a PeSFT checkpoint keeps its trained head).
+
+    > [!NOTE]
+    > `max_length` defaults to `5100` (the authors' limit) instead of `1024`: one 512x512 image alone is 1,026
+    > tokens. Pre-tokenized rows longer than `max_length` are *dropped* (counted and logged), never truncated,
+    > since a cut would slice an image.
+
+    Example:
+        ```python
+        >>> from trl_omni.trainers import PeSFTConfig
+        >>> args = PeSFTConfig(
+        ...     output_dir="pesft-tiny",
+        ...     perception_loss_weight=1.0,
+        ...     perception_alignment="next_token",
+        ...     perception_reduction="paper",
+        ...     per_device_train_batch_size=2,
+        ...     max_steps=10,
+        ...     bf16=False,  # CPU
+        ...     use_cpu=True,
+        ...     report_to="none",
+        ... )
+        ```
+    """
+
+    max_length: int | None = field(
+        default=5100,
+        metadata={
+            "help": "Maximum sequence length. Pre-tokenized rows longer than this are dropped (counted and logged), "
+            "never truncated, because a cut would slice an image. Defaults to the Omni-R1 authors' limit."
+        },
+    )
+    perception_loss_weight: float = field(
+        default=1.0,
+        metadata={"help": "lambda in L = L_CE + lambda * L_Pe. 0.0 trains exactly like SFTTrainer."},
+    )
+    perception_alignment: str = field(
+        default="next_token",
+        metadata={
+            "help": "Hidden state paired with the code of the image token at t: 'next_token' (h_{t-1}, the state "
+            "that predicts the token) or 'same_position' (h_t, as the authors' code).",
+            "choices": list(PERCEPTION_ALIGNMENTS),
+        },
+    )
+    perception_reduction: str = field(
+        default="paper",
+        metadata={
+            "help": "'paper': squared L2 summed over the codebook dimension, mean over image tokens (the paper's "
+            "formula). 'mean': also averaged over the codebook dimension (the authors' code).",
+            "choices": list(PERCEPTION_REDUCTIONS),
+        },
+    )
+    perception_head_seed: int | None = field(
+        default=None,
+        metadata={"help": "Seed of the perception head's initialisation. Defaults to `seed`."},
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.perception_alignment not in PERCEPTION_ALIGNMENTS:
+            raise ValueError(
+                f"perception_alignment={self.perception_alignment!r} is not supported; use one of "
+                f"{list(PERCEPTION_ALIGNMENTS)}."
+            )
+        if self.perception_reduction not in PERCEPTION_REDUCTIONS:
+            raise ValueError(
+                f"perception_reduction={self.perception_reduction!r} is not supported; use one of "
+                f"{list(PERCEPTION_REDUCTIONS)}."
+            )
+        if self.perception_loss_weight < 0:
+            raise ValueError(f"perception_loss_weight must be >= 0, got {self.perception_loss_weight}.")
+        if self.perception_head_seed is None:
+            self.perception_head_seed = self.seed
