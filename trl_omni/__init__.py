@@ -43,6 +43,7 @@ from .rewards import (
     make_format_reward,
     safe_reward,
 )
+from .trainers import PerceptionHead, PeSFTConfig, PeSFTTrainer
 from .visualization import (
     FalseColorDecoder,
     RenderedTrajectoriesCallback,
@@ -63,7 +64,10 @@ __all__ = [
     "InterleavedDataError",
     "ModelReward",
     "PaletteDecoder",
+    "PeSFTConfig",
+    "PeSFTTrainer",
     "PerceptionCalibratedReward",
+    "PerceptionHead",
     "PerceptionReward",
     "RenderedTrajectoriesCallback",
     "RewardError",

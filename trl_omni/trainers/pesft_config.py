@@ -41,6 +41,14 @@ class PeSFTConfig(SFTConfig):
             Seed of the perception head's initialisation; defaults to `seed`. The head is only initialised when the
             model does not carry one yet (a model from a PeSFT checkpoint keeps its trained head).
 
+        interleaved_template (`str`, *optional*, defaults to `"templated"`):
+            Layout of interleaved rows built by the default [`InterleavedDataCollator`]: `"templated"`, `"plain"`
+            or `"chat"`. Ignored for pre-tokenized rows or when a `data_collator` is passed.
+        image_root (`str`, *optional*):
+            Directory that image parts given by `path` are read from.
+        length_policy (`str`, *optional*, defaults to `"drop"`):
+            `"drop"` or `"truncate"` (at an image boundary) for interleaved rows longer than `max_length`.
+
     > [!NOTE]
     > `max_length` defaults to `5100` (the authors' limit) instead of `1024`: one 512x512 image alone is 1,026
     > tokens. Pre-tokenized rows longer than `max_length` are *dropped* (counted and logged), never truncated,
@@ -93,6 +101,25 @@ class PeSFTConfig(SFTConfig):
     perception_head_seed: int | None = field(
         default=None,
         metadata={"help": "Seed of the perception head's initialisation. Defaults to `seed`."},
+    )
+    interleaved_template: str = field(
+        default="templated",
+        metadata={
+            "help": "Layout of interleaved rows (prompt/completion parts) built by the default "
+            "`InterleavedDataCollator`: 'templated' (the Omni-R1 control-token format, which the default PeRPO "
+            "reward scores), 'plain' or 'chat'."
+        },
+    )
+    image_root: str | None = field(
+        default=None,
+        metadata={"help": "Directory that image parts given as `path` are read from (paths may not leave it)."},
+    )
+    length_policy: str = field(
+        default="drop",
+        metadata={
+            "help": "What the default collator does with an interleaved row longer than `max_length`: 'drop' it "
+            "(counted and logged, as the authors did) or 'truncate' it at an image boundary."
+        },
     )
 
     def __post_init__(self):

@@ -12,6 +12,7 @@ from datasets import Dataset, IterableDataset
 from transformers import PreTrainedTokenizerBase, ProcessorMixin
 from trl import SFTTrainer
 
+from ..collators import InterleavedDataCollator
 from ..models import ImageVocabulary, freeze_vq_model, load_omni_model, unwrap_model
 from .perception import PERCEPTION_HEAD_NAME, add_perception_head, get_perception_head
 from .pesft_config import PeSFTConfig
@@ -185,7 +186,20 @@ class PeSFTTrainer(SFTTrainer):
         `InterleavedDataCollator`'s, which also needs `args.dataset_kwargs={"skip_prepare_dataset": True}` and
         `args.remove_unused_columns=False`.
         """
-        return None
+        if "input_ids" in sample or not _is_interleaved_row(sample):
+            return None
+        # The collator tokenizes the parts itself: TRL must neither prepare the dataset nor drop its columns.
+        args.dataset_kwargs = {**(args.dataset_kwargs or {}), "skip_prepare_dataset": True}
+        args.remove_unused_columns = False
+        return InterleavedDataCollator(
+            processing_class,
+            self.image_vocabulary,
+            template=args.interleaved_template,
+            max_length=args.max_length,
+            length_policy=args.length_policy,
+            image_root=args.image_root,
+            seed=args.seed,
+        )
 
     @staticmethod
     def _drop_overlong_rows(dataset: Any, args: PeSFTConfig, name: str) -> Any:
@@ -342,3 +356,9 @@ class PeSFTTrainer(SFTTrainer):
         if num_image > 0:
             metrics["nll_image"].append(nll_image / num_image)
             metrics["image_token_accuracy"].append(correct_image / num_image)
+
+
+def _is_interleaved_row(sample: dict) -> bool:
+    """Whether a dataset row is in the interleaved schema (prompt / completion as lists of text and image parts)."""
+    completion = sample.get("completion")
+    return isinstance(completion, list) and all(isinstance(part, dict) and "type" in part for part in completion)
