@@ -101,7 +101,13 @@ def test_sft_help_shows_every_config_group(capsys):
     out = capsys.readouterr().out
     assert out.startswith("usage: trl-omni sft")
     # dataset args, PeSFTConfig, ModelConfig (LoRA / QLoRA) and the launch options
-    for flag in ("--dataset_format", "--perception_loss_weight", "--use_peft", "--load_in_4bit", "--accelerate_config"):
+    for flag in (
+        "--dataset_format",
+        "--perception_loss_weight",
+        "--use_peft",
+        "--load_in_4bit",
+        "--accelerate_config",
+    ):
         assert flag in out
 
 

@@ -84,9 +84,13 @@ def load_any_dataset(name_or_path: str, config: str | None = None, streaming: bo
 
 
 def select_split(dataset: Any, split: str, what: str = "dataset_train_split") -> Any:
-    """The `split` of a `DatasetDict` (a plain `Dataset` is returned as is), with a clear error when it is missing."""
+    """The `split` of a `DatasetDict` (a plain `Dataset`, or the only split, is returned as is); a clear error when it
+    is missing."""
     if not hasattr(dataset, "keys"):
         return dataset
+    if split not in dataset and len(dataset) == 1:
+        # A single local file loads as one "train" split: that is the data, whatever the split is called.
+        return next(iter(dataset.values()))
     if split not in dataset:
         raise ValueError(f"The dataset has no split {split!r} (splits: {list(dataset.keys())}); set --{what}.")
     return dataset[split]
