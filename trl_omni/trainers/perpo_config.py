@@ -43,8 +43,9 @@ class PeRPOConfig(GRPOConfig):
             an exact span (`BOI + H*W codes + EOI`) unless the length limit cuts it. Turning it off gives plain GRPO
             sampling (image tokens may then appear anywhere).
         max_images_per_completion (`int` or `None`, *optional*, defaults to `None`):
-            Cap on the images a completion may open (`None`: no cap, `0`: text-only rollouts). Images already in the
-            prompt do not count.
+            Cap on the images a completion may open (`None`: no cap, `0`: text-only rollouts), enforced by the
+            constrained sampling. Images already in the prompt do not count. While images are allowed,
+            `max_completion_length` must hold at least one whole image span.
 
         > Perception-calibrated reward (used when `reward_funcs=None`)
 

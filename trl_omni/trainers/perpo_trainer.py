@@ -119,7 +119,7 @@ class PeRPOTrainer(GRPOTrainer):
         )
         self.image_vocabulary = vocab
 
-        images_allowed = args.max_images_per_completion != 0
+        images_allowed = args.constrain_image_generation and args.max_images_per_completion != 0
         if images_allowed and args.max_completion_length < vocab.span_length:
             raise ValueError(
                 f"max_completion_length={args.max_completion_length} cannot hold one image: an image of this model "
