@@ -18,6 +18,15 @@ from trl_omni.testing import tiny_chameleon  # noqa: E402
 from trl_omni.trainers import PeRPOConfig, PeRPOTrainer  # noqa: E402
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    # Tiny models: one intra-op thread avoids oversubscribing the few shared CPU cores (several times faster here).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 PROMPTS = ["What is shown in the image?", "Let me draw it.", "The answer is A.", "I draw an auxiliary line."]
 
 
