@@ -431,3 +431,25 @@ def test_prompt_ids_validation(tmp_path):
         trainer.encode_prompts([{"prompt_ids": text + image[1:5]}])
     with pytest.raises(ValueError, match="outside"):
         trainer.encode_prompts([{"prompt_ids": [vocab.vocab_size + 3]}])
+
+
+def test_full_finetune_with_kl_reference_reloaded_from_the_checkpoint(tmp_path):
+    """beta > 0 without PEFT: TRL reloads the reference from the model path; its image logits must not be masked."""
+    from trl_omni.models import is_image_generation_enabled, load_omni_model
+
+    tiny_chameleon(seed=0, save_dir=tmp_path / "tiny")
+    model, processor = load_omni_model(tmp_path / "tiny")
+    vocab = ImageVocabulary.from_model(model, processor)
+    args = perpo_args(tmp_path / "run", beta=0.04, max_steps=2, generation_kwargs=draw_bias(vocab))
+    trainer = PeRPOTrainer(
+        model=model,
+        reward_funcs=Recorder(),
+        args=args,
+        train_dataset=Dataset.from_dict({"prompt": PROMPTS * 2}),
+        processing_class=processor,
+    )
+    assert trainer.ref_model is not None and is_image_generation_enabled(trainer.ref_model)
+    trainer.train()
+    log = last_train_log(trainer)
+    assert log["images/token_share"] > 0  # the KL covers image tokens
+    assert math.isfinite(log["kl"]) and log["kl"] > 0 and math.isfinite(log["loss"])

@@ -364,7 +364,8 @@ class PeRPOTrainer(GRPOTrainer):
             tail_segments = vocab.parse_segments(tails)
             for segment in tail_segments:
                 tail = tails[segment.batch_index]
-                if not segment.complete and segment.end == len(tail) and tail[-1] != vocab.eoi_token_id:
+                open_image = segment.end == len(tail) and len(segment.codes) == segment.end - segment.start - 1
+                if not segment.complete and open_image and tail[-1] != vocab.eoi_token_id:
                     prefixes[segment.batch_index] = list(tail[segment.start :])
         rows = [prefix + list(ids) for prefix, ids in zip(prefixes, completion_ids, strict=True)]
         per_row: list[list[ImageSegment]] = [[] for _ in rows]
