@@ -246,6 +246,14 @@ def test_error_when_completion_cannot_hold_an_image(tmp_path):
             train_dataset=dataset,
             processing_class=processor,
         )
+    with pytest.raises(NotImplementedError, match="vLLM"):
+        PeRPOTrainer(
+            model=model,
+            reward_funcs=Recorder(),
+            args=perpo_args(tmp_path, use_vllm=True),
+            train_dataset=dataset,
+            processing_class=processor,
+        )
     # Text-only rollouts need no room for an image.
     PeRPOTrainer(
         model=model,
