@@ -461,3 +461,31 @@ def test_full_finetune_with_kl_reference_reloaded_from_the_checkpoint(tmp_path):
     log = last_train_log(trainer)
     assert log["images/token_share"] > 0  # the KL covers image tokens
     assert math.isfinite(log["kl"]) and log["kl"] > 0 and math.isfinite(log["loss"])
+
+
+def test_evaluation_and_gradient_accumulation_with_filtering(tmp_path):
+    model, processor = tiny_chameleon(seed=0)
+    vocab = ImageVocabulary.from_model(model, processor)
+    args = perpo_args(
+        tmp_path,
+        max_steps=1,
+        per_device_train_batch_size=2,
+        gradient_accumulation_steps=2,  # one generation batch of 4 split over two micro-batches
+        per_device_eval_batch_size=4,
+        filter_degenerate_groups=True,
+        generation_kwargs=draw_bias(vocab),
+    )
+    trainer = PeRPOTrainer(
+        model=model,
+        reward_funcs=Recorder(),
+        args=args,
+        train_dataset=Dataset.from_dict({"prompt": PROMPTS * 2}),
+        eval_dataset=Dataset.from_dict({"prompt": PROMPTS}),
+        processing_class=processor,
+    )
+    trainer.train()
+    log = last_train_log(trainer)
+    assert math.isfinite(log["loss"]) and "filtered_groups/frac" in log
+    metrics = trainer.evaluate()
+    assert math.isfinite(metrics["eval_loss"])
+    assert metrics["eval_images/complete_rate"] == 1.0 and math.isfinite(metrics["eval_entropy/image"])
