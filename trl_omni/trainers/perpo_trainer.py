@@ -134,6 +134,12 @@ class PeRPOTrainer(GRPOTrainer):
                 "use_vllm=False and use_transformers_continuous_batching=False, or constrain_image_generation=False."
             )
 
+        if args.constrain_image_generation and kwargs.get("rollout_func") is not None:
+            logger.warning(
+                "A `rollout_func` generates the completions itself, so PeRPO's image-span constraint is not applied: "
+                "make it produce whole image spans (e.g. with `ImageSpanLogitsProcessor`)."
+            )
+
         self._perception_scorer = None
         if reward_funcs is None:
             # Imported lazily: the rewards live in their own subpackage and are only needed for the default.
