@@ -58,6 +58,14 @@ class PeRPOConfig(GRPOConfig):
         perception_reward_weight (`float`, *optional*, defaults to `0.05`):
             Weight `w` of the perception score in `(1 - w) * (0.9 acc + 0.1 fmt) + w * pe`.
 
+        > Interleaved prompts
+
+        interleaved_template (`str`, *optional*, defaults to `"templated"`):
+            Layout of prompts given as interleaved parts (the `InterleavedDataCollator`'s `"templated"`, `"plain"` or
+            `"chat"`); use the template the policy was fine-tuned with.
+        image_root (`str`, *optional*):
+            Directory that prompt image parts given as `path` are read from.
+
         > Degenerate groups
 
         filter_degenerate_groups (`bool`, *optional*, defaults to `False`):
@@ -118,6 +126,20 @@ class PeRPOConfig(GRPOConfig):
     )
     perception_reward_weight: float = field(
         default=0.05, metadata={"help": "Weight of the perception score in the calibrated reward."}
+    )
+
+    # Interleaved prompts
+    interleaved_template: str = field(
+        default="templated",
+        metadata={
+            "help": "Layout of prompts given as interleaved parts (text and images), as built by the "
+            "`InterleavedDataCollator`: 'templated' (the Omni-R1 control-token format), 'plain' or 'chat'. Use the "
+            "template the policy was fine-tuned with."
+        },
+    )
+    image_root: str | None = field(
+        default=None,
+        metadata={"help": "Directory that prompt image parts given as `path` are read from."},
     )
 
     # Degenerate groups

@@ -14,6 +14,7 @@ from trl import GRPOTrainer
 from trl.data_utils import is_conversational
 from trl.trainer.utils import nanstd
 
+from ..collators import InterleavedDataCollator
 from ..models import (
     ImageSegment,
     ImageSpanLogitsProcessor,
@@ -22,6 +23,7 @@ from ..models import (
     freeze_vq_model,
     load_omni_model,
 )
+from ..rewards import PerceptionCalibratedReward, PerceptionReward
 from .perpo_config import PeRPOConfig
 
 
@@ -142,16 +144,18 @@ class PeRPOTrainer(GRPOTrainer):
 
         self._perception_scorer = None
         if reward_funcs is None:
-            # Imported lazily: the rewards live in their own subpackage and are only needed for the default.
-            from ..rewards import PerceptionCalibratedReward, PerceptionReward
-
             perception = {
                 "tau": args.perception_tau,
                 "mapping": args.perception_mapping,
                 "aggregation": args.perception_aggregation,
             }
+            # The processing class lets accuracy / format find the control tags by id: TRL decodes completions with
+            # `skip_special_tokens=True`, which removes them from the text.
             reward_funcs = PerceptionCalibratedReward(
-                vocab, perception_weight=args.perception_reward_weight, **perception
+                vocab,
+                perception_weight=args.perception_reward_weight,
+                processing_class=processing_class,
+                **perception,
             )
             self._perception_scorer = PerceptionReward(vocab, **perception)
 
@@ -191,6 +195,14 @@ class PeRPOTrainer(GRPOTrainer):
                 # A reward exposing `score(completion_ids)` (as PerceptionReward does) feeds the perception metrics.
                 self._perception_scorer = func
 
+        # The perception terms score on the trainer's device, known only now.
+        for scorer in (self._perception_scorer, *(getattr(f, "perception", None) for f in self.reward_funcs)):
+            if isinstance(scorer, PerceptionReward) and scorer.device is None:
+                scorer.device = self.accelerator.device
+
+        self._interleaved_prompts = InterleavedDataCollator(
+            processing_class, vocab, template=args.interleaved_template, image_root=args.image_root, seed=args.seed
+        )
         self._image_span_processor = None
         if args.constrain_image_generation:
             self._image_span_processor = ImageSpanLogitsProcessor(
@@ -222,6 +234,9 @@ class PeRPOTrainer(GRPOTrainer):
         Raises:
             ValueError: When a row's ids fall outside the vocabulary, or hold a cut image or stray image tokens.
         """
+        if all(_is_parts(row.get("prompt")) for row in inputs):
+            # Rows in the interleaved schema: laid out by the same template PeSFT trained on, images spliced in.
+            return self._interleaved_prompts.encode_prompts(inputs)
         if not any(row.get("prompt_ids") is not None for row in inputs):
             return None
         vocab = self.image_vocabulary
@@ -280,9 +295,9 @@ class PeRPOTrainer(GRPOTrainer):
     def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
         prompt_ids = self.encode_prompts(inputs)
         if prompt_ids is not None:
-            # Rewards and logs read `prompt`: give id-only rows their text (images removed).
+            # Rewards and logs read `prompt` as text: give id-only and interleaved rows their text (images removed).
             inputs = [
-                row if row.get("prompt") is not None else {**row, "prompt": self._decode_text(ids)}
+                row if isinstance(row.get("prompt"), str) else {**row, "prompt": self._decode_text(ids)}
                 for row, ids in zip(inputs, prompt_ids, strict=True)
             ]
         self._pending_prompt_ids = prompt_ids
@@ -536,3 +551,8 @@ class PeRPOTrainer(GRPOTrainer):
                 metrics[f"clip_ratio/{name}/low_mean"].append(low / count)
                 metrics[f"clip_ratio/{name}/high_mean"].append(high / count)
                 metrics[f"clip_ratio/{name}/region_mean"].append(region / count)
+
+
+def _is_parts(value: Any) -> bool:
+    """Whether a `prompt` value is a list of interleaved-schema parts (dicts with a `type`)."""
+    return isinstance(value, list) and bool(value) and all(isinstance(p, dict) and "type" in p for p in value)
