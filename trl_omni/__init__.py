@@ -43,7 +43,7 @@ from .rewards import (
     make_format_reward,
     safe_reward,
 )
-from .trainers import PerceptionHead, PeSFTConfig, PeSFTTrainer
+from .trainers import PerceptionHead, PeRPOConfig, PeRPOTrainer, PeSFTConfig, PeSFTTrainer
 from .visualization import (
     FalseColorDecoder,
     RenderedTrajectoriesCallback,
@@ -64,6 +64,8 @@ __all__ = [
     "InterleavedDataError",
     "ModelReward",
     "PaletteDecoder",
+    "PeRPOConfig",
+    "PeRPOTrainer",
     "PeSFTConfig",
     "PeSFTTrainer",
     "PerceptionCalibratedReward",

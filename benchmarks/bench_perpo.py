@@ -1,0 +1,164 @@
+"""PeRPO step time against TRL's GRPOTrainer on the same tiny Chameleon, measured alternately in one process.
+
+Both trainers get text-only prompts, the same reward, and completions of exactly `--completion-length` tokens
+(`min_new_tokens` = `max_new_tokens`), so the difference is PeRPO's own cost: the image-span logits processor at each
+sampled token, segment parsing, image-free decoding and the modality metrics. Each round runs both trainers for
+`--steps` steps, in alternating order (short runs, so that the load of a shared machine hits both alike); the first
+step of each run is warm-up and is left out.
+
+Also reported: the share of PeRPO's step time spent in generation (`_generate_single_turn`) and in reward
+computation (`_calculate_rewards`).
+
+Usage:
+    python benchmarks/bench_perpo.py                       # defaults below
+    python benchmarks/bench_perpo.py --reward calibrated   # the default PeRPO reward (needs trl_omni.rewards)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+from collections import defaultdict
+
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+import torch  # noqa: E402
+from datasets import Dataset  # noqa: E402
+from trl import GRPOConfig, GRPOTrainer  # noqa: E402
+
+from trl_omni.models import ImageVocabulary  # noqa: E402
+from trl_omni.testing import tiny_chameleon  # noqa: E402
+from trl_omni.trainers import PeRPOConfig, PeRPOTrainer  # noqa: E402
+
+
+PROMPTS = [
+    "What is shown in the image? Think step by step.",
+    "Which shape is red: the square or the circle?",
+    "How many rows and columns does the grid have?",
+    "The answer is A. Explain why.",
+]
+
+
+def text_reward(completions, **kwargs):
+    return [float(text.count(" ")) / 10.0 for text in completions]
+
+
+def instrument(trainer, timings):
+    """Times the trainer's step, generation and reward hooks on this instance."""
+
+    def timed(name, method):
+        def wrapper(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return method(*args, **kwargs)
+            finally:
+                timings[name].append(time.perf_counter() - start)
+
+        return wrapper
+
+    trainer.training_step = timed("step", trainer.training_step)
+    trainer._generate_single_turn = timed("generation", trainer._generate_single_turn)
+    trainer._calculate_rewards = timed("reward", trainer._calculate_rewards)
+
+
+def build(kind, cli, output_dir):
+    model, processor = tiny_chameleon(seed=0, hidden_size=cli.hidden_size, num_hidden_layers=cli.layers)
+    common = dict(
+        output_dir=output_dir,
+        num_generations=cli.num_generations,
+        per_device_train_batch_size=cli.batch_size,
+        max_completion_length=cli.completion_length,
+        max_steps=cli.steps,
+        learning_rate=1e-5,
+        bf16=False,
+        use_cpu=True,
+        report_to="none",
+        logging_steps=1,
+        save_strategy="no",
+        gradient_checkpointing=False,
+        disable_tqdm=True,
+        seed=0,
+        epsilon_high=0.28,
+        generation_kwargs={"min_new_tokens": cli.completion_length},
+    )
+    dataset = Dataset.from_dict({"prompt": PROMPTS * 64, "answer": ["A"] * 256})
+    if cli.reward == "calibrated":
+        from trl_omni.rewards import PerceptionCalibratedReward
+
+        reward = PerceptionCalibratedReward(ImageVocabulary.from_model(model, processor))
+    else:
+        reward = text_reward
+    if kind == "grpo":
+        return GRPOTrainer(
+            model=model,
+            reward_funcs=reward,
+            args=GRPOConfig(**common),
+            train_dataset=dataset,
+            processing_class=processor.tokenizer,
+        )
+    return PeRPOTrainer(
+        model=model,
+        reward_funcs=reward,
+        args=PeRPOConfig(**common),
+        train_dataset=dataset,
+        processing_class=processor.tokenizer,  # as GRPO: the comparison isolates PeRPO's own cost
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=12)
+    parser.add_argument("--steps", type=int, default=3, help="steps per run; the first is warm-up")
+    parser.add_argument("--completion-length", type=int, default=128)
+    parser.add_argument("--num-generations", type=int, default=4)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--hidden-size", type=int, default=128)
+    parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1 is stable on shared CPUs)")
+    parser.add_argument("--reward", choices=["text", "calibrated"], default="text")
+    cli = parser.parse_args()
+    torch.set_num_threads(cli.threads)
+
+    timings = {kind: defaultdict(list) for kind in ("grpo", "perpo")}
+    with tempfile.TemporaryDirectory() as tmp:
+        trainers = {kind: build(kind, cli, os.path.join(tmp, kind)) for kind in ("grpo", "perpo")}
+        for round_index in range(cli.rounds):
+            order = ("grpo", "perpo") if round_index % 2 == 0 else ("perpo", "grpo")
+            for kind in order:
+                run = defaultdict(list)
+                instrument(trainers[kind], run)
+                trainers[kind].train()
+                for name, values in run.items():
+                    timings[kind][name].extend(values[1:])  # drop the warm-up step of each run
+                # Undo the instance-level wrappers before the next run.
+                for name in ("training_step", "_generate_single_turn", "_calculate_rewards"):
+                    del trainers[kind].__dict__[name]
+
+    median = {kind: {name: statistics.median(v) for name, v in t.items()} for kind, t in timings.items()}
+    fastest = {kind: min(t["step"]) for kind, t in timings.items()}
+    total = {kind: {name: sum(v) for name, v in t.items()} for kind, t in timings.items()}
+    ratio = median["perpo"]["step"] / median["grpo"]["step"]
+    print(
+        f"config: tiny Chameleon hidden={cli.hidden_size} layers={cli.layers}, G={cli.num_generations}, "
+        f"batch={cli.batch_size}, completion={cli.completion_length} tokens, reward={cli.reward}, "
+        f"threads={cli.threads}, {cli.rounds} rounds x {cli.steps - 1} timed steps"
+    )
+    print(f"{'trainer':8} {'step s (median)':>16} {'step s (min)':>13} {'generation share':>17} {'reward share':>13}")
+    for kind in ("grpo", "perpo"):
+        step_total = total[kind]["step"]
+        print(
+            f"{kind:8} {median[kind]['step']:16.4f} {fastest[kind]:13.4f} "
+            f"{total[kind]['generation'] / step_total:17.1%} {total[kind]['reward'] / step_total:13.2%}"
+        )
+    print(
+        f"PeRPO / GRPO step time: {ratio:.3f}x median, {fastest['perpo'] / fastest['grpo']:.3f}x min (target <= 1.05x)"
+    )
+
+
+if __name__ == "__main__":
+    main()
