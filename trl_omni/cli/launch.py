@@ -116,9 +116,12 @@ def unknown_arguments_error(
     unknown: Sequence[str], parser: Any, prog: str, config_path: str | None, from_config: Sequence[str] = ()
 ) -> CLIArgumentError:
     """A [`CLIArgumentError`] naming unknown flags / config keys, where they came from and the closest valid names."""
+    # Underscore spellings only (argparse also registers the dashed aliases of every field).
     valid = sorted(
-        {option for action in parser._actions for option in action.option_strings if option.startswith("--")}
+        option
+        for option in {o for action in parser._actions for o in action.option_strings}
         | set(accelerate_launch_options())
+        if option.startswith("--") and "-" not in option[2:]
     )
     lines = []
     for flag in unknown:

@@ -19,6 +19,41 @@ from typing import Any
 
 
 @dataclass
+class EvalDataArguments:
+    """Data arguments of `trl-omni eval`.
+
+    Parameters:
+        dataset_name (`str`):
+            Hub dataset, local json/jsonl/parquet file, `save_to_disk` directory or folder of data files.
+        dataset_config (`str` or `None`, *optional*):
+            Hub dataset configuration.
+        dataset_split (`str`, *optional*, defaults to `"test"`):
+            Split to evaluate (a dataset with a single split, such as one local file, uses that split).
+        dataset_format (`str`, *optional*, defaults to `"auto"`):
+            `"omni_bench"` (question, base64 image, answer, source fields), `"interleaved"` (trl-omni schema),
+            `"m3cot"`, `"zebra_cot"` or `"auto"` (detected from the columns).
+        image_root (`str` or `None`, *optional*):
+            Directory that image `path` parts are read from.
+    """
+
+    dataset_name: str | None = field(
+        default=None, metadata={"help": "Hub dataset, local json/jsonl/parquet file or save_to_disk directory."}
+    )
+    dataset_config: str | None = field(default=None, metadata={"help": "Hub dataset configuration."})
+    dataset_split: str = field(
+        default="test", metadata={"help": "Split to evaluate (a single-split dataset uses its only split)."}
+    )
+    dataset_format: str = field(
+        default="auto",
+        metadata={
+            "help": "Row layout: 'omni_bench', 'interleaved', 'm3cot', 'zebra_cot' or 'auto' (from the columns).",
+            "choices": ["auto", "omni_bench", "interleaved", "m3cot", "zebra_cot"],
+        },
+    )
+    image_root: str | None = field(default=None, metadata={"help": "Directory that image `path` parts are read from."})
+
+
+@dataclass
 class EvalModelArguments:
     """Model arguments of `trl-omni eval`.
 
@@ -75,13 +110,16 @@ def main(script_args: Any, eval_config: Any, model_args: Any) -> int:
         vq_decoder = load_vq_decoder(model, checkpoint, image_processor=processor.image_processor)
         decoder = VQImageDecoder(vq_decoder, ImageVocabulary.from_model(model, processor))
 
-    dataset = select_split(
-        load_any_dataset(script_args.dataset_name, script_args.dataset_config),
-        script_args.dataset_test_split,
-        "dataset_test_split",
-    )
+    raw = load_any_dataset(script_args.dataset_name, script_args.dataset_config)
+    dataset = select_split(raw, script_args.dataset_split, "dataset_split")
     result = evaluate(
-        model, processor, dataset, eval_config, decoder=decoder, dataset_format=script_args.dataset_format
+        model,
+        processor,
+        dataset,
+        eval_config,
+        decoder=decoder,
+        dataset_format=script_args.dataset_format,
+        image_root=script_args.image_root,
     )
     print(f"Predictions: {result.predictions_path}\nReport: {result.report_path}")
     return 0
@@ -91,11 +129,10 @@ def make_parser(prog: str | None = None):
     """The `TrlParser` of `trl-omni eval`: dataset arguments, [`EvalConfig`] and the model arguments."""
     from trl import TrlParser
 
-    from trl_omni.cli.common import OmniScriptArguments
     from trl_omni.evaluation import EvalConfig
 
     return TrlParser(
-        (OmniScriptArguments, EvalConfig, EvalModelArguments),
+        (EvalDataArguments, EvalConfig, EvalModelArguments),
         prog=prog,
         description="Evaluate a drawing model on Omni-Bench-format or interleaved data (accuracy per source and task "
         "group, predictions JSONL with images, HTML report). Resumes an interrupted run in the same --output_dir.",
