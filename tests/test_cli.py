@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from trl_omni.cli import CommandSpec, list_accelerate_presets, main, resolve_accelerate_config
-from trl_omni.cli.launch import CLIArgumentError, split_launch_args
+from trl_omni.cli.launch import CLIArgumentError, resolve_accelerate_config_argument, split_launch_args
 
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -131,6 +131,10 @@ def test_split_launch_args_normalises_config_pairs():
     )
     assert launch == ["--num_processes", "2", "--multi_gpu", "--mixed_precision=no"]
     assert unknown == ["--lora_rr"]
+    # `accelerate_config: zero3` in a YAML arrives as a pair and becomes accelerate's --config_file.
+    launch, unknown = split_launch_args(["--accelerate_config", "zero3", "--num_processes", "8"])
+    resolved = resolve_accelerate_config_argument(launch)
+    assert resolved == ["--config_file", resolve_accelerate_config("zero3"), "--num_processes", "8"] and not unknown
 
 
 def test_bad_config_key_and_flag_are_named(tmp_path, capsys):

@@ -192,3 +192,29 @@ def test_trl_omni_eval_config_on_a_parquet_file(tmp_path, capsys):
     assert (tmp_path / "out" / "report.html").exists()
     state = json.loads((tmp_path / "out" / "eval_state.json").read_text())
     assert state["values"]["max_images"] == 0 and state["values"]["max_new_tokens"] == 6
+
+
+def test_interleaved_rows_with_custom_groups(tmp_path):
+    """Rows already in the interleaved schema (pre-tokenized images), grouped by a custom mapping."""
+    from trl_omni.evaluation import evaluate
+    from trl_omni.models import ImageVocabulary
+    from trl_omni.testing import tiny_chameleon
+    from trl_omni.testing_data import interleaved_rows
+
+    model, processor = tiny_chameleon(seed=0)
+    rows = interleaved_rows(ImageVocabulary.from_model(model, processor), num_rows=4, prompt_images=1, seed=0)
+    for i, row in enumerate(rows):
+        row["source"] = ["synthetic-a", "synthetic-b"][i % 2]
+    config = EvalConfig(
+        output_dir=str(tmp_path), template="plain", batch_size=2, max_new_tokens=4, source_columns=["source"],
+        task_groups={"first": ["synthetic-a"]}, progress=False, print_table=False,
+    )  # fmt: skip
+    result = evaluate(model, processor, rows, config, dataset_format="interleaved")
+    records = read_predictions(tmp_path / "predictions.jsonl")
+    assert [r["id"] for r in records] == [row["id"] for row in rows]
+    assert [r["group"] for r in records] == ["first", "other", "first", "other"]
+    for row, record in zip(rows, records):  # the prompt text survives the round trip (images removed)
+        texts = [part["text"].strip() for part in row["prompt"] if part["type"] == "text" and part["text"].strip()]
+        assert texts and all(text in record["prompt"] for text in texts)
+    assert all(len(r["completion_ids"]) <= 4 for r in records)
+    assert result.metrics["sources"]["synthetic-a"]["num_rows"] == 2
