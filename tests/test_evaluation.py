@@ -218,3 +218,30 @@ def test_interleaved_rows_with_custom_groups(tmp_path):
         assert texts and all(text in record["prompt"] for text in texts)
     assert all(len(r["completion_ids"]) <= 4 for r in records)
     assert result.metrics["sources"]["synthetic-a"]["num_rows"] == 2
+
+
+def test_eval_loads_a_lora_adapter_directory(tmp_path):
+    """`trl-omni eval --model_name_or_path ADAPTER_DIR` (a LoRA output of trl-omni sft) loads base + adapter + head."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from trl_omni.models import ImageVocabulary
+    from trl_omni.scripts.eval import load_model_or_adapter
+    from trl_omni.testing import tiny_chameleon
+    from trl_omni.trainers import add_perception_head, get_perception_head
+
+    model, processor = tiny_chameleon(seed=0, save_dir=tmp_path / "base")
+    model.config._name_or_path = model.name_or_path = str(tmp_path / "base")  # as if loaded from disk by trl-omni
+    add_perception_head(model, ImageVocabulary.from_model(model, processor), seed=3)
+    lora = LoraConfig(r=2, target_modules=["q_proj"], modules_to_save=["perception_head"], init_lora_weights=False)
+    peft_model = get_peft_model(model, lora)
+    peft_model.save_pretrained(tmp_path / "adapter")
+    processor.save_pretrained(tmp_path / "adapter")
+    # What the adapter saves: LoRA weights and the trained copy of the head (not PEFT's `original_module`).
+    saved = {k: v.clone() for k, v in peft_model.state_dict().items() if "lora_" in k or "modules_to_save" in k}
+
+    loaded, loaded_processor = load_model_or_adapter(str(tmp_path / "adapter"), dtype=torch.float32)
+    state = loaded.state_dict()
+    assert saved and all(torch.equal(state[k], v) for k, v in saved.items())
+    assert get_perception_head(loaded) is not None
+    assert loaded_processor.tokenizer.get_vocab() == processor.tokenizer.get_vocab()
