@@ -231,7 +231,7 @@ def test_error_when_completion_cannot_hold_an_image(tmp_path):
             train_dataset=dataset,
             processing_class=processor,
         )
-    with pytest.raises(NotImplementedError, match="vLLM"):
+    with pytest.raises(ValueError, match="vLLM"):
         PeRPOTrainer(
             model=model,
             reward_funcs=Recorder(),
