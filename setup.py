@@ -23,7 +23,8 @@ REQUIRED = [
 ]
 EXTRAS = {
     "quantization": ["bitsandbytes>=0.45.1"],
-    "test": ["pytest>=8", "pytest-xdist>=3", "bitsandbytes>=0.45.1"],
+    "tracking": ["tensorboard>=2.14"],
+    "test": ["pytest>=8", "pytest-xdist>=3", "bitsandbytes>=0.45.1", "tensorboard>=2.14"],
 }
 EXTRAS["dev"] = EXTRAS["test"] + ["ruff>=0.6"]
 

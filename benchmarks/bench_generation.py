@@ -26,7 +26,9 @@ def main() -> None:
     parser.add_argument("--hidden-size", type=int, default=64)
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--threads", type=int, default=1, help="CPU intra-op threads (1 avoids oversubscription).")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
 
     model, processor = tiny_chameleon(seed=0, hidden_size=args.hidden_size, num_hidden_layers=args.layers)
     model.to(args.device).eval()
@@ -58,7 +60,10 @@ def main() -> None:
             constrained.append(run(True))
     p, c = statistics.median(plain), statistics.median(constrained)
     ratios = [ci / pi for ci, pi in zip(constrained, plain)]
-    print(f"device={args.device} batch={args.batch_size} new_tokens={args.new_tokens} repeats={args.repeats}")
+    print(
+        f"device={args.device} threads={args.threads} batch={args.batch_size} new_tokens={args.new_tokens} "
+        f"repeats={args.repeats}"
+    )
     print(f"unconstrained: {p * 1e3:.3f} ms/token   constrained: {c * 1e3:.3f} ms/token")
     print(f"ratio of medians (constrained / unconstrained): {c / p:.3f}   median of paired ratios: "
           f"{statistics.median(ratios):.3f}   (target <= 1.05)")  # fmt: skip

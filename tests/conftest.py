@@ -11,6 +11,11 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 
+# Tiny models on few cores: one intra-op thread per test process (pytest-xdist runs one process per core) avoids
+# oversubscription, which made tiny-model tests several times slower.
+torch.set_num_threads(1)
+
+
 @pytest.fixture(scope="session")
 def tiny():
     """A shared tiny Chameleon + processor. Tests must not modify it in place (use `tiny_chameleon()` for that)."""

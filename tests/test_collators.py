@@ -1,20 +1,14 @@
-import os
+import logging
 
+import pytest
+import torch
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-
-import logging  # noqa: E402
-
-import pytest  # noqa: E402
-import torch  # noqa: E402
-
-from trl_omni.collators import InterleavedDataCollator  # noqa: E402
-from trl_omni.data import InterleavedDataError, image_part, interleaved_features, text_part  # noqa: E402
-from trl_omni.models import ImageVocabulary  # noqa: E402
-from trl_omni.models.encoding import ImageEncoder  # noqa: E402
-from trl_omni.testing import ANSWER_CLOSE, ANSWER_OPEN, BOI, EOI, IMAGE_PLACEHOLDER, REASONING_OPEN  # noqa: E402
-from trl_omni.testing_data import interleaved_rows, make_image  # noqa: E402
+from trl_omni.collators import InterleavedDataCollator
+from trl_omni.data import InterleavedDataError, image_part, interleaved_features, text_part
+from trl_omni.models import ImageVocabulary
+from trl_omni.models.encoding import ImageEncoder
+from trl_omni.testing import ANSWER_CLOSE, ANSWER_OPEN, BOI, EOI, IMAGE_PLACEHOLDER, REASONING_OPEN
+from trl_omni.testing_data import interleaved_rows, make_image
 
 
 CHAT_TEMPLATE = (

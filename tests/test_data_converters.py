@@ -1,15 +1,9 @@
-import os
+import logging
 
+import pytest
+from PIL import Image
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-
-import logging  # noqa: E402
-
-import pytest  # noqa: E402
-from PIL import Image  # noqa: E402
-
-from trl_omni.data import (  # noqa: E402
+from trl_omni.data import (
     InterleavedDataError,
     convert_m3cot,
     convert_omni_bench,
@@ -17,8 +11,8 @@ from trl_omni.data import (  # noqa: E402
     m3cot_row_to_interleaved,
     zebra_cot_row_to_interleaved,
 )
-from trl_omni.data.images import load_image  # noqa: E402
-from trl_omni.testing_data import m3cot_rows, omni_bench_rows, zebra_cot_rows  # noqa: E402
+from trl_omni.data.images import load_image
+from trl_omni.testing_data import m3cot_rows, omni_bench_rows, zebra_cot_rows
 
 
 def _pixels(image):

@@ -1,16 +1,10 @@
-import os
+import logging
 
+import pytest
+import torch
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-
-import logging  # noqa: E402
-
-import pytest  # noqa: E402
-import torch  # noqa: E402
-
-from trl_omni.collators import InterleavedDataCollator  # noqa: E402
-from trl_omni.data import (  # noqa: E402
+from trl_omni.collators import InterleavedDataCollator
+from trl_omni.data import (
     InterleavedDataError,
     convert_zebra_cot,
     image_part,
@@ -18,9 +12,9 @@ from trl_omni.data import (  # noqa: E402
     pretokenize_images,
     text_part,
 )
-from trl_omni.models import ImageVocabulary  # noqa: E402
-from trl_omni.models.encoding import ImageEncoder  # noqa: E402
-from trl_omni.testing_data import image_to_base64, image_to_bytes, make_image, zebra_cot_rows  # noqa: E402
+from trl_omni.models import ImageVocabulary
+from trl_omni.models.encoding import ImageEncoder
+from trl_omni.testing_data import image_to_base64, image_to_bytes, make_image, zebra_cot_rows
 
 
 @pytest.fixture(scope="module")

@@ -1,12 +1,6 @@
-import os
+import pytest
 
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-
-import pytest  # noqa: E402
-
-from trl_omni.data import (  # noqa: E402
+from trl_omni.data import (
     InterleavedDataError,
     check_column_names,
     image_part,
@@ -15,7 +9,7 @@ from trl_omni.data import (  # noqa: E402
     normalize_parts,
     text_part,
 )
-from trl_omni.testing_data import make_image  # noqa: E402
+from trl_omni.testing_data import make_image
 
 
 def test_parts_have_every_key():

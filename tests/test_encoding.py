@@ -1,16 +1,10 @@
-import os
+import pytest
+import torch
+from PIL import Image
 
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-
-import pytest  # noqa: E402
-import torch  # noqa: E402
-from PIL import Image  # noqa: E402
-
-from trl_omni.models import ImageVocabulary  # noqa: E402
-from trl_omni.models.encoding import ImageEncoder, encode_images, to_rgb  # noqa: E402
-from trl_omni.testing_data import make_image  # noqa: E402
+from trl_omni.models import ImageVocabulary
+from trl_omni.models.encoding import ImageEncoder, encode_images, to_rgb
+from trl_omni.testing_data import make_image
 
 
 @pytest.fixture(scope="module")

@@ -1,3 +1,4 @@
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,7 @@ def test_quickstart_runs_and_writes_a_rendered_trajectory(tmp_path):
         capture_output=True,
         text=True,
         timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},  # one thread per process on a 2-core machine
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "PeSFT: 3 steps" in result.stdout

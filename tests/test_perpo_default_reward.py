@@ -1,35 +1,16 @@
-"""`PeRPOTrainer(reward_funcs=None)` trains with the perception-calibrated reward (runs once the rewards exist)."""
+"""`PeRPOTrainer(reward_funcs=None)` trains with the perception-calibrated reward ."""
 
 import math
-import os
 
-import pytest
-import torch
 from datasets import Dataset
 
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-
-from trl_omni.models import ImageVocabulary  # noqa: E402
-from trl_omni.testing import tiny_chameleon  # noqa: E402
-from trl_omni.trainers import PeRPOConfig, PeRPOTrainer  # noqa: E402
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny models: one intra-op thread avoids oversubscribing the few shared CPU cores (several times faster here).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+from trl_omni.models import ImageVocabulary
+from trl_omni.rewards import PerceptionCalibratedReward
+from trl_omni.testing import tiny_chameleon
+from trl_omni.trainers import PeRPOConfig, PeRPOTrainer
 
 
 def test_default_reward_is_perception_calibrated(tmp_path):
-    rewards = pytest.importorskip("trl_omni.rewards")
-    if not hasattr(rewards, "PerceptionCalibratedReward"):
-        pytest.skip("trl_omni.rewards.PerceptionCalibratedReward is not available yet")
-
     model, processor = tiny_chameleon(seed=0)
     vocab = ImageVocabulary.from_model(model, processor)
     args = PeRPOConfig(
@@ -55,7 +36,7 @@ def test_default_reward_is_perception_calibrated(tmp_path):
         model=model, reward_funcs=None, args=args, train_dataset=dataset, processing_class=processor
     )
     assert len(trainer.reward_funcs) == 1
-    assert isinstance(trainer.reward_funcs[0], rewards.PerceptionCalibratedReward)
+    assert isinstance(trainer.reward_funcs[0], PerceptionCalibratedReward)
     trainer.train()
     log = [entry for entry in trainer.state.log_history if "loss" in entry][-1]
     assert math.isfinite(log["loss"])

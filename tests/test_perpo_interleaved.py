@@ -2,21 +2,12 @@
 
 import math
 
-import pytest
 import torch
 from datasets import Dataset
 
 from trl_omni import ImageVocabulary, PeRPOConfig, PeRPOTrainer
 from trl_omni.testing import tiny_chameleon
 from trl_omni.testing_data import interleaved_rows
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_interleaved_prompts_with_images_and_the_default_calibrated_reward(tmp_path):

@@ -1,30 +1,15 @@
 """PeRPOTrainer with LoRA and QLoRA; with beta > 0 under PEFT the reference is the adapter-disabled model."""
 
 import math
-import os
 
 import pytest
 import torch
 from datasets import Dataset
+from peft import LoraConfig
 
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-
-from peft import LoraConfig  # noqa: E402
-
-from trl_omni.models import ImageVocabulary, load_omni_model  # noqa: E402
-from trl_omni.testing import tiny_chameleon  # noqa: E402
-from trl_omni.trainers import PeRPOConfig, PeRPOTrainer  # noqa: E402
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny models: one intra-op thread avoids oversubscribing the few shared CPU cores (several times faster here).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+from trl_omni.models import ImageVocabulary, load_omni_model
+from trl_omni.testing import tiny_chameleon
+from trl_omni.trainers import PeRPOConfig, PeRPOTrainer
 
 
 PROMPTS = ["What is shown in the image?", "Let me draw it.", "The answer is A.", "I draw an auxiliary line."]

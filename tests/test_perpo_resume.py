@@ -1,28 +1,12 @@
 """A PeRPO run stopped at a checkpoint and resumed ends with the weights of the uninterrupted run (same seed, CPU)."""
 
-import os
-
-import pytest
 import torch
 from datasets import Dataset
 from transformers import TrainerCallback
 
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-
-from trl_omni.models import ImageVocabulary  # noqa: E402
-from trl_omni.testing import tiny_chameleon  # noqa: E402
-from trl_omni.trainers import PeRPOConfig, PeRPOTrainer  # noqa: E402
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny models: one intra-op thread avoids oversubscribing the few shared CPU cores (several times faster here).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+from trl_omni.models import ImageVocabulary
+from trl_omni.testing import tiny_chameleon
+from trl_omni.trainers import PeRPOConfig, PeRPOTrainer
 
 
 PROMPTS = ["What is shown in the image?", "Let me draw it.", "The answer is A.", "I draw an auxiliary line."]

@@ -4,24 +4,22 @@ life cycle (training, checkpoint, resume, PEFT adapter), gradient accumulation, 
 import os
 
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import json  # noqa: E402
-import math  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-from pathlib import Path  # noqa: E402
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
-from datasets import Dataset  # noqa: E402
-from safetensors.torch import load_file  # noqa: E402
+import pytest
+import torch
+from datasets import Dataset
+from safetensors.torch import load_file
 
-from trl_omni import ImageVocabulary, load_omni_model  # noqa: E402
-from trl_omni.testing import tiny_chameleon  # noqa: E402
-from trl_omni.trainers import (  # noqa: E402
+from trl_omni import ImageVocabulary, load_omni_model
+from trl_omni.testing import tiny_chameleon
+from trl_omni.trainers import (
     PerceptionHead,
     PeSFTConfig,
     PeSFTTrainer,

@@ -8,21 +8,15 @@ odd rows sample freely under `ImageSpanLogitsProcessor`. TRL decodes, slices, ca
 
 import functools
 import math
-import os
 
 import pytest
 import torch
+from datasets import Dataset
 from transformers import LogitsProcessor, LogitsProcessorList
+from trl import GRPOConfig, GRPOTrainer
 
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-
-from datasets import Dataset  # noqa: E402
-from trl import GRPOConfig, GRPOTrainer  # noqa: E402
-
-from trl_omni.models import ImageSpanLogitsProcessor, ImageVocabulary  # noqa: E402
-from trl_omni.rewards import (  # noqa: E402
+from trl_omni.models import ImageSpanLogitsProcessor, ImageVocabulary
+from trl_omni.rewards import (
     ModelReward,
     PerceptionCalibratedReward,
     PerceptionReward,
@@ -34,7 +28,7 @@ from trl_omni.rewards import (  # noqa: E402
     make_format_reward,
     safe_reward,
 )
-from trl_omni.testing import ANSWER_CLOSE, ANSWER_OPEN, REASONING_CLOSE, REASONING_OPEN, tiny_chameleon  # noqa: E402
+from trl_omni.testing import ANSWER_CLOSE, ANSWER_OPEN, REASONING_CLOSE, REASONING_OPEN, tiny_chameleon
 
 
 MAX_COMPLETION = 80
@@ -94,15 +88,6 @@ def _trainer(model, processor, reward_funcs, output_dir, **extra):
     args = GRPOConfig(**{**settings, **extra})
     return GRPOTrainer(model=model, reward_funcs=reward_funcs, args=args, train_dataset=dataset,
                        processing_class=processor.tokenizer)  # fmt: skip
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Tiny models on a shared 2-core machine: one intra-op thread avoids oversubscription (10x faster generate).
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")

@@ -144,8 +144,8 @@ class ImageSpanLogitsProcessor(LogitsProcessor):
             previous is not None
             and previous.shape[0] == input_ids.shape[0]
             and previous.shape[1] + 1 == input_ids.shape[1]
-            and bool((previous[:, -1] == input_ids[:, -2]).all())
-            and bool((previous[:, 0] == input_ids[:, 0]).all())
+            and torch.equal(previous[:, -1], input_ids[:, -2])
+            and torch.equal(previous[:, 0], input_ids[:, 0])
         )
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:

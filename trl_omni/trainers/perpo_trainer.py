@@ -130,7 +130,7 @@ class PeRPOTrainer(GRPOTrainer):
                 "max_images_per_completion=0 for text-only rollouts."
             )
         if args.constrain_image_generation and (args.use_vllm or args.use_transformers_continuous_batching):
-            raise NotImplementedError(
+            raise ValueError(
                 "PeRPO samples image spans through ImageSpanLogitsProcessor in `model.generate`; vLLM and transformers "
                 "continuous batching cannot take it (and stock vLLM masks Chameleon's image tokens). Set "
                 "use_vllm=False and use_transformers_continuous_batching=False, or constrain_image_generation=False."
