@@ -37,9 +37,11 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.11",
     packages=find_packages(include=["trl_omni", "trl_omni.*"]),
+    package_data={"trl_omni": ["accelerate_configs/*.yaml"]},
     install_requires=REQUIRED,
     extras_require=EXTRAS,
     entry_points={
+        "console_scripts": ["trl-omni = trl_omni.cli.main:main"],
         "trl_omni.rewards": [
             "accuracy = trl_omni.rewards.accuracy:accuracy_reward",
             "format = trl_omni.rewards.format:format_reward",

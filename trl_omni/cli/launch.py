@@ -1,0 +1,186 @@
+"""Argument plumbing shared by the dispatcher and the scripts: accelerate presets, launch, strict parsing."""
+
+from __future__ import annotations
+
+import difflib
+import importlib.resources as resources
+import os
+import sys
+from collections.abc import Sequence
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+
+PRESETS_PACKAGE = "trl_omni.accelerate_configs"
+ACCELERATE_CONFIG_FLAG = "--accelerate_config"
+# Any of these in the environment means an `accelerate launch` / `torchrun` already started this process.
+_LAUNCHED_ENV_KEYS = ("LOCAL_RANK", "ACCELERATE_DYNAMO_BACKEND")
+NO_LAUNCH_ENV = "TRL_OMNI_NO_LAUNCH"
+
+
+class CLIArgumentError(ValueError):
+    """A command-line or config-file problem the user must fix (unknown key, unknown preset, ...)."""
+
+
+def list_accelerate_presets() -> list[str]:
+    """Names of the accelerate presets shipped in `trl_omni/accelerate_configs/` (without `.yaml`)."""
+    folder = resources.files(PRESETS_PACKAGE)
+    return sorted(entry.name[: -len(".yaml")] for entry in folder.iterdir() if entry.name.endswith(".yaml"))
+
+
+def resolve_accelerate_config(name_or_path: str) -> str:
+    """Path of an accelerate config given as an existing file or as the name of a shipped preset.
+
+    Example:
+        ```python
+        >>> resolve_accelerate_config("zero3")  # .../trl_omni/accelerate_configs/zero3.yaml
+        ```
+    """
+    if Path(name_or_path).is_file():
+        return str(name_or_path)
+    name = name_or_path[: -len(".yaml")] if name_or_path.endswith(".yaml") else name_or_path
+    candidate = resources.files(PRESETS_PACKAGE).joinpath(f"{name}.yaml")
+    if not candidate.is_file():
+        raise CLIArgumentError(
+            f"--accelerate_config {name_or_path!r} is neither an existing file nor a preset shipped with trl-omni "
+            f"(presets: {', '.join(list_accelerate_presets())}). Give a preset name or the path of an accelerate "
+            "config file."
+        )
+    return str(candidate)
+
+
+def resolve_accelerate_config_argument(launch_args: list[str]) -> list[str]:
+    """Replaces `--accelerate_config NAME|PATH` in `launch_args` by `--config_file <resolved path>`."""
+    if ACCELERATE_CONFIG_FLAG not in launch_args:
+        return list(launch_args)
+    index = launch_args.index(ACCELERATE_CONFIG_FLAG)
+    if index + 1 >= len(launch_args) or launch_args[index + 1].startswith("--"):
+        raise CLIArgumentError(
+            f"{ACCELERATE_CONFIG_FLAG} needs a value: a preset name ({', '.join(list_accelerate_presets())}) or a file."
+        )
+    path = resolve_accelerate_config(launch_args[index + 1])
+    return ["--config_file", path] + launch_args[:index] + launch_args[index + 2 :]
+
+
+@cache
+def accelerate_launch_options() -> dict[str, bool]:
+    """`accelerate launch` option strings -> whether the option takes a value."""
+    from accelerate.commands.launch import launch_command_parser
+
+    options: dict[str, bool] = {}
+    for action in launch_command_parser()._actions:
+        for option in action.option_strings:
+            if option.startswith("--") and option != "--help":
+                options[option] = action.nargs != 0
+    options[ACCELERATE_CONFIG_FLAG] = True
+    return options
+
+
+def split_launch_args(remaining: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Splits argument strings the script parser did not consume into (`accelerate launch` args, unknown flags).
+
+    Config-file values arrive as `--key value` pairs, also for accelerate's on/off flags (`--multi_gpu True`): such a
+    flag is kept bare when true and dropped when false.
+    """
+    options = accelerate_launch_options()
+    launch: list[str] = []
+    unknown: list[str] = []
+    i = 0
+    while i < len(remaining):
+        token = remaining[i]
+        name = token.split("=", 1)[0]
+        following = remaining[i + 1] if i + 1 < len(remaining) else None
+        if name in options and options[name]:
+            launch.append(token)
+            if "=" not in token and following is not None:
+                launch.append(following)
+                i += 1
+        elif name in options:
+            keep = True
+            if following is not None and following.lower() in ("true", "false"):
+                keep = following.lower() == "true"
+                i += 1
+            if keep:
+                launch.append(name)
+        else:
+            unknown.append(name)
+            # Skip the value of an unknown "--key value" pair so it is not reported as a second unknown.
+            if name.startswith("-") and "=" not in token and following is not None and not following.startswith("-"):
+                i += 1
+        i += 1
+    return launch, unknown
+
+
+def unknown_arguments_error(
+    unknown: Sequence[str], parser: Any, prog: str, config_path: str | None, from_config: Sequence[str] = ()
+) -> CLIArgumentError:
+    """A [`CLIArgumentError`] naming unknown flags / config keys, where they came from and the closest valid names."""
+    # Underscore spellings only (argparse also registers the dashed aliases of every field).
+    valid = sorted(
+        option
+        for option in {o for action in parser._actions for o in action.option_strings}
+        | set(accelerate_launch_options())
+        if option.startswith("--") and "-" not in option[2:]
+    )
+    lines = []
+    for flag in unknown:
+        origin = f"key {flag.lstrip('-')!r} of {config_path}" if config_path and flag in from_config else f"{flag!r}"
+        close = difflib.get_close_matches(flag if flag.startswith("--") else f"--{flag}", valid, n=3, cutoff=0.75)
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        lines.append(f"  - {origin}{hint}")
+    classes = ", ".join(getattr(t, "__name__", str(t)) for t in getattr(parser, "dataclass_types", ()))
+    return CLIArgumentError(
+        f"{prog}: unknown argument(s):\n" + "\n".join(lines) + f"\nThey are neither fields of {classes} nor "
+        f"`accelerate launch` options. Fix the name(s) or remove them; `{prog} --help` lists every option."
+    )
+
+
+def parse_script_args(parser: Any, args: Sequence[str] | None = None, prog: str | None = None) -> tuple:
+    """Parses a script's command line (and `--config` YAML) into its dataclasses, strictly.
+
+    `accelerate launch` options (and `--accelerate_config`) are tolerated, since one YAML may hold both the training
+    and the launch settings; any other unknown flag or config key raises a [`CLIArgumentError`] naming it.
+    """
+    args = list(sys.argv[1:] if args is None else args)
+    config_path = args[args.index("--config") + 1] if "--config" in args[:-1] else None
+    *dataclasses, config_remaining, cli_remaining = parser.parse_args_and_config(
+        args, return_remaining_strings=True, separate_remaining_strings=True
+    )
+    _, unknown_config = split_launch_args(config_remaining)
+    _, unknown_cli = split_launch_args(cli_remaining)
+    if unknown_config or unknown_cli:
+        raise unknown_arguments_error(
+            unknown_config + unknown_cli, parser, prog or parser.prog, config_path, from_config=unknown_config
+        )
+    return tuple(dataclasses)
+
+
+def already_launched() -> bool:
+    """Whether this process was started by `accelerate launch` / `torchrun` (so it must not launch again)."""
+    if os.environ.get(NO_LAUNCH_ENV, "").lower() in ("1", "true", "yes"):
+        return True
+    return any(key in os.environ for key in _LAUNCHED_ENV_KEYS)
+
+
+def launch_module(module: str, launch_args: Sequence[str], script_args: Sequence[str]) -> int:
+    """Runs `accelerate launch <launch_args> -m <module> <script_args>` and returns its exit status."""
+    import subprocess
+
+    from accelerate.commands.launch import launch_command, launch_command_parser
+
+    launch_args = list(launch_args)
+    if "--quiet" not in launch_args and "-q" not in launch_args:
+        # Without --quiet accelerate turns a failed run into a CalledProcessError traceback hiding the real error.
+        launch_args.append("--quiet")
+    namespace = launch_command_parser().parse_args([*launch_args, "--module", module, *script_args])
+    try:
+        launch_command(namespace)
+    except subprocess.CalledProcessError as error:
+        return error.returncode or 1
+    except SystemExit as error:
+        return error.code if isinstance(error.code, int) else 1
+    except Exception as error:  # torch.distributed's ChildFailedError: the ranks already printed their traceback
+        print(f"trl-omni: the launched run failed: {type(error).__name__}: {error}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,156 @@
+"""`trl-omni rl`: PeRPO (perception-calibrated RL with image rollouts, Omni-R1 stage 2).
+
+```bash
+# LoRA on one GPU from a PeSFT checkpoint, the default perception-calibrated reward
+trl-omni rl \
+    --model_name_or_path anole-pesft \
+    --dataset_name data/rl.jsonl --dataset_format interleaved \
+    --use_peft --lora_r 16 --lora_alpha 32 \
+    --num_generations 8 --max_completion_length 2048 --max_images_per_completion 1 \
+    --output_dir anole-perpo
+
+# explicit rewards: built-in names, entry-point names or dotted paths
+trl-omni rl --config perpo.yaml --reward_funcs accuracy format my_package.rewards:length_penalty
+```
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+from typing import Any
+
+from trl_omni.cli.common import OmniScriptArguments
+from trl_omni.scripts.sft import LAUNCH_EPILOG
+
+
+@dataclass
+class RLScriptArguments(OmniScriptArguments):
+    """Dataset and reward arguments of `trl-omni rl`.
+
+    Parameters:
+        reward_funcs (`list[str]` or `None`, *optional*):
+            Reward functions by built-in name (`accuracy`, `format`, `format_thought`, `perception`,
+            `perception_calibrated`, `model_reward`), by name registered under the `trl_omni.rewards` entry-point
+            group, or by dotted path (`package.module:function`). Default: PeRPO's perception-calibrated reward.
+    """
+
+    reward_funcs: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Reward functions: built-in names (accuracy, format, format_thought, perception, "
+            "perception_calibrated, model_reward), names registered under the 'trl_omni.rewards' entry-point group, "
+            "or dotted paths ('package.module:function'). Default: the perception-calibrated reward."
+        },
+    )
+
+
+def build_reward_funcs(names: list[str], processor: Any, image_vocabulary: Any) -> list[Any]:
+    """Resolves reward names with [`~trl_omni.rewards.resolve_reward`] and builds them for this model.
+
+    Reward classes and the built-in factories receive the model's `image_vocabulary` and `processing_class` when
+    their signature takes them (the perception rewards need the vocabulary; the accuracy and format rewards read the
+    special-token answer tags through the processor). Plain reward functions are used as they are. Every reward is
+    wrapped in [`~trl_omni.rewards.SafeReward`], so a failure names the reward and the sample.
+
+    Raises:
+        ValueError: For an unknown name, listing the available ones.
+    """
+    from trl_omni.rewards import make_accuracy_reward, make_format_reward
+    from trl_omni.rewards.registry import resolve_reward, safe_reward
+
+    # Built-in rewards that are ready-made functions: build them from their factory so they get the processor.
+    factories = {
+        "accuracy": make_accuracy_reward,
+        "format": lambda **kw: make_format_reward(style="tags", name="format_reward", **kw),
+        "format_thought": lambda **kw: make_format_reward(style="thought", name="format_thought_reward", **kw),
+    }
+    context = {"image_vocabulary": image_vocabulary, "processing_class": processor}
+    rewards = []
+    for name in names:
+        target = resolve_reward(name)  # raises ValueError naming the available rewards
+        if name in factories:
+            reward = factories[name](**context)
+        elif inspect.isclass(target):
+            parameters = inspect.signature(target).parameters
+            reward = target(**{key: value for key, value in context.items() if key in parameters})
+        else:
+            reward = target
+        rewards.append(safe_reward(reward))
+    return rewards
+
+
+def main(script_args: Any, training_args: Any, model_args: Any) -> int:
+    """Loads the model, the data and the rewards named by the arguments, trains with [`PeRPOTrainer`], saves."""
+    from trl import get_peft_config
+
+    from trl_omni.cli.common import load_any_dataset, load_model_and_processor, select_split, to_interleaved
+    from trl_omni.models import ImageVocabulary
+    from trl_omni.trainers import PeRPOTrainer
+
+    if not script_args.dataset_name:
+        raise ValueError("--dataset_name is required: a Hub dataset, a local json/jsonl/parquet file or a directory.")
+    from trl_omni.rewards.registry import resolve_reward
+
+    for name in script_args.reward_funcs or []:
+        resolve_reward(name)  # an unknown name fails here, before any loading, listing the available rewards
+    model, processor = load_model_and_processor(model_args, trust_remote_code=training_args.trust_remote_code)
+    reward_funcs = None
+    if script_args.reward_funcs:
+        reward_funcs = build_reward_funcs(
+            script_args.reward_funcs, processor, ImageVocabulary.from_model(model, processor)
+        )
+
+    raw = load_any_dataset(script_args.dataset_name, script_args.dataset_config)
+    train = select_split(raw, script_args.dataset_train_split)
+    if script_args.max_train_samples is not None:
+        train = train.select(range(min(script_args.max_train_samples, len(train))))
+    text_prompts = "prompt" in train.column_names and isinstance(train[0]["prompt"], str)
+    if not text_prompts and script_args.dataset_format != "pretokenized":
+        with training_args.main_process_first(desc="converting the dataset and encoding its images"):
+            train = to_interleaved(
+                train,
+                script_args.dataset_format,
+                model,
+                processor,
+                image_root=training_args.image_root,
+                on_error=script_args.on_error,
+                encode_batch_size=script_args.pretokenize_batch_size,
+            )
+
+    trainer = PeRPOTrainer(
+        model=model,
+        reward_funcs=reward_funcs,
+        args=training_args,
+        train_dataset=train,
+        processing_class=processor,
+        peft_config=get_peft_config(model_args),
+    )
+    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.accelerator.print("Training completed.")
+    trainer.save_model(training_args.output_dir)
+    trainer.accelerator.print(f"Model saved to {training_args.output_dir}.")
+    if training_args.push_to_hub:
+        trainer.push_to_hub(dataset_name=script_args.dataset_name)
+    trainer.end()
+    return 0
+
+
+def make_parser(prog: str | None = None):
+    """The `TrlParser` of `trl-omni rl`: dataset + reward arguments, [`PeRPOConfig`] and TRL's `ModelConfig`."""
+    from trl import ModelConfig, TrlParser
+
+    from trl_omni.trainers import PeRPOConfig
+
+    return TrlParser(
+        (RLScriptArguments, PeRPOConfig, ModelConfig),
+        prog=prog,
+        description="PeRPO: perception-calibrated RL with image rollouts (Omni-R1 stage 2).",
+        epilog=LAUNCH_EPILOG,
+    )
+
+
+if __name__ == "__main__":
+    from trl_omni.cli.launch import parse_script_args
+
+    raise SystemExit(main(*parse_script_args(make_parser(prog="trl-omni rl"))))
