@@ -24,6 +24,16 @@ BUILTIN_REWARDS: dict[str, str] = {
     "model_reward": "trl_omni.rewards.model_reward:ModelReward",
 }
 
+# Built-ins that are ready-made functions take options (e.g. `processing_class`) through their factory.
+BUILTIN_FACTORIES: dict[str, tuple[str, dict[str, Any]]] = {
+    "accuracy": ("trl_omni.rewards.accuracy:make_accuracy_reward", {}),
+    "format": ("trl_omni.rewards.format:make_format_reward", {"style": "tags", "name": "format_reward"}),
+    "format_thought": (
+        "trl_omni.rewards.format:make_format_reward",
+        {"style": "thought", "name": "format_thought_reward"},
+    ),
+}
+
 _NOT_SLICED = ("trainer_state", "log_metric", "log_extra", "environments")
 
 
@@ -229,8 +239,10 @@ def get_reward(name: str, safe: bool = True, **kwargs: Any) -> Callable[..., lis
 
     The name is a built-in (`accuracy`, `format`, `format_thought`, `perception`, `perception_calibrated`,
     `model_reward`), an entry point of the `trl_omni.rewards` group, or a dotted path (`module:attr` /
-    `module.attr`). A class (e.g. `PerceptionReward`) is instantiated with `kwargs`; a plain reward function is
-    returned as is, unless `kwargs` are given, in which case it is treated as a factory and called with them.
+    `module.attr`). A class (e.g. `PerceptionReward`) is instantiated with `kwargs`; the function built-ins
+    (`accuracy`, `format`, `format_thought`) are rebuilt from their factories (`make_accuracy_reward`,
+    `make_format_reward`) when `kwargs` are given; any other plain reward function is returned as is, unless `kwargs`
+    are given, in which case it is treated as a factory and called with them.
 
     Args:
         name: Reward name or dotted path.
@@ -244,7 +256,10 @@ def get_reward(name: str, safe: bool = True, **kwargs: Any) -> Callable[..., lis
         ```
     """
     target = resolve_reward(name)
-    if inspect.isclass(target):
+    if kwargs and name in BUILTIN_FACTORIES:
+        factory_path, defaults = BUILTIN_FACTORIES[name]
+        reward = _import_path(factory_path)(**{**defaults, **kwargs})
+    elif inspect.isclass(target):
         try:
             reward = target(**kwargs)
         except TypeError as error:

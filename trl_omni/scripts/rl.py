@@ -56,27 +56,19 @@ def build_reward_funcs(names: list[str], processor: Any, image_vocabulary: Any) 
     Raises:
         ValueError: For an unknown name, listing the available ones.
     """
-    from trl_omni.rewards import make_accuracy_reward, make_format_reward
-    from trl_omni.rewards.registry import resolve_reward, safe_reward
+    from trl_omni.rewards.registry import BUILTIN_FACTORIES, get_reward, resolve_reward
 
-    # Built-in rewards that are ready-made functions: build them from their factory so they get the processor.
-    factories = {
-        "accuracy": make_accuracy_reward,
-        "format": lambda **kw: make_format_reward(style="tags", name="format_reward", **kw),
-        "format_thought": lambda **kw: make_format_reward(style="thought", name="format_thought_reward", **kw),
-    }
     context = {"image_vocabulary": image_vocabulary, "processing_class": processor}
     rewards = []
     for name in names:
         target = resolve_reward(name)  # raises ValueError naming the available rewards
-        if name in factories:
-            reward = factories[name](**context)
+        if name in BUILTIN_FACTORIES:
+            rewards.append(get_reward(name, **context))
         elif inspect.isclass(target):
             parameters = inspect.signature(target).parameters
-            reward = target(**{key: value for key, value in context.items() if key in parameters})
+            rewards.append(get_reward(name, **{k: v for k, v in context.items() if k in parameters}))
         else:
-            reward = target
-        rewards.append(safe_reward(reward))
+            rewards.append(get_reward(name))
     return rewards
 
 
