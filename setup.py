@@ -49,7 +49,7 @@ setup(
             "perception = trl_omni.rewards.perception:PerceptionReward",
             "perception_calibrated = trl_omni.rewards.calibrated:PerceptionCalibratedReward",
             "model_reward = trl_omni.rewards.model_reward:ModelReward",
-        ]
+        ],
     },
     classifiers=[
         "Programming Language :: Python :: 3",
