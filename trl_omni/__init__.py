@@ -13,6 +13,7 @@ from .data import (
     pretokenize_images,
     text_part,
 )
+from .evaluation import EvalConfig, EvalResult, evaluate
 from .models import (
     ImageEncoder,
     ImageSegment,
@@ -54,6 +55,8 @@ from .visualization import (
 
 
 __all__ = [
+    "EvalConfig",
+    "EvalResult",
     "FalseColorDecoder",
     "ImageEncoder",
     "ImageSegment",
@@ -83,6 +86,7 @@ __all__ = [
     "disable_image_generation",
     "enable_image_generation",
     "encode_images",
+    "evaluate",
     "format_reward",
     "freeze_vq_model",
     "get_reward",

@@ -357,8 +357,8 @@ def evaluate(
     from datasets import Dataset
     from transformers import LogitsProcessorList
 
-    from .cli.common import to_interleaved
     from .collators import InterleavedDataCollator
+    from .data.loading import to_interleaved
     from .models import ImageSpanLogitsProcessor, ImageVocabulary
     from .rewards import make_accuracy_reward
     from .rewards._common import OutputTags, _TagRestorer

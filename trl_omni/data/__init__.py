@@ -9,6 +9,7 @@ from .converters import (
     zebra_cot_row_to_interleaved,
 )
 from .images import load_image, resolve_image_path
+from .loading import DATASET_FORMATS, detect_format, load_any_dataset, select_split, to_interleaved
 from .pretokenize import pretokenize_images
 from .schema import (
     InterleavedDataError,
@@ -22,13 +23,16 @@ from .schema import (
 
 
 __all__ = [
+    "DATASET_FORMATS",
     "InterleavedDataError",
     "check_column_names",
     "convert_m3cot",
     "convert_omni_bench",
     "convert_zebra_cot",
+    "detect_format",
     "image_part",
     "interleaved_features",
+    "load_any_dataset",
     "load_image",
     "m3cot_row_to_interleaved",
     "normalize_parts",
@@ -36,6 +40,8 @@ __all__ = [
     "part_list_feature",
     "pretokenize_images",
     "resolve_image_path",
+    "select_split",
     "text_part",
+    "to_interleaved",
     "zebra_cot_row_to_interleaved",
 ]

@@ -123,7 +123,7 @@ def main(script_args: Any, eval_config: Any, model_args: Any) -> int:
     """Loads the model and data, then runs [`trl_omni.evaluation.evaluate`]."""
     import torch
 
-    from trl_omni.cli.common import load_any_dataset, select_split
+    from trl_omni.data.loading import load_any_dataset, select_split
     from trl_omni.evaluation import evaluate
     from trl_omni.models import ImageVocabulary
 

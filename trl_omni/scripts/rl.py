@@ -76,7 +76,8 @@ def main(script_args: Any, training_args: Any, model_args: Any) -> int:
     """Loads the model, the data and the rewards named by the arguments, trains with [`PeRPOTrainer`], saves."""
     from trl import get_peft_config
 
-    from trl_omni.cli.common import load_any_dataset, load_model_and_processor, select_split, to_interleaved
+    from trl_omni.cli.common import load_model_and_processor
+    from trl_omni.data.loading import load_any_dataset, select_split, to_interleaved
     from trl_omni.models import ImageVocabulary
     from trl_omni.trainers import PeRPOTrainer
 
