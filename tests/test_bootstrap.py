@@ -14,6 +14,7 @@ from trl_omni.collators import InterleavedDataCollator
 from trl_omni.data.bootstrap import (
     BootstrapConfig,
     SeededGumbelSampler,
+    StepDrawer,
     bootstrap_dataset,
     bootstrapped_files,
     cap_steps,
@@ -94,9 +95,45 @@ def test_gumbel_sampler_rows_depend_on_their_seed_only():
     top = SeededGumbelSampler([1], top_k=2)(None, logits.clone())
     assert math.isinf(top[0, 0].item()) and not math.isinf(top[0, 1].item())
     assert torch.equal(SeededGumbelSampler([1], temperature=0)(None, logits.clone()), logits)
-    assert drawing_seed(1, 2, 3, 0) != drawing_seed(1, 2, 3, 1) and drawing_seed(1, 2, 3, 0) == drawing_seed(
-        1, 2, 3, 0
+    assert drawing_seed(1, 2, 3, 0) != drawing_seed(1, 2, 3, 1)
+    assert drawing_seed(1, 2, 3, 0) == drawing_seed(1, 2, 3, 0)
+    # support: noise only where scores can be finite; the sample follows the softmax over the support
+    masked = torch.tensor([[float("-inf"), 0.0, float("-inf"), 1.0, 2.0]])
+    support = torch.tensor([1, 3, 4])
+    noised = SeededGumbelSampler([3], support=support)(None, masked.clone())
+    assert torch.isinf(noised[0, [0, 2]]).all() and torch.isfinite(noised[0, support]).all()
+    draws = torch.tensor(
+        [SeededGumbelSampler([s], support=support)(None, masked.clone()).argmax().item() for s in range(3000)]
     )
+    frequencies = torch.bincount(draws, minlength=5).float() / len(draws)
+    assert torch.allclose(frequencies, masked.softmax(-1)[0], atol=0.03)
+
+
+def test_drawing_prompt_layout(drawer_model):
+    model, processor = drawer_model
+    vocab = ImageVocabulary.from_model(model, processor)
+    config = BootstrapConfig(
+        prompt_template="{image}Q: {question}\nBefore: {previous_steps}\nDraw {step}/{num_steps}: {step_text}"
+    )
+    drawer = StepDrawer(model, processor, vocab, config)
+    images = [
+        torch.arange(vocab.tokens_per_image) % vocab.num_codes,
+        torch.zeros(vocab.tokens_per_image, dtype=torch.long),
+    ]
+    ids = drawer.prompt_ids("Which?", images, ["look.", "count."], 1)
+    assert ids[0] == processor.tokenizer.bos_token_id and ids[-1] == vocab.boi_token_id  # ends by opening the image
+    segments = vocab.parse_segments(torch.tensor([ids]))
+    assert segments.complete.tolist() == [True, True, False]  # both question images, then the open drawing span
+    assert torch.equal(segments.complete_codes.reshape(2, -1), torch.stack(images))
+    text = processor.tokenizer.decode(
+        [t for t in ids if not vocab.is_image_token(torch.tensor(t))], skip_special_tokens=True
+    )
+    assert "Q: Which?\nBefore: look.\nDraw 2/2: count." in text
+    assert drawer.prompt_ids("Which?", [], ["look."], 0).count(vocab.boi_token_id) == 1  # no question image
+    with pytest.raises(ValueError, match="unknown placeholder"):
+        BootstrapConfig(prompt_template="{step_text} {nope}")
+    with pytest.raises(ValueError, match="step_text"):
+        BootstrapConfig(prompt_template="{question}")
 
 
 # ----------------------------------------------------------------------------------------------- end to end
@@ -228,6 +265,14 @@ def test_quality_filter_redraws_and_policies(drawer_model, tmp_path):
         assert counts["samples_dropped"] == 4 - rows_left
     kept = load_bootstrapped(str(tmp_path / "drop_step"))
     assert [p["type"] for p in kept[0]["completion"]] == ["text", "text"]  # the text of the steps stays
+
+    # min_distinct_codes: a drawing needs that many different codes (all 64 drawn codes distinct never happens here)
+    vocab = ImageVocabulary.from_model(model, processor)
+    strict = BootstrapConfig(output_dir=str(tmp_path / "distinct"), min_distinct_codes=vocab.tokens_per_image,
+                             max_redraws=0, **kwargs)  # fmt: skip
+    assert run_bootstrap(strict, model, processor, rows)["counts"]["images_kept"] == 0
+    loose = BootstrapConfig(output_dir=str(tmp_path / "loose"), min_distinct_codes=2, max_redraws=0, **kwargs)
+    assert run_bootstrap(loose, model, processor, rows)["counts"]["images_kept"] == drawings
 
 
 def test_perception_threshold(drawer_model, bootstrapped, tmp_path):
