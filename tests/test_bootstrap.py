@@ -326,6 +326,14 @@ def test_bad_input_is_named(drawer_model, tmp_path):
     rows[1]["rationale"] = "I look <racm3:break> here."  # BOI text in a step
     with pytest.raises(ValueError, match="Row 1"):
         run_bootstrap(BootstrapConfig(output_dir=str(tmp_path / "b"), disable_tqdm=True), model, processor, rows)
+    # on_error="skip": the bad rows are dropped, counted and the others written
+    rows += m3cot_rows(3)[2:]
+    rows[2]["answer"] = ""  # missing answer
+    config = BootstrapConfig(output_dir=str(tmp_path / "c"), on_error="skip", max_steps=1, disable_tqdm=True)
+    counts = run_bootstrap(config, model, processor, rows)["counts"]
+    assert counts["samples_skipped_bad_input"] == 2 and counts["samples_dropped"] == 2 and counts["rows_written"] == 1
+    assert load_bootstrapped(str(tmp_path / "c"))["id"] == [rows[0]["id"]]
+    assert counts["images_drawn"] == 1  # nothing was drawn for the skipped rows
     with pytest.raises(ValueError, match="on_low_quality"):
         BootstrapConfig(on_low_quality="nope")
     with pytest.raises(ValueError, match="keep_columns"):

@@ -166,6 +166,13 @@ class BootstrapConfig:
     )
     source_name: str = field(default="m3cot-bootstrap", metadata={"help": "Value of the output `source` column."})
     shard_size: int = field(default=1000, metadata={"help": "Input rows per output shard."})
+    on_error: str = field(
+        default="raise",
+        metadata={
+            "help": "Bad input rows (missing question / answer, unreadable image, image-token text): 'raise' names "
+            "the row, field and fix; 'skip' drops the row, counts and logs it."
+        },
+    )
     disable_tqdm: bool = field(default=False, metadata={"help": "Hide the progress bar."})
 
     def __post_init__(self):
@@ -177,6 +184,8 @@ class BootstrapConfig:
             raise ValueError(f"max_redraws must be >= 0, got {self.max_redraws}.")
         if self.on_low_quality not in LOW_QUALITY_POLICIES:
             raise ValueError(f"on_low_quality must be one of {LOW_QUALITY_POLICIES}, got {self.on_low_quality!r}.")
+        if self.on_error not in ("raise", "skip"):
+            raise ValueError(f"on_error must be 'raise' or 'skip', got {self.on_error!r}.")
         if self.temperature < 0:
             raise ValueError(f"temperature must be >= 0, got {self.temperature}.")
         if self.template not in ("templated", "plain", "chat"):
@@ -617,6 +626,7 @@ def _empty_counts() -> dict[str, int]:
             "low_quality_images",
             "steps_without_image",
             "prompt_images_encoded",
+            "samples_skipped_bad_input",
         ),
         0,
     )
@@ -662,13 +672,23 @@ class _Bootstrapper:
         converted["prompt"] = normalize_parts(converted["prompt"], converted["id"], "prompt")
         return converted, steps
 
-    def _encode_prompt_images(self, questions: list[dict[str, Any]], counts: dict[str, int]) -> None:
-        pending = []  # (question, part index, PIL image)
-        for q in questions:
-            for i, part in enumerate(q["prompt"]):
-                if part["type"] == "image" and part["codes"] is None:
-                    image = load_image(part, self.config.image_root, q["id"], f"prompt[{i}]")
-                    pending.append((q, i, image))
+    def _skip(self, error: InterleavedDataError, counts: dict[str, int]) -> None:
+        if self.config.on_error == "raise":
+            raise error
+        counts["samples_skipped_bad_input"] += 1
+        counts["samples_dropped"] += 1
+        logger.warning("Skipped a bad input row (on_error='skip'): %s", error)
+
+    def _prompt_images(self, q: dict[str, Any]) -> list[tuple[int, Any]]:
+        """The question's images that need encoding, read now so that a bad one names its row."""
+        return [
+            (i, load_image(part, self.config.image_root, q["id"], f"prompt[{i}]"))
+            for i, part in enumerate(q["prompt"])
+            if part["type"] == "image" and part["codes"] is None
+        ]
+
+    def _encode_prompt_images(self, questions: list, images: list, counts: dict[str, int]) -> None:
+        pending = [(q, i, image) for q, pil in zip(questions, images, strict=True) for i, image in pil]
         if not pending:
             return
         codes = self.encoder.encode([image for _, _, image in pending])
@@ -700,17 +720,27 @@ class _Bootstrapper:
     def process_shard(self, start: int, end: int, counts: dict[str, int], progress: Any = None) -> list[dict]:
         config = self.config
         rows = self.dataset.select(range(start, end)).to_list()
-        questions, steps = [], []
+        questions, steps, images = [], [], []
         for offset, row in enumerate(rows):
-            q, s = self._question(start + offset, row)
+            try:
+                q, s = self._question(start + offset, row)
+                pil = self._prompt_images(q)
+            except InterleavedDataError as error:
+                self._skip(error, counts)
+                q, s, pil = None, [], []
             questions.append(q)
             steps.append(s)
+            images.append(pil)
         counts["input_rows"] += len(rows)
-        self._encode_prompt_images(questions, counts)
+        self._encode_prompt_images(questions, images, counts)
 
         question_text = []
         question_codes = []
         for q in questions:
+            if q is None:
+                question_text.append(None)
+                question_codes.append(None)
+                continue
             texts = [p["text"] for p in q["prompt"] if p["type"] == "text"]
             images = [p["codes"] for p in q["prompt"] if p["type"] == "image"]
             question_text.append("\n".join(t.strip() for t in texts))
@@ -720,9 +750,17 @@ class _Bootstrapper:
         best: dict[tuple[int, int], tuple[bool, float, list[int]]] = {}
         jobs = []
         for sample, sample_steps in enumerate(steps):
+            try:  # every prompt of the sample is built (and checked) before any of them is drawn
+                sample_jobs = [
+                    self._job(sample, step, 0, start, question_text, question_codes, sample_steps)
+                    for step in range(len(sample_steps))
+                ]
+            except InterleavedDataError as error:
+                self._skip(error, counts)
+                questions[sample], steps[sample] = None, []
+                continue
             counts["steps"] += len(sample_steps)
-            for step in range(len(sample_steps)):
-                jobs.append(self._job(sample, step, 0, start, question_text, question_codes, sample_steps))
+            jobs += sample_jobs
         while jobs:
             # Longest prompts first: batches of similar length waste less padding. The order is a function of the
             # shard's content only, so it is the same on every run.
@@ -747,6 +785,8 @@ class _Bootstrapper:
 
         out = []
         for sample, q in enumerate(questions):
+            if q is None:  # skipped bad input, counted in _skip
+                continue
             if not steps[sample]:
                 counts["samples_without_steps"] += 1
                 counts["samples_dropped"] += 1
