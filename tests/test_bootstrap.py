@@ -130,6 +130,8 @@ def test_drawing_prompt_layout(drawer_model):
     )
     assert "Q: Which?\nBefore: look.\nDraw 2/2: count." in text
     assert drawer.prompt_ids("Which?", [], ["look."], 0).count(vocab.boi_token_id) == 1  # no question image
+    with pytest.raises(ValueError, match="end with BOI"):
+        drawer.draw([ids[:-1]], [0])
     with pytest.raises(ValueError, match="unknown placeholder"):
         BootstrapConfig(prompt_template="{step_text} {nope}")
     with pytest.raises(ValueError, match="step_text"):

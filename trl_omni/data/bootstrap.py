@@ -52,7 +52,7 @@ DEFAULT_PROMPT_TEMPLATE = (
     "{image}{question}\nReasoning step {step} of {num_steps}: {step_text}\nText step {step} -> Image step {step}:"
 )
 # Arguments that do not change the rows written (so they may differ between a run and its resumption).
-_NON_OUTPUT_ARGUMENTS = ("output_dir", "overwrite", "disable_tqdm", "log_level")
+_NON_OUTPUT_ARGUMENTS = ("output_dir", "overwrite", "disable_tqdm")
 LOW_QUALITY_POLICIES = ("drop_step", "drop_sample", "keep_best")
 
 
@@ -65,7 +65,15 @@ class BootstrapConfig:
         model_name_or_path: Base model (local directory or Hub id) loaded with `load_omni_model`.
         dataset_name: Input: a local file (json / jsonl / parquet / csv), a directory of such files, or a `datasets`
             source name.
-        The other fields are described in their `help` metadata.
+        The other fields (column mapping, step splitting, drawing prompt and sampling, quality filter, sharding)
+        are described in their `help` metadata and in docs/bootstrap.md.
+
+    Example:
+        ```python
+        >>> config = BootstrapConfig(output_dir="m3cot-zero", model_name_or_path="leloy/Anole-7b-v0.1-hf",
+        ...                          dataset_name="m3cot_train.parquet", max_steps=4, quality_threshold=0.5)
+        >>> manifest = run_bootstrap(config)
+        ```
     """
 
     output_dir: str | None = field(default=None, metadata={"help": "Directory of the output shards and manifest."})
@@ -440,8 +448,11 @@ class StepDrawer:
 
     @torch.inference_mode()
     def draw(self, prompts: Sequence[Sequence[int]], seeds: Sequence[int]) -> torch.Tensor:
-        """Draws one image per prompt. Returns `(N, H*W)` codes on CPU."""
+        """Draws one image per prompt (each ending with BOI, as `prompt_ids` builds them). Returns `(N, H*W)` codes
+        on CPU."""
         tokens = self.vocab.tokens_per_image
+        if any(not p or p[-1] != self.vocab.boi_token_id for p in prompts):
+            raise ValueError("Every drawing prompt must end with BOI (build them with StepDrawer.prompt_ids).")
         out = []
         for start in range(0, len(prompts), self.config.batch_size):
             chunk = prompts[start : start + self.config.batch_size]
