@@ -4,13 +4,17 @@ __version__ = "0.1.0.dev0"
 
 from .collators import InterleavedDataCollator
 from .data import (
+    BootstrapConfig,
     InterleavedDataError,
+    bootstrap_dataset,
     convert_m3cot,
     convert_omni_bench,
     convert_zebra_cot,
     image_part,
     interleaved_features,
+    load_bootstrapped,
     pretokenize_images,
+    run_bootstrap,
     text_part,
 )
 from .evaluation import EvalConfig, EvalResult, evaluate
@@ -55,6 +59,7 @@ from .visualization import (
 
 
 __all__ = [
+    "BootstrapConfig",
     "EvalConfig",
     "EvalResult",
     "FalseColorDecoder",
@@ -79,6 +84,7 @@ __all__ = [
     "TrajectoryLogger",
     "__version__",
     "accuracy_reward",
+    "bootstrap_dataset",
     "convert_m3cot",
     "convert_omni_bench",
     "convert_zebra_cot",
@@ -94,6 +100,7 @@ __all__ = [
     "interleaved_features",
     "is_image_generation_enabled",
     "list_rewards",
+    "load_bootstrapped",
     "load_omni_model",
     "load_vq_decoder",
     "make_accuracy_reward",
@@ -102,6 +109,7 @@ __all__ = [
     "pretokenize_images",
     "render_trajectories",
     "render_trajectory",
+    "run_bootstrap",
     "safe_reward",
     "text_part",
 ]

@@ -1,5 +1,6 @@
 """Interleaved text/image data: the schema, image reading, pre-tokenization and public-dataset converters."""
 
+from .bootstrap import BootstrapConfig, bootstrap_dataset, load_bootstrapped, run_bootstrap, split_steps
 from .converters import (
     convert_m3cot,
     convert_omni_bench,
@@ -23,8 +24,10 @@ from .schema import (
 
 
 __all__ = [
+    "BootstrapConfig",
     "DATASET_FORMATS",
     "InterleavedDataError",
+    "bootstrap_dataset",
     "check_column_names",
     "convert_m3cot",
     "convert_omni_bench",
@@ -33,6 +36,7 @@ __all__ = [
     "image_part",
     "interleaved_features",
     "load_any_dataset",
+    "load_bootstrapped",
     "load_image",
     "m3cot_row_to_interleaved",
     "normalize_parts",
@@ -40,7 +44,9 @@ __all__ = [
     "part_list_feature",
     "pretokenize_images",
     "resolve_image_path",
+    "run_bootstrap",
     "select_split",
+    "split_steps",
     "text_part",
     "to_interleaved",
     "zebra_cot_row_to_interleaved",
