@@ -2,6 +2,7 @@
 
 import math
 
+import pytest
 import torch
 from datasets import Dataset
 
@@ -51,3 +52,29 @@ def test_interleaved_prompts_with_images_and_the_default_calibrated_reward(tmp_p
     log = [entry for entry in trainer.state.log_history if "loss" in entry][-1]
     assert math.isfinite(log["loss"]) and "rewards/perception_calibrated/mean" in log
     assert any(not torch.equal(p, before[n]) for n, p in model.named_parameters() if p.requires_grad)
+
+
+def test_rollouts_are_rendered_at_each_logging_step(tmp_path):
+    model, processor = tiny_chameleon(seed=0)
+    vocab = ImageVocabulary.from_model(model, processor)
+    rows = [{"prompt": "Let me draw it.", "answer": "1"}] * 4
+    args = PeRPOConfig(
+        output_dir=str(tmp_path), num_generations=2, per_device_train_batch_size=4, max_steps=2,
+        max_completion_length=80, bf16=False, use_cpu=True, report_to="none", logging_steps=1, save_strategy="no",
+        log_rendered_trajectories=3, generation_kwargs={"sequence_bias": {(vocab.boi_token_id,): 8.0}},
+    )  # fmt: skip
+
+    def image_count(completion_ids, image_segments, **kwargs):
+        return [float(sum(s.complete for s in segs)) for segs in image_segments]
+
+    trainer = PeRPOTrainer(
+        model, reward_funcs=image_count, args=args, train_dataset=Dataset.from_list(rows), processing_class=processor
+    )
+    trainer.train()
+    for step in (1, 2):
+        pages = sorted((tmp_path / "rendered_trajectories").glob(f"step_{step:08d}/*.html"))
+        assert 1 <= len(pages) <= 3, pages  # bounded per logging step
+        html = pages[0].read_text()
+        assert "image_count" in html  # the reward travels with the trajectory
+    with pytest.raises(ValueError, match="log_rendered_trajectories"):
+        PeRPOConfig(output_dir=str(tmp_path), bf16=False, use_cpu=True, log_rendered_trajectories=-1)

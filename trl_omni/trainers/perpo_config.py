@@ -66,6 +66,13 @@ class PeRPOConfig(GRPOConfig):
         image_root (`str`, *optional*):
             Directory that prompt image parts given as `path` are read from.
 
+        > Visibility
+
+        log_rendered_trajectories (`int`, *optional*, defaults to `2`):
+            Rollouts rendered as text + drawn images (weight-free false-colour view; pass your own
+            `RenderedTrajectoriesCallback(decoder=...)` for pixels) and logged per logging step to the active trackers,
+            or written under `<output_dir>/rendered_trajectories/`; `0` disables.
+
         > Degenerate groups
 
         filter_degenerate_groups (`bool`, *optional*, defaults to `False`):
@@ -142,6 +149,16 @@ class PeRPOConfig(GRPOConfig):
         metadata={"help": "Directory that prompt image parts given as `path` are read from."},
     )
 
+    # Visibility
+    log_rendered_trajectories: int = field(
+        default=2,
+        metadata={
+            "help": "Rollouts rendered (text + drawn images) and logged per logging step to the active trackers "
+            "(tensorboard / wandb / trackio), or written as PNG + HTML under `<output_dir>/rendered_trajectories/` "
+            "when none is active; 0 disables."
+        },
+    )
+
     # Degenerate groups
     filter_degenerate_groups: bool = field(
         default=False,
@@ -157,6 +174,8 @@ class PeRPOConfig(GRPOConfig):
             raise ValueError(
                 f"max_images_per_completion must be None (no cap) or >= 0, got {self.max_images_per_completion}."
             )
+        if self.log_rendered_trajectories < 0:
+            raise ValueError(f"log_rendered_trajectories must be >= 0, got {self.log_rendered_trajectories}.")
         if self.perception_mapping not in _MAPPINGS:
             raise ValueError(f"perception_mapping must be one of {_MAPPINGS}, got {self.perception_mapping!r}.")
         if self.perception_aggregation not in _AGGREGATIONS:

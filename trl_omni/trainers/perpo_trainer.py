@@ -24,6 +24,7 @@ from ..models import (
     load_omni_model,
 )
 from ..rewards import PerceptionCalibratedReward, PerceptionReward
+from ..visualization import RenderedTrajectoriesCallback
 from .perpo_config import PeRPOConfig
 
 
@@ -199,6 +200,11 @@ class PeRPOTrainer(GRPOTrainer):
         for scorer in (self._perception_scorer, *(getattr(f, "perception", None) for f in self.reward_funcs)):
             if isinstance(scorer, PerceptionReward) and scorer.device is None:
                 scorer.device = self.accelerator.device
+
+        if args.log_rendered_trajectories > 0 and RenderedTrajectoriesCallback.find(self) is None:
+            self.add_callback(
+                RenderedTrajectoriesCallback(vocab, processing_class, max_per_step=args.log_rendered_trajectories)
+            )
 
         self._interleaved_prompts = InterleavedDataCollator(
             processing_class, vocab, template=args.interleaved_template, image_root=args.image_root, seed=args.seed
@@ -429,7 +435,24 @@ class PeRPOTrainer(GRPOTrainer):
             self._log_perception_metrics(completion_ids_list)
         if self.args.filter_degenerate_groups and self.model.training:
             self._degenerate_rows = self._find_degenerate_rows(rewards_per_func)
+        self._submit_rendered_trajectories(prompts, completion_ids_list, rewards_per_func)
         return rewards_per_func
+
+    def _submit_rendered_trajectories(
+        self, prompts: list[Any], completion_ids: list[list[int]], rewards_per_func: torch.Tensor
+    ) -> None:
+        """Hands this process's rollouts and their rewards to the rendering callback (it renders at the next log)."""
+        callback = RenderedTrajectoriesCallback.find(self)
+        if callback is None or not self.accelerator.is_main_process:
+            return
+        start = self.accelerator.process_index * len(completion_ids)
+        local = rewards_per_func[start : start + len(completion_ids)].tolist()
+        metadata = [
+            {name: round(value, 4) for name, value in zip(self.reward_func_names, row) if value == value}
+            for row in local
+        ]
+        titles = [prompt if isinstance(prompt, str) else None for prompt in prompts]
+        callback.submit(completion_ids, titles=titles, metadata=metadata)
 
     def _find_degenerate_rows(self, rewards_per_func: torch.Tensor) -> torch.Tensor:
         """(N,) bool over the gathered batch: rows of groups whose weighted rewards have zero spread."""
