@@ -34,3 +34,21 @@ def test_interleaved_rows_use_the_interleaved_collator_by_default(tmp_path):
     assert not torch.equal(model.perception_head.weight, head_before)
     logs = [entry for entry in trainer.state.log_history if "loss" in entry]
     assert logs and all(math.isfinite(e["perception_loss"]) and e["image_tokens"] >= 64 for e in logs)
+
+
+def test_evaluation_renders_a_few_constrained_answers(tmp_path):
+    model, processor = tiny_chameleon(seed=0)
+    vocab = ImageVocabulary.from_model(model, processor)
+    rows = interleaved_rows(vocab, num_rows=4, prompt_images=1, completion_images=1, text_words=(3, 6))
+    args = PeSFTConfig(
+        output_dir=str(tmp_path), per_device_train_batch_size=2, per_device_eval_batch_size=2, max_steps=1,
+        bf16=False, use_cpu=True, report_to="none", save_strategy="no", log_rendered_trajectories=2,
+        eval_generation_max_new_tokens=2 * vocab.span_length,
+    )  # fmt: skip
+    dataset = Dataset.from_list(rows)
+    trainer = PeSFTTrainer(model, args=args, train_dataset=dataset, eval_dataset=dataset, processing_class=processor)
+    metrics = trainer.evaluate()
+    assert math.isfinite(metrics["eval_loss"])
+    pages = sorted((tmp_path / "rendered_trajectories").glob("step_*/*.html"))
+    assert len(pages) == 2
+    assert "eval row" in pages[0].read_text()

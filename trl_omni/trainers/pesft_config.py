@@ -41,6 +41,12 @@ class PeSFTConfig(SFTConfig):
             Seed of the perception head's initialisation; defaults to `seed`. The head is only initialised when the
             model does not carry one yet (a model from a PeSFT checkpoint keeps its trained head).
 
+        log_rendered_trajectories (`int`, *optional*, defaults to `2`):
+            At each evaluation, this many eval prompts (interleaved rows) are answered with constrained drawing,
+            rendered and logged to the active trackers (or written under `<output_dir>/rendered_trajectories/`);
+            `0` disables.
+        eval_generation_max_new_tokens (`int`, *optional*, defaults to `1200`):
+            Generation budget of those answers (one Anole image is 1,026 tokens).
         interleaved_template (`str`, *optional*, defaults to `"templated"`):
             Layout of interleaved rows built by the default [`InterleavedDataCollator`]: `"templated"`, `"plain"`
             or `"chat"`. Ignored for pre-tokenized rows or when a `data_collator` is passed.
@@ -102,6 +108,18 @@ class PeSFTConfig(SFTConfig):
         default=None,
         metadata={"help": "Seed of the perception head's initialisation. Defaults to `seed`."},
     )
+    log_rendered_trajectories: int = field(
+        default=2,
+        metadata={
+            "help": "At each evaluation, this many eval prompts (interleaved rows) are answered by the model with "
+            "constrained drawing, rendered (text + images) and logged to the active trackers, or written under "
+            "`<output_dir>/rendered_trajectories/` when none is active; 0 disables."
+        },
+    )
+    eval_generation_max_new_tokens: int = field(
+        default=1200,
+        metadata={"help": "Generation budget of those rendered evaluation answers."},
+    )
     interleaved_template: str = field(
         default="templated",
         metadata={
@@ -124,6 +142,8 @@ class PeSFTConfig(SFTConfig):
 
     def __post_init__(self):
         super().__post_init__()
+        if self.log_rendered_trajectories < 0:
+            raise ValueError(f"log_rendered_trajectories must be >= 0, got {self.log_rendered_trajectories}.")
         if self.perception_alignment not in PERCEPTION_ALIGNMENTS:
             raise ValueError(
                 f"perception_alignment={self.perception_alignment!r} is not supported; use one of "

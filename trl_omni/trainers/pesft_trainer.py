@@ -9,11 +9,13 @@ from typing import Any
 
 import torch
 from datasets import Dataset, IterableDataset
-from transformers import PreTrainedTokenizerBase, ProcessorMixin
+from transformers import LogitsProcessorList, PreTrainedTokenizerBase, ProcessorMixin
 from trl import SFTTrainer
+from trl.models.utils import unwrap_model_for_generation
 
 from ..collators import InterleavedDataCollator
-from ..models import ImageVocabulary, freeze_vq_model, load_omni_model, unwrap_model
+from ..models import ImageSpanLogitsProcessor, ImageVocabulary, freeze_vq_model, load_omni_model, unwrap_model
+from ..visualization import RenderedTrajectoriesCallback
 from .perception import PERCEPTION_HEAD_NAME, add_perception_head, get_perception_head
 from .pesft_config import PeSFTConfig
 
@@ -163,6 +165,12 @@ class PeSFTTrainer(SFTTrainer):
             peft_config=peft_config,
             **kwargs,
         )
+        if args.log_rendered_trajectories > 0 and RenderedTrajectoriesCallback.find(self) is None:
+            self.add_callback(
+                RenderedTrajectoriesCallback(
+                    self.image_vocabulary, processing_class, max_per_step=args.log_rendered_trajectories
+                )
+            )
 
         head = get_perception_head(self.model)
         if not any(parameter.requires_grad for parameter in head.parameters()):
@@ -226,6 +234,51 @@ class PeSFTTrainer(SFTTrainer):
                     f"Every {name} row is longer than max_length={max_length}; raise `max_length` in PeSFTConfig."
                 )
         return kept
+
+    # ------------------------------------------------------------------ evaluation
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"):
+        # Submitted before the loss evaluation, so the callback renders them at the `log` that evaluation ends with.
+        self._submit_rendered_answers(eval_dataset if eval_dataset is not None else self.eval_dataset)
+        return super().evaluate(eval_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
+
+    def _submit_rendered_answers(self, dataset: Any) -> None:
+        """Answers a few eval prompts with constrained drawing and hands them to the rendering callback."""
+        count = self.args.log_rendered_trajectories
+        callback = RenderedTrajectoriesCallback.find(self)
+        collator = self.data_collator
+        if count == 0 or callback is None or not isinstance(collator, InterleavedDataCollator):
+            return
+        if not isinstance(dataset, Dataset) or len(dataset) == 0:
+            return
+        rows = [dataset[i] for i in range(min(count, len(dataset)))]
+        inputs = collator.encode_prompt_batch(rows)
+        budget = self.args.eval_generation_max_new_tokens
+        constraint = ImageSpanLogitsProcessor(self.image_vocabulary, max_new_tokens=budget)
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with (
+                unwrap_model_for_generation(self.model_wrapped, self.accelerator) as unwrapped,
+                torch.no_grad(),
+            ):
+                device = next(unwrapped.parameters()).device
+                output = unwrapped.generate(
+                    **{key: value.to(device) for key, value in inputs.items()},
+                    max_new_tokens=budget,
+                    do_sample=False,
+                    logits_processor=LogitsProcessorList([constraint]),
+                )
+        finally:
+            self.model.train(was_training)
+        if self.accelerator.is_main_process:
+            completions = output[:, inputs["input_ids"].shape[1] :].cpu()
+            pad = collator.pad_token_id
+            callback.submit(
+                completions,
+                titles=[f"eval row {row.get('id', i)}" for i, row in enumerate(rows)],
+                metadata=[{"answer": row.get("answer")} for row in rows],
+                attention_mask=(completions != pad).long() if pad is not None else None,
+            )
 
     # ------------------------------------------------------------------ hooks
     def _capture_final_hidden_states(self, module: torch.nn.Module, args: tuple, output: Any) -> None:
