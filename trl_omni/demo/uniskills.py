@@ -157,7 +157,7 @@ def _zoom(rng: random.Random, height: int, width: int) -> tuple[np.ndarray, str,
     drawing = grid[rows, cols].repeat(2, axis=0).repeat(2, axis=1)
     name = COLOR_NAMES[colors[0]]
     question = f"Zoom in on the {QUADRANTS[target]} quadrant. What colour is the object there?"
-    return grid, question, drawing, f"I zoom in on the {QUADRANTS[target]} quadrant.", f"The object is {name}.", name
+    return grid, question, drawing, "I zoom in.", f"The object is {name}.", name
 
 
 def _line(rng: random.Random, height: int, width: int) -> tuple[np.ndarray, str, np.ndarray, str, str, str]:
@@ -176,8 +176,8 @@ def _line(rng: random.Random, height: int, width: int) -> tuple[np.ndarray, str,
     for cell in cells[1:-1]:
         drawing[cell] = YELLOW
     between = len(cells) - 2
-    question = "Draw a line between the two white dots. How many cells lie between them?"
-    return grid, question, drawing, "I draw an auxiliary line.", f"The line covers {between} cells.", str(between)
+    question = "Draw a line between the white dots. How many cells lie between them?"
+    return grid, question, drawing, "I draw a line.", f"It covers {between}.", str(between)
 
 
 def _mark(rng: random.Random, height: int, width: int) -> tuple[np.ndarray, str, np.ndarray, str, str, str]:
@@ -191,7 +191,7 @@ def _mark(rng: random.Random, height: int, width: int) -> tuple[np.ndarray, str,
         grid[cell] = rng.choice(distractors)
     drawing = np.where(grid == target, WHITE, grid)
     name = COLOR_NAMES[target]
-    question = f"Mark every {name} cell. How many {name} cells are there?"
+    question = f"Mark every {name} cell. How many are there?"
     return grid, question, drawing, f"I mark each {name} cell.", f"There are {count}.", str(count)
 
 
@@ -212,11 +212,8 @@ def _predict(rng: random.Random, height: int, width: int) -> tuple[np.ndarray, s
     drawing[new_row, new_col] = RED
     axis, value = ("row", new_row + 1) if dr else ("column", new_col + 1)
     plural = "step" if steps == 1 else "steps"
-    question = (
-        f"The red ball moves one cell per step, away from its magenta trail. "
-        f"Which {axis} is it in after {steps} {plural}?"
-    )
-    return grid, question, drawing, "I predict the next state.", f"The ball is in {axis} {value}.", str(value)
+    question = f"The red ball moves away from its trail. Which {axis} is it in after {steps} {plural}?"
+    return grid, question, drawing, "I predict the next state.", f"It is in {axis} {value}.", str(value)
 
 
 _GENERATORS = {"zoom": _zoom, "line": _line, "mark": _mark, "predict": _predict}
@@ -224,11 +221,17 @@ _GENERATORS = {"zoom": _zoom, "line": _line, "mark": _mark, "predict": _predict}
 
 def _row(skill: str, split: str, index: int, example: tuple) -> dict[str, Any]:
     grid, question, drawing, lead, statement, answer = example
+    # The authors' Zebra-CoT layout: numbered thoughts around the drawing, then "Final Answer:" (added by the
+    # collator's template), which the "thought" format reward checks.
     return {
         "id": f"uniskills-{split}-{skill}-{index}",
         "skill": skill,
         "prompt": [image_part(codes=grid.reshape(-1).tolist()), text_part(question)],
-        "completion": [text_part(lead), image_part(codes=drawing.reshape(-1).tolist()), text_part(statement)],
+        "completion": [
+            text_part(f"THOUGHT 0: {lead}"),
+            image_part(codes=drawing.reshape(-1).tolist()),
+            text_part(f"THOUGHT 1: {statement}"),
+        ],
         "answer": answer,
     }
 
