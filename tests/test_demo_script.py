@@ -78,8 +78,10 @@ def test_parser_defaults_and_options():
         parser.parse_args_and_config(["--reward", "nonsense"])
 
 
-def test_demo_smoke_run(tmp_path, capsys):
+@pytest.mark.parametrize("reward", ["calibrated", "accuracy_perception"])
+def test_demo_smoke_run(tmp_path, capsys, reward):
     args = DemoArguments(
+        reward=reward,
         output_dir=str(tmp_path / "demo"),
         sft_steps=2,
         rl_steps=1,
