@@ -1,4 +1,4 @@
-"""`python -m trl_omni.scripts.bootstrap`: killed mid-run and re-run, the output equals an uninterrupted run's."""
+"""`trl-omni bootstrap --config ...`: killed mid-run and re-run, the output equals an uninterrupted run's."""
 
 import json
 import os
@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 from datasets import Dataset
 
 from trl_omni.data.bootstrap import KILL_AFTER_SHARDS_ENV, MANIFEST_NAME, load_bootstrapped, run_bootstrap
@@ -20,20 +19,12 @@ from trl_omni.testing_data import m3cot_rows
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # a second spin-waiting OpenMP thread is 100x slower on a shared 2-core machine
-    yield
-    torch.set_num_threads(threads)
-
-
 def run_cli(config_path, env_extra=None):
     env = {k: v for k, v in os.environ.items() if k != KILL_AFTER_SHARDS_ENV}
     env.update(OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", PYTHONPATH=str(REPO_ROOT))
     env.update(env_extra or {})
     return subprocess.run(
-        [sys.executable, "-m", "trl_omni.scripts.bootstrap", "--config", str(config_path)],
+        [sys.executable, "-m", "trl_omni.cli", "bootstrap", "--config", str(config_path)],  # `trl-omni bootstrap`
         cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
 
