@@ -90,3 +90,15 @@ def load_model_and_processor(model_args: Any, trust_remote_code: bool = False, *
         quantization_config=quantization_config,
         **load_kwargs,
     )
+
+
+def train_and_save(trainer: Any, training_args: Any, script_args: Any) -> int:
+    """The end of every training command: train (resuming when asked), save, optionally push, release trackers."""
+    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.accelerator.print("Training completed.")
+    trainer.save_model(training_args.output_dir)
+    trainer.accelerator.print(f"Model saved to {training_args.output_dir}.")
+    if training_args.push_to_hub:
+        trainer.push_to_hub(dataset_name=script_args.dataset_name)
+    trainer.end()
+    return 0

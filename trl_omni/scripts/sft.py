@@ -31,7 +31,7 @@ def main(script_args: Any, training_args: Any, model_args: Any) -> int:
     """Loads the model and the data named by the arguments, trains with [`PeSFTTrainer`] and saves the result."""
     from trl import get_peft_config
 
-    from trl_omni.cli.common import load_model_and_processor
+    from trl_omni.cli.common import load_model_and_processor, train_and_save
     from trl_omni.data.loading import load_any_dataset, select_split, to_interleaved
     from trl_omni.trainers import PeSFTTrainer
 
@@ -67,14 +67,7 @@ def main(script_args: Any, training_args: Any, model_args: Any) -> int:
         processing_class=processor,
         peft_config=get_peft_config(model_args),
     )
-    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    trainer.accelerator.print("Training completed.")
-    trainer.save_model(training_args.output_dir)
-    trainer.accelerator.print(f"Model saved to {training_args.output_dir}.")
-    if training_args.push_to_hub:
-        trainer.push_to_hub(dataset_name=script_args.dataset_name)
-    trainer.end()
-    return 0
+    return train_and_save(trainer, training_args, script_args)
 
 
 def make_parser(prog: str | None = None):
