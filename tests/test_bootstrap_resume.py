@@ -36,8 +36,9 @@ def run_cli(config_path):
 def run_cli_killed_after_first_shard(config_path, out, log_path, timeout=300):
     """Starts the CLI and SIGKILLs it from outside as soon as its manifest records a shard.
 
-    The run has six shards of two rows, so it is still drawing the second shard when the first is recorded; the
-    manifest is polled every few milliseconds (it is replaced atomically, so a read never sees half a file).
+    The run has six shards of two rows, so it is still drawing the second shard when the first is recorded (a shard
+    takes ~0.6 s on the tiny CPU model; the manifest is polled every 2 ms and replaced atomically, so a read never
+    sees half a file).
     """
     command, env = cli_command(config_path)
     with open(log_path, "w") as log:
