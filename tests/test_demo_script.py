@@ -6,32 +6,26 @@ import pytest
 import torch
 
 from trl_omni import ImageVocabulary, InterleavedDataCollator
-from trl_omni.demo import SKILLS, demo_model, make_uniskills
-from trl_omni.scripts.demo import DemoArguments, completion_budget, evaluate, format_table, main, make_parser
+from trl_omni.demo import SKILLS, completion_budget, demo_model, evaluate_uniskills, make_uniskills
+from trl_omni.evaluation import comparison_table
+from trl_omni.scripts.demo import DemoArguments, main, make_parser
 
 
-class _ScriptedModel:
-    """Stands in for a policy whose `generate` returns given completions (to test the scoring, not the model)."""
+def _scripted(model, completions):
+    """`model` whose `generate` returns the given completions (to test the scoring, not the model)."""
+    calls = []
 
-    training = False
-    device = torch.device("cpu")
-
-    def __init__(self, completions, pad_token_id):
-        self.completions, self.pad_token_id, self.calls = completions, pad_token_id, 0
-
-    def eval(self):
-        return self
-
-    def train(self, mode=True):
-        return self
-
-    def generate(self, input_ids, attention_mask, max_new_tokens, **kwargs):
-        batch = self.completions[self.calls : self.calls + input_ids.shape[0]]
-        self.calls += input_ids.shape[0]
-        out = torch.full((input_ids.shape[0], max_new_tokens), self.pad_token_id, dtype=torch.long)
+    def generate(input_ids, attention_mask, max_new_tokens, pad_token_id, **kwargs):
+        start = len(calls)
+        batch = completions[start : start + input_ids.shape[0]]
+        calls.extend(batch)
+        out = torch.full((input_ids.shape[0], max_new_tokens), pad_token_id, dtype=torch.long)
         for row, ids in enumerate(batch):
             out[row, : len(ids)] = torch.tensor(ids)
         return torch.cat([input_ids, out], dim=1)
+
+    model.generate = generate
+    return model
 
 
 @pytest.fixture(scope="module")
@@ -40,18 +34,22 @@ def setup():
     vocab = ImageVocabulary.from_model(model, processor)
     _, test_rows = make_uniskills(vocab.grid_size, num_train=0, num_test=8, seed=0)
     collator = InterleavedDataCollator(processor, vocab, template="plain")
-    return processor, vocab, collator, test_rows
+    return model, processor, vocab, collator, test_rows
 
 
-def test_evaluate_scores_reference_and_wrong_completions(setup):
-    processor, vocab, collator, rows = setup
+def test_evaluate_scores_reference_and_wrong_completions(setup, tmp_path):
+    model, processor, vocab, collator, rows = setup
+
+    def evaluate(completions, batch_size=64):
+        scripted = _scripted(model, completions)
+        return evaluate_uniskills(scripted, processor, rows, str(tmp_path), budget, batch_size=batch_size)
+
     batch = collator(rows)
     references = [ids[labels != -100].tolist() for ids, labels in zip(batch["input_ids"], batch["labels"])]
     budget = completion_budget(collator, rows)
     assert budget == max(len(ids) for ids in references) + 8
-    pad = processor.tokenizer.pad_token_id
 
-    perfect = evaluate(_ScriptedModel(references, pad), processor, vocab, collator, rows, budget, batch_size=3)
+    perfect = evaluate(references, batch_size=3)
     assert perfect.metrics["all"] == {"accuracy": 1.0, "complete_image_rate": 1.0, "drawing_accuracy": 1.0, "n": 8}
     assert set(perfect.metrics) == {*SKILLS, "all"}
     # The sequences are the prompts (unpadded) followed by the completions cut at EOS.
@@ -61,10 +59,10 @@ def test_evaluate_scores_reference_and_wrong_completions(setup):
     # Wrong answers, no images: everything scores 0; a drawing without the answer is not a correct drawing.
     tokenizer = processor.tokenizer
     wrong = [tokenizer("THOUGHT 0: no.\nFinal Answer: 99", add_special_tokens=False)["input_ids"]] * len(rows)
-    zero = evaluate(_ScriptedModel(wrong, pad), processor, vocab, collator, rows, budget)
+    zero = evaluate(wrong)
     assert zero.metrics["all"]["accuracy"] == zero.metrics["all"]["complete_image_rate"] == 0.0
     blank = vocab.image_span_ids(torch.zeros(vocab.tokens_per_image, dtype=torch.long)).tolist()
-    drawn = evaluate(_ScriptedModel([blank] * len(rows), pad), processor, vocab, collator, rows, budget)
+    drawn = evaluate([blank] * len(rows))
     assert drawn.metrics["all"]["complete_image_rate"] == 1.0
     assert drawn.metrics["all"]["drawing_accuracy"] < 1.0
 
@@ -99,7 +97,7 @@ def test_demo_smoke_run(tmp_path, capsys, reward):
     with open(os.path.join(args.output_dir, "results.json")) as handle:
         assert json.load(handle)["results"] == summary["results"]
     # The printed table is the one in results.json.
-    assert format_table(summary["results"]) in printed
+    assert comparison_table(summary["results"]) in printed
     for stage in stages:
         metrics = summary["results"][stage]
         assert set(metrics) == {*SKILLS, "all"}

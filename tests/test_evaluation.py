@@ -17,7 +17,7 @@ from trl_omni.evaluation import EvalConfig, EvalResumeError, accuracy_table, rea
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT / "tests" / "scripts"))
-from cli_eval_run import run  # noqa: E402
+from cli_eval_run import ScriptedAnswer, run  # noqa: E402
 
 
 NUM_ROWS = 20
@@ -245,3 +245,68 @@ def test_eval_loads_a_lora_adapter_directory(tmp_path):
     assert saved and all(torch.equal(state[k], v) for k, v in saved.items())
     assert get_perception_head(loaded) is not None
     assert loaded_processor.tokenizer.get_vocab() == processor.tokenizer.get_vocab()
+
+
+def _first_code_even(row, images):
+    """A drawing check for the tests: V* rows are not scored; others are right when the first code is even."""
+    assert "dataset" in row and all(tuple(image.shape) == (8, 8) for image in images)  # the row, (H, W) grids
+    if row["dataset"] == "vstar":
+        return None
+    return bool(images) and int(images[0][0, 0]) % 2 == 0
+
+
+def _other_check(row, images):
+    return 1.0
+
+
+def test_drawing_check_adds_per_group_drawing_columns(tmp_path):
+    """`evaluate(drawing_check=...)`: a per-row score, per-group complete-image and correct-drawing rates in the
+    metrics, the markdown table and the report; a bad return value and a resume with another check are refused."""
+    from trl_omni.evaluation import DRAWING_COLUMNS, comparison_table, evaluate, format_table, per_group
+    from trl_omni.models import ImageVocabulary
+    from trl_omni.testing import tiny_chameleon
+    from trl_omni.testing_data import omni_bench_rows
+
+    model, processor = tiny_chameleon(seed=0)
+    vocab = ImageVocabulary.from_model(model, processor)
+    rows = omni_bench_rows(9, seed=0)
+    config = dict(
+        output_dir=str(tmp_path / "eval"), batch_size=5, max_new_tokens=80, max_images=1, progress=False,
+        print_table=False, report_max_rows=2, save_images=False,
+    )  # fmt: skip
+
+    def run_eval(check, **overrides):
+        return evaluate(
+            model, processor, rows, EvalConfig(**{**config, **overrides}), dataset_format="omni_bench",
+            logits_processors=[ScriptedAnswer(processor, vocab)], drawing_check=check,
+        )  # fmt: skip
+
+    result = run_eval(_first_code_even)
+    records = read_predictions(tmp_path / "eval" / "predictions.jsonl")
+    expected = []
+    for record in records:  # recomputed from the stored completion ids
+        (segment,) = vocab.parse_segments([record["completion_ids"]]).per_row(1)[0]
+        first_even = int(segment.codes[0]) % 2 == 0
+        expected.append(None if record["source"] == "vstar" else float(first_even))
+    assert [record["drawing_score"] for record in records] == expected
+    assert set(expected) == {None, 0.0, 1.0}  # the fixture covers unscored, wrong and right drawings
+    for name, entry in result.metrics["groups"].items():
+        scored = [e for e, r in zip(expected, records) if r["group"] == name and e is not None]
+        assert entry["complete_image_rate"] == 1.0 and entry["num_drawing_scored"] == len(scored)
+        assert entry["drawing_accuracy"] == (sum(scored) / len(scored) if scored else None)
+    assert result.metrics["groups"]["natural_scene"]["drawing_accuracy"] is None  # the check scored no V* row
+    assert "| complete images | correct drawings |" in format_table(result.metrics)
+    assert "<th>correct drawings</th>" in (tmp_path / "eval" / "report.html").read_text()
+    table = comparison_table({"a": per_group(result.metrics)})
+    assert "| group | a (accuracy / complete images / correct drawings) |" in table
+    accuracy = result.metrics["groups"]["natural_scene"]["accuracy"]
+    assert f"| natural_scene | {100 * accuracy:.1f}% / 100.0% / n/a |" in table
+    # Records without a drawing score (no check) give the plain table.
+    plain = accuracy_table([{key: value for key, value in r.items() if key != "drawing_score"} for r in records])
+    assert not any(column in plain["overall"] for column in DRAWING_COLUMNS)
+    assert "correct drawings" not in format_table(plain)
+
+    with pytest.raises(EvalResumeError, match="drawing_check: .*_first_code_even.* -> .*_other_check"):
+        run_eval(_other_check)
+    with pytest.raises(TypeError, match=r"drawing_check returned 'yes' \(str\) for row .*must return None"):
+        run_eval(lambda row, images: "yes", output_dir=str(tmp_path / "bad"))

@@ -7,7 +7,8 @@ Output directory layout:
   score, num_images, num_incomplete_images, image_paths, completion_ids`), appended and flushed batch by batch;
 - `eval_state.json`: the hash (and values) of every argument that shapes the predictions, checked on resume;
 - `images/`: the completions' images as PNG (`<index>_<k>.png`);
-- `metrics.json`, `results.md`: accuracy overall, per task group and per source, recomputed from the JSONL;
+- `metrics.json`, `results.md`: accuracy overall, per task group and per source, recomputed from the JSONL (with a
+  complete-image rate and a correct-drawing rate when `evaluate(drawing_check=...)` scored the drawings);
 - `report.html`: the table plus rendered trajectories.
 
 Modules: `config` ([`EvalConfig`], [`EvalResult`]), `metrics` (task groups, accuracy tables), `state` (the resumable
@@ -15,7 +16,7 @@ predictions JSONL and its argument hash), `run` ([`evaluate`]) and `report` (`re
 """
 
 from .config import DEFAULT_TASK_GROUPS, OTHER_GROUP, EvalConfig, EvalResult
-from .metrics import accuracy_table, format_table, task_group_of
+from .metrics import DRAWING_COLUMNS, accuracy_table, comparison_table, format_table, per_group, task_group_of
 from .report import write_report
 from .run import evaluate
 from .state import PREDICTIONS_FILE, STATE_FILE, EvalResumeError, read_predictions
@@ -23,6 +24,7 @@ from .state import PREDICTIONS_FILE, STATE_FILE, EvalResumeError, read_predictio
 
 __all__ = [
     "DEFAULT_TASK_GROUPS",
+    "DRAWING_COLUMNS",
     "OTHER_GROUP",
     "PREDICTIONS_FILE",
     "STATE_FILE",
@@ -30,8 +32,10 @@ __all__ = [
     "EvalResult",
     "EvalResumeError",
     "accuracy_table",
+    "comparison_table",
     "evaluate",
     "format_table",
+    "per_group",
     "read_predictions",
     "task_group_of",
     "write_report",

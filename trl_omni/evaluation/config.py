@@ -54,6 +54,9 @@ class EvalConfig:
             Task group -> source names. Defaults to Omni-Bench's four groups ([`DEFAULT_TASK_GROUPS`]).
         answer_style (`str`, *optional*, defaults to `"auto"`):
             How the answer is read from a completion (see [`~trl_omni.rewards.extract_answer`]).
+        strict_answers (`bool`, *optional*, defaults to `False`):
+            Score answers by exact text match instead of the rule cascade's soft similarity credit (e.g. for short
+            labels such as colour names, where a similar string is a wrong answer).
         max_samples (`int` or `None`, *optional*):
             Evaluate only the first N rows.
         save_images (`bool`, *optional*, defaults to `True`):
@@ -96,6 +99,10 @@ class EvalConfig:
     answer_style: str = field(
         default="auto",
         metadata={"help": "Answer extraction: 'auto', 'tags' or 'thought'.", "choices": ["auto", "tags", "thought"]},
+    )
+    strict_answers: bool = field(
+        default=False,
+        metadata={"help": "Exact text match for answers instead of soft similarity credit (short labels)."},
     )
     max_samples: int | None = field(default=None, metadata={"help": "Evaluate only the first N rows."})
     save_images: bool = field(default=True, metadata={"help": "Decode and save the completions' images."})

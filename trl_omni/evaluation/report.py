@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import EvalConfig
+from .metrics import DRAWING_COLUMNS, percent
 
 
 def write_report(
@@ -39,6 +40,7 @@ def write_report(
                     "gold": record["gold"],
                     "extracted answer": record["extracted_answer"],
                     "score": record["score"],
+                    **({"drawing score": record["drawing_score"]} if "drawing_score" in record else {}),
                 }
                 for record in shown
             ],
@@ -53,17 +55,19 @@ def write_report(
 
 
 def _table_html(metrics: Mapping[str, Any]) -> str:
+    drawing = all(column in metrics["overall"] for column in DRAWING_COLUMNS)
     rows = [("group", name, entry) for name, entry in metrics["groups"].items()]
     rows += [("source", name, entry) for name, entry in metrics["sources"].items()]
     rows.append(("overall", "all", metrics["overall"]))
     cells = []
     for kind, name, entry in rows:
-        accuracy = "n/a" if entry["accuracy"] is None else f"{100 * entry['accuracy']:.1f}%"
+        extra = "".join(f"<td>{percent(entry[column])}</td>" for column in DRAWING_COLUMNS) if drawing else ""
         cells.append(
-            f'<tr class="{kind}"><td>{kind}</td><td>{html.escape(str(name))}</td><td>{accuracy}</td>'
-            f"<td>{entry['num_scored']}</td><td>{entry['num_rows']}</td><td>{entry['mean_images']:.2f}</td></tr>"
+            f'<tr class="{kind}"><td>{kind}</td><td>{html.escape(str(name))}</td><td>{percent(entry["accuracy"])}</td>'
+            f"<td>{entry['num_scored']}</td><td>{entry['num_rows']}</td><td>{entry['mean_images']:.2f}</td>{extra}</tr>"
         )
+    extra_head = "<th>complete images</th><th>correct drawings</th>" if drawing else ""
     return (
         '<table id="accuracy"><thead><tr><th>split</th><th>name</th><th>accuracy</th><th>scored</th><th>rows</th>'
-        "<th>images / row</th></tr></thead><tbody>\n" + "\n".join(cells) + "\n</tbody></table>"
+        f"<th>images / row</th>{extra_head}</tr></thead><tbody>\n" + "\n".join(cells) + "\n</tbody></table>"
     )

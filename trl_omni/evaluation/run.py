@@ -31,6 +31,7 @@ class _EvalSession:
     decoder: Any
     device: torch.device
     logits_processors: Sequence[Any]
+    drawing_check: Callable | None = None
 
 
 def _row_source(row: Mapping[str, Any], source_columns: Sequence[str]) -> tuple[str, list[Any]]:
@@ -45,7 +46,13 @@ def _resolve_decoder(decoder: Any, vocab: Any) -> Any:
 
 
 def _open_session(
-    model: Any, processor: Any, vocab: Any, config: EvalConfig, decoder: Any, logits_processors: Sequence[Any]
+    model: Any,
+    processor: Any,
+    vocab: Any,
+    config: EvalConfig,
+    decoder: Any,
+    logits_processors: Sequence[Any],
+    drawing_check: Callable | None,
 ) -> _EvalSession:
     from ..collators import InterleavedDataCollator
     from ..rewards import make_accuracy_reward
@@ -57,6 +64,7 @@ def _open_session(
     reward = make_accuracy_reward(
         answer_column=config.answer_column,
         answer_style=config.answer_style,
+        strict=config.strict_answers,
         processing_class=processor,
         image_vocabulary=vocab,
     )
@@ -72,6 +80,28 @@ def _open_session(
         decoder=_resolve_decoder(decoder, vocab),
         device=next(model.parameters()).device,
         logits_processors=logits_processors,
+        drawing_check=drawing_check,
+    )
+
+
+def _callable_name(function: Callable) -> str:
+    """How a user callable is recorded in `eval_state.json` (so a resume with another one is refused)."""
+    owner = function if hasattr(function, "__qualname__") else type(function)
+    return f"{owner.__module__}:{owner.__qualname__}"
+
+
+def _drawing_score(check: Callable, row: Mapping[str, Any], images: list[torch.Tensor], name: Any) -> float | None:
+    """Runs the user's drawing check on one row; its result must be None, a bool or a number in [0, 1]."""
+    value = check(row, images)
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return float(value)
+    if isinstance(value, int | float) and 0.0 <= float(value) <= 1.0:
+        return float(value)
+    raise TypeError(
+        f"drawing_check returned {value!r} ({type(value).__name__}) for row {name!r}; it must return None (not "
+        "scored), a bool or a number in [0, 1]."
     )
 
 
@@ -136,23 +166,25 @@ def _batch_records(
             continue  # finished before an interruption inside this batch
         source, source_values = _row_source(row, config.source_columns)
         complete = [segment for segment in segments[position] if segment.complete]
-        records.append(
-            {
-                "index": index,
-                "id": row.get(config.id_column, str(index)),
-                "source": source,
-                "group": task_group_of(source_values, config.task_groups),
-                "prompt": prompt_texts[position],
-                "completion": completion_texts[position],
-                "extracted_answer": extract_answer(completion_texts[position], session.tags, config.answer_style),
-                "gold": golds[position],
-                "score": scores[position],
-                "num_images": len(complete),
-                "num_incomplete_images": len(segments[position]) - len(complete),
-                "image_paths": image_paths[position],
-                "completion_ids": completion_ids[position],
-            }
-        )
+        record = {
+            "index": index,
+            "id": row.get(config.id_column, str(index)),
+            "source": source,
+            "group": task_group_of(source_values, config.task_groups),
+            "prompt": prompt_texts[position],
+            "completion": completion_texts[position],
+            "extracted_answer": extract_answer(completion_texts[position], session.tags, config.answer_style),
+            "gold": golds[position],
+            "score": scores[position],
+            "num_images": len(complete),
+            "num_incomplete_images": len(segments[position]) - len(complete),
+            "image_paths": image_paths[position],
+            "completion_ids": completion_ids[position],
+        }
+        if session.drawing_check is not None:
+            images = [segment.codes.reshape(session.vocab.grid_size) for segment in complete]
+            record["drawing_score"] = _drawing_score(session.drawing_check, row, images, record["id"])
+        records.append(record)
     return records
 
 
@@ -191,6 +223,7 @@ def evaluate(
     dataset_format: str = "auto",
     image_root: str | None = None,
     logits_processors: Sequence[Any] = (),
+    drawing_check: Callable[[Mapping[str, Any], list[torch.Tensor]], float | bool | None] | None = None,
 ) -> EvalResult:
     """Generates answers for `dataset` with constrained image spans, scores them and writes predictions + report.
 
@@ -212,6 +245,12 @@ def evaluate(
         image_root: Directory that image `path` parts are read from.
         logits_processors: Extra `LogitsProcessor`s, applied before the image-span constraint (which therefore
             always has the last word on image spans).
+        drawing_check: Optional per-row check of the drawings, `drawing_check(row, images) -> float | bool | None`:
+            `row` is the dataset row (all its columns), `images` the completion's complete images as `(H, W)` code
+            grids, in order. Its value (1 / True: the drawing is right; a number in [0, 1]; None: not scored) is
+            stored as `drawing_score`, and the tables gain a complete-image rate and a correct-drawing rate per task
+            group, source and overall. It is recorded by name in `eval_state.json` (a resume with another check is
+            refused). [`~trl_omni.demo.check_drawing`] is the Uni-Skills suite's.
 
     Returns:
         An [`EvalResult`].
@@ -234,13 +273,16 @@ def evaluate(
         dataset = dataset.select(range(min(config.max_samples, len(dataset))))
     vocab = ImageVocabulary.from_model(model, processor)
     dataset = to_interleaved(dataset, dataset_format, model, processor, image_root=image_root)
-    state = _state_for(config, model, dataset, {"dataset_format": dataset_format, "template": config.template})
+    extra = {"dataset_format": dataset_format, "template": config.template}
+    if drawing_check is not None:  # absent otherwise: earlier output directories keep resuming
+        extra["drawing_check"] = _callable_name(drawing_check)
+    state = _state_for(config, model, dataset, extra)
     records = _prepare_output_dir(config, state)
     done = {record["index"] for record in records}
     out = Path(config.output_dir)
     (out / "images").mkdir(exist_ok=True)
 
-    session = _open_session(model, processor, vocab, config, decoder, logits_processors)
+    session = _open_session(model, processor, vocab, config, decoder, logits_processors, drawing_check)
     was_training = model.training
     model.eval()
 

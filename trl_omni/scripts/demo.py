@@ -4,8 +4,9 @@ It builds a tiny Chameleon whose VQ codebook is an 8-colour palette (codes are c
 tasks (zoom-in, auxiliary line, marking, visual prediction; see `trl_omni.demo.uniskills`), evaluates the untrained
 model on the held-out split, trains it with `PeSFTTrainer`, evaluates, continues with `PeRPOTrainer`, evaluates
 again, and prints a per-skill table of answer accuracy, complete-image rate and drawing accuracy for the three
-models. Checkpoints, `results.json` and `report.html` (rendered trajectories with exact palette images) go to
-`--output_dir`.
+models. Every evaluation is the library's (`trl_omni.evaluation.evaluate` with the suite's drawing check, through
+`trl_omni.demo.evaluate_uniskills`). Checkpoints, the evaluations' files (`eval/<stage>/`), `results.json` and
+`report.html` (rendered trajectories with exact palette images) go to `--output_dir`.
 
     trl-omni demo --output_dir demo-output
     python -m trl_omni.scripts.demo --sft_steps 200 --rl_steps 10 --seed 1
@@ -71,175 +72,12 @@ class DemoArguments:
     )
 
 
-# ---------------------------------------------------------------------------------------------------- evaluation
-@dataclass
-class EvalOutput:
-    """Greedy completions of one model on the held-out rows, scored.
-
-    Attributes:
-        metrics: skill (and `"all"`) -> `{"accuracy", "complete_image_rate", "drawing_accuracy", "n"}`.
-        sequences: Per row, the prompt ids followed by the generated completion ids (padding removed).
-        scores: Per row, `{"accuracy", "complete_image", "drawing_correct"}`.
-    """
-
-    metrics: dict[str, dict[str, float]]
-    sequences: list[list[int]]
-    scores: list[dict[str, float]]
-
-
-def completion_budget(collator: Any, rows: list[dict]) -> int:
-    """Tokens a completion needs: the longest reference completion of `rows` (text, image span, answer, EOS) + 8."""
-    batch = collator(rows)
-    return int((batch["labels"] != -100).sum(dim=1).max()) + 8
-
-
-def evaluate(
-    model: Any,
-    processor: Any,
-    vocab: Any,
-    collator: Any,
-    rows: list[dict],
-    max_new_tokens: int,
-    batch_size: int = 64,
-) -> EvalOutput:
-    """Greedy, constrained generation on `rows`, scored per skill.
-
-    Every image is forced to be an exact span by [`~trl_omni.ImageSpanLogitsProcessor`] (at most one per
-    completion, never started without room to finish). Answers are scored with
-    `make_accuracy_reward(processing_class=processor)` (its "Final Answer:" extraction and rule cascade); an image
-    counts as complete when the completion holds a whole `BOI + H*W codes + EOI` span; the drawing is correct when
-    its first complete image shows the answer ([`~trl_omni.demo.answer_from_drawing`]).
-
-    Args:
-        model: The policy.
-        processor: Its processor (or tokenizer).
-        vocab: Its [`~trl_omni.ImageVocabulary`].
-        collator: The [`~trl_omni.InterleavedDataCollator`] laying prompts out as in training.
-        rows: Uni-Skills rows (`prompt`, `answer`, `skill`).
-        max_new_tokens: Generation budget per completion.
-        batch_size: Prompts per `generate` call.
-    """
-    import torch
-    from transformers import LogitsProcessorList
-
-    from trl_omni.demo.uniskills import answer_from_drawing, row_question
-    from trl_omni.models import ImageSpanLogitsProcessor
-    from trl_omni.rewards import make_accuracy_reward
-
-    tokenizer = getattr(processor, "tokenizer", processor)
-    accuracy = make_accuracy_reward(processing_class=processor, image_vocabulary=vocab, strict=True)
-    was_training = model.training
-    model.eval()
-    sequences, completions = [], []
-    for start in range(0, len(rows), batch_size):
-        prompts = collator.encode_prompt_batch(rows[start : start + batch_size])
-        prompts = {key: value.to(model.device) for key, value in prompts.items()}
-        with torch.no_grad():
-            out = model.generate(
-                **prompts,
-                max_new_tokens=max_new_tokens,
-                do_sample=False,
-                pad_token_id=tokenizer.pad_token_id,
-                eos_token_id=tokenizer.eos_token_id,
-                logits_processor=LogitsProcessorList(
-                    [ImageSpanLogitsProcessor(vocab, max_images=1, max_new_tokens=max_new_tokens)]
-                ),
-            ).cpu()
-        prompt_length = prompts["input_ids"].shape[1]
-        for row_out, mask in zip(out, prompts["attention_mask"].cpu()):
-            completion = row_out[prompt_length:].tolist()
-            if tokenizer.eos_token_id in completion:  # generation pads finished rows after their EOS
-                completion = completion[: completion.index(tokenizer.eos_token_id) + 1]
-            completions.append(completion)
-            sequences.append(row_out[:prompt_length][mask.bool()].tolist() + completion)
-    model.train(was_training)
-
-    segments = vocab.parse_segments(completions).per_row(len(rows))
-    texts = [
-        tokenizer.decode(
-            [
-                t
-                for t, image in zip(ids, vocab.is_image_token(torch.tensor(ids, dtype=torch.long)).tolist())
-                if not image
-            ]
-            if ids
-            else [],
-            skip_special_tokens=True,
-        )
-        for ids in completions
-    ]
-    answers = [row["answer"] for row in rows]
-    accuracies = accuracy(
-        prompts=[row_question(r) for r in rows], completions=texts, completion_ids=completions, answer=answers
-    )
-    scores = []
-    for row, row_segments, acc in zip(rows, segments, accuracies):
-        complete = [segment for segment in row_segments if segment.complete]
-        drawn = (
-            answer_from_drawing(
-                row["skill"], row_question(row), complete[0].codes.reshape(-1).tolist(), vocab.grid_size
-            )
-            if complete
-            else None
-        )
-        scores.append(
-            {
-                "accuracy": float(acc or 0.0),
-                "complete_image": float(bool(complete)),
-                "drawing_correct": float(drawn == row["answer"]),
-            }
-        )
-    metrics: dict[str, dict[str, float]] = {}
-    for skill in [*dict.fromkeys(row["skill"] for row in rows), "all"]:
-        chosen = [s for s, row in zip(scores, rows) if skill == "all" or row["skill"] == skill]
-        metrics[skill] = {
-            "accuracy": sum(s["accuracy"] for s in chosen) / len(chosen),
-            "complete_image_rate": sum(s["complete_image"] for s in chosen) / len(chosen),
-            "drawing_accuracy": sum(s["drawing_correct"] for s in chosen) / len(chosen),
-            "n": len(chosen),
-        }
-    return EvalOutput(metrics=metrics, sequences=sequences, scores=scores)
-
-
-def format_table(results: dict[str, dict[str, dict[str, float]]]) -> str:
-    """A plain-text table: one row per skill, per model `accuracy / complete images / correct drawings` (in %)."""
-    stages = list(results)
-    skills = list(next(iter(results.values())))
-    header = ["skill", *(f"{stage} (acc / img / draw)" for stage in stages)]
-    lines = [header]
-    for skill in skills:
-        cells = [skill]
-        for stage in stages:
-            m = results[stage][skill]
-            cells.append(
-                f"{100 * m['accuracy']:5.1f} / {100 * m['complete_image_rate']:5.1f} / {100 * m['drawing_accuracy']:5.1f}"
-            )
-        lines.append(cells)
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    rendered = ["  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip() for line in lines]
-    rendered.insert(1, "  ".join("-" * width for width in widths))
-    return "\n".join(rendered)
-
-
-def _html_table(results: dict[str, dict[str, dict[str, float]]]) -> str:
-    stages = list(results)
-    skills = list(next(iter(results.values())))
-    head = "".join(f"<th>{html.escape(stage)}<br>acc / img / draw (%)</th>" for stage in stages)
-    body = ""
-    for skill in skills:
-        cells = "".join(
-            "<td>{:.1f} / {:.1f} / {:.1f}</td>".format(
-                100 * results[stage][skill]["accuracy"],
-                100 * results[stage][skill]["complete_image_rate"],
-                100 * results[stage][skill]["drawing_accuracy"],
-            )
-            for stage in stages
-        )
-        body += f"<tr><td>{html.escape(skill)}</td>{cells}</tr>\n"
+def _html_table(table: str) -> str:
     return (
         "<h1>trl-omni demo: Uni-Skills (held-out split)</h1>\n"
-        "<p>acc: answer accuracy; img: completions with a complete image; draw: the drawn image shows the answer.</p>\n"
-        f'<table class="demo-results" border="1" cellpadding="4"><tr><th>skill</th>{head}</tr>\n{body}</table>\n'
+        "<p>Per skill and model: answer accuracy / complete-image rate / correct drawings (the drawn image shows the "
+        "answer), in %.</p>\n"
+        f'<pre class="demo-results">{html.escape(table)}</pre>\n'
     )
 
 
@@ -251,14 +89,14 @@ def _log(start: float, message: str) -> None:
 def run_demo(args: DemoArguments) -> dict[str, Any]:
     """Runs the whole demo (see the module docstring) and returns `results.json`'s content."""
     import torch
-    from datasets import Dataset, Value
+    from datasets import Value
 
     from trl_omni.collators import InterleavedDataCollator
-    from trl_omni.data import interleaved_features
-    from trl_omni.demo import demo_decoder, demo_model, make_uniskills
+    from trl_omni.demo import completion_budget, demo_decoder, demo_model, evaluate_uniskills, make_uniskills
+    from trl_omni.demo.training import run_perpo_stage, run_pesft_stage
+    from trl_omni.evaluation import comparison_table
     from trl_omni.models import ImageVocabulary
     from trl_omni.rewards import PerceptionCalibratedReward, PerceptionReward, make_accuracy_reward
-    from trl_omni.trainers import PeRPOConfig, PeRPOTrainer, PeSFTConfig, PeSFTTrainer
     from trl_omni.visualization import render_html_page, render_trajectories
 
     if args.reward not in REWARDS:
@@ -294,12 +132,17 @@ def run_demo(args: DemoArguments) -> dict[str, Any]:
     max_new_tokens = completion_budget(collator, test_rows)
 
     results: dict[str, dict[str, dict[str, float]]] = {}
-    outputs: dict[str, EvalOutput] = {}
+    outputs: dict[str, Any] = {}
 
     def run_eval(stage: str) -> None:
         began = time.perf_counter()
-        outputs[stage] = evaluate(
-            model, processor, vocab, collator, test_rows, max_new_tokens, batch_size=args.eval_batch_size
+        outputs[stage] = evaluate_uniskills(
+            model,
+            processor,
+            test_rows,
+            os.path.join(args.output_dir, "eval", stage),
+            max_new_tokens,
+            batch_size=args.eval_batch_size,
         )
         results[stage] = outputs[stage].metrics
         overall = results[stage]["all"]
@@ -312,42 +155,23 @@ def run_demo(args: DemoArguments) -> dict[str, Any]:
 
     run_eval("untrained")
 
-    common = {
-        "bf16": False,
-        "use_cpu": not torch.cuda.is_available(),
-        "report_to": "none",
-        "save_strategy": "no",
-        "seed": args.seed,
-        "lr_scheduler_type": "constant",
-        "interleaved_template": "plain",
-    }
-    features = interleaved_features(skill=Value("string"))
+    skill_column = {"skill": Value("string")}
     if args.sft_steps > 0:
         _log(start, f"PeSFT: {args.sft_steps} steps of {args.sft_batch_size} rows")
-        sft_args = PeSFTConfig(
-            output_dir=os.path.join(args.output_dir, "pesft"),
-            max_steps=args.sft_steps,
-            per_device_train_batch_size=args.sft_batch_size,
-            learning_rate=args.sft_learning_rate,
-            warmup_steps=min(10, args.sft_steps // 10),
-            logging_steps=max(1, args.sft_steps // 8),
-            **common,
-        )
-        sft = PeSFTTrainer(
+        model = run_pesft_stage(
             model,
-            args=sft_args,
-            train_dataset=Dataset.from_list(train_rows, features=features),
-            processing_class=processor,
-        )
-        sft.train()
-        sft.save_model()
-        processor.save_pretrained(sft_args.output_dir)
-        model = sft.model
+            processor,
+            train_rows,
+            os.path.join(args.output_dir, "pesft"),
+            args.sft_steps,
+            seed=args.seed,
+            batch_size=args.sft_batch_size,
+            learning_rate=args.sft_learning_rate,
+            extra_columns=skill_column,
+        ).model
         run_eval("PeSFT")
 
     if args.rl_steps > 0:
-        rl_rows = [{key: row[key] for key in ("id", "skill", "prompt", "answer")} for row in train_rows]
-        rl_features = interleaved_features(columns=("prompt",), skill=Value("string"))
         reward_weights = None
         if args.reward == "calibrated":
             reward_funcs: list = [
@@ -360,38 +184,30 @@ def run_demo(args: DemoArguments) -> dict[str, Any]:
             ]
             # The perception score weighs as in the calibrated reward's default (0.05 against accuracy).
             reward_weights = [1.0, 0.05]
-        rl_args = PeRPOConfig(
-            output_dir=os.path.join(args.output_dir, "perpo"),
-            max_steps=args.rl_steps,
-            per_device_train_batch_size=args.rl_batch_size,
-            num_generations=args.num_generations,
-            learning_rate=args.rl_learning_rate,
-            max_completion_length=max_new_tokens,
-            max_images_per_completion=1,
-            reward_weights=reward_weights,
-            logging_steps=max(1, args.rl_steps // 4),
-            **common,
-        )
         stage = "PeSFT+PeRPO" if args.sft_steps > 0 else "PeRPO"
         _log(
             start,
             f"PeRPO: {args.rl_steps} steps of {args.rl_batch_size // args.num_generations} prompts x "
             f"{args.num_generations} completions, reward {args.reward}",
         )
-        rl = PeRPOTrainer(
+        model = run_perpo_stage(
             model,
-            reward_funcs=reward_funcs,
-            args=rl_args,
-            train_dataset=Dataset.from_list(rl_rows, features=rl_features),
-            processing_class=processor,
-        )
-        rl.train()
-        rl.save_model()
-        processor.save_pretrained(rl_args.output_dir)
-        model = rl.model
+            processor,
+            train_rows,
+            os.path.join(args.output_dir, "perpo"),
+            args.rl_steps,
+            reward_funcs,
+            max_completion_length=max_new_tokens,
+            reward_weights=reward_weights,
+            seed=args.seed,
+            batch_size=args.rl_batch_size,
+            num_generations=args.num_generations,
+            learning_rate=args.rl_learning_rate,
+            extra_columns=skill_column,
+        ).model
         run_eval(stage)
 
-    table = format_table(results)
+    table = comparison_table(results)
     print("\nUni-Skills held-out split: answer accuracy / complete-image rate / correct drawings (%)\n" + table + "\n")
 
     decoder = demo_decoder(vocab.grid_size)
@@ -407,7 +223,7 @@ def run_demo(args: DemoArguments) -> dict[str, Any]:
             metadata=[{"answer": test_rows[i]["answer"], **output.scores[i]} for i in shown],
         )
     page = render_html_page(trajectories, title="trl-omni demo")
-    page = page.replace("<body>\n", "<body>\n" + _html_table(results), 1)
+    page = page.replace("<body>\n", "<body>\n" + _html_table(table), 1)
     report_path = os.path.join(args.output_dir, "report.html")
     with open(report_path, "w", encoding="utf-8") as handle:
         handle.write(page)
