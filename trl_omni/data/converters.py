@@ -30,12 +30,15 @@ _ERROR_COLUMN = "__trl_omni_conversion_error__"
 
 
 def _source_image_part(value: Any, row: Any, field: str, strings: str = "path") -> dict[str, Any]:
-    """An image part from a source-dataset image value (PIL, `datasets` storage dict, bytes, path or base64 str)."""
+    """An image part from a source-dataset image value (PIL, `datasets` storage dict, bytes, path or base64 str, or
+    an image part / mapping holding pre-tokenized `codes`)."""
     from PIL import Image
 
     if isinstance(value, Image.Image):
         return image_part(image=value)
     if isinstance(value, Mapping):
+        if value.get("codes") is not None:  # already tokenized by this model's VQ tokenizer
+            return image_part(codes=value["codes"])
         if value.get("bytes") is not None:
             return image_part(bytes=value["bytes"])
         if value.get("path"):
