@@ -1,8 +1,9 @@
 """The `trl-omni` command line: one subcommand per module of `trl_omni/scripts/` (TRL's CLI design).
 
 Training commands (`sft`, `rl`) are started through `accelerate launch` (optionally with `--accelerate_config
-NAME|PATH`, a preset of `trl_omni/accelerate_configs/` or a file); tool commands (`eval`, `bootstrap`, `demo`) run in
-this process. A command whose module is not installed is listed as unavailable instead of breaking `--help`.
+NAME|PATH`, a preset of `trl_omni/accelerate_configs/` or a file); tool commands (`eval`, `bootstrap`, `demo`,
+`ablate`) run in this process. A command whose module is not installed is listed as unavailable instead of breaking
+`--help`.
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ BUILTIN_COMMANDS = (
     CommandSpec("eval", "Evaluate a model on Omni-Bench-format or interleaved data (accuracy, JSONL, HTML report)"),
     CommandSpec("bootstrap", "Omni-R1-Zero: bootstrap interleaved drawing traces from text-only data"),
     CommandSpec("demo", "Offline end-to-end demo on the tiny model: PeSFT, PeRPO, evaluation, report"),
+    CommandSpec("ablate", "The paper's claims tested on the demo suite: arms x seeds, mean +- std, paired claims"),
 )
 
 

@@ -189,3 +189,15 @@ def run_perpo_stage(
         model, reward_funcs=reward_funcs, args=args, train_dataset=dataset, processing_class=processor
     )
     return _train(trainer, quiet, save, processor)
+
+
+def parameter_change(before: dict[str, Any], after: Any) -> float:
+    """Relative L2 distance between a state dict and a model's matching parameters (0: nothing changed)."""
+    import torch
+
+    moved = total = 0.0
+    for name, value in after.state_dict().items():
+        if name in before and value.is_floating_point():
+            moved += float(torch.sum((value.float() - before[name].float()) ** 2))
+            total += float(torch.sum(before[name].float() ** 2))
+    return (moved / total) ** 0.5 if total else 0.0
