@@ -9,9 +9,11 @@ import re
 import numpy as np
 import pytest
 
+from trl_omni.data import m3cot_row_to_interleaved
 from trl_omni.demo import SKILLS, make_uniskills, row_images
-from trl_omni.demo.ablation import ARMS, AblationConfig, reference_image_reward_class
+from trl_omni.demo.ablation import ARMS, AblationConfig
 from trl_omni.demo.ablation_report import CLAIMS, METRICS, aggregate, compare
+from trl_omni.demo.ablation_stages import reference_image_reward_class
 from trl_omni.demo.zero import GENERIC_TASKS, check_generic_drawing, make_generic_drawing, text_only_cot
 
 
@@ -20,14 +22,15 @@ GRID = (6, 6)
 
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
-    """The whole ablation through the `trl-omni` dispatcher: one seed, two steps per stage, a tiny suite."""
+    """The whole ablation through the `trl-omni` dispatcher: one seed, two steps per stage, a tiny suite, the arms
+    in two worker processes (the default path)."""
     from trl_omni.cli import main
 
     out = tmp_path_factory.mktemp("ablation")
     argv = [
         "ablate", "--output_dir", str(out), "--seeds", "3", "--base_steps", "2", "--sft_steps", "2",
         "--rl_steps", "1", "--num_train", "8", "--num_test", "4", "--num_generic", "8", "--hidden_size", "64",
-        "--rl_batch_size", "4", "--num_generations", "2", "--num_report_samples", "2",
+        "--rl_batch_size", "4", "--num_generations", "2", "--num_report_samples", "2", "--num_workers", "2",
     ]  # fmt: skip
     assert main(argv) == 0
     with open(out / "results.json") as handle:
@@ -69,7 +72,7 @@ def test_smoke_run_table_and_every_arm_trained(smoke, capsys):
     (bootstrap,) = [s["bootstrap"] for s in summary["runs"]["zero_pesft"]["3"]["stages"] if "bootstrap" in s]
     assert bootstrap["rows"] == 8 and bootstrap["images_per_row"] == 2.0
     assert summary["base_model"]["steps"] == 2 and summary["base_model"]["parameter_change"] > 0
-    assert set(summary["base_model"]["generic_drawing_cells_right"]) == {*GENERIC_TASKS, "all"}
+    assert set(summary["base_model"]["generic_drawing_exact"]) == {*GENERIC_TASKS, "all"}
 
     # One comparison per claim, paired by seed.
     assert [item["arm"] for item in summary["comparisons"]] == [claim["arm"] for claim in CLAIMS]
@@ -146,8 +149,8 @@ def test_zero_data_is_generic_drawing_and_text_only_cot():
             assert np.array_equal(drawing, expected)
         # No Uni-Skills operation is asked for.
         assert not any(word in request.lower() for word in ("zoom", "line", "mark", "ball", "how many"))
-        assert check_generic_drawing(row, [drawing]) == 1.0 and check_generic_drawing(row, []) == 0.0
-        assert check_generic_drawing(row, [np.where(np.arange(36).reshape(GRID) < 9, 99, drawing)]) == 0.75
+        assert check_generic_drawing(row, [drawing]) and not check_generic_drawing(row, [])
+        assert not check_generic_drawing(row, [np.where(np.arange(36).reshape(GRID) == 0, 99, drawing)])
     frame = next(row for row in rows if row["task"] == "frame")
     drawn = np.array(row_images(frame, "completion")[0]).reshape(GRID)
     assert len(set(drawn[0].tolist() + drawn[-1].tolist() + drawn[:, 0].tolist())) == 1
@@ -159,3 +162,8 @@ def test_zero_data_is_generic_drawing_and_text_only_cot():
         assert text_row["rationale"] == " ".join(p["text"] for p in row["completion"] if p["type"] == "text")
         assert text_row["rationale"].startswith("THOUGHT 0:") and "THOUGHT 1:" in text_row["rationale"]
         assert (text_row["answer"], text_row["skill"]) == (row["answer"], row["skill"])
+        # The bootstrap's M3CoT input takes the problem image as its codes (no VQ encoder needed).
+        converted = m3cot_row_to_interleaved(text_row, 0)
+        assert [part["codes"] for part in converted["prompt"] if part["type"] == "image"] == [
+            text_row["image"]["codes"]
+        ]

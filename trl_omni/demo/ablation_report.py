@@ -121,7 +121,7 @@ def compare(runs: Mapping[str, Mapping[Any, Any]], claims: Sequence[Mapping[str,
     return out
 
 
-def format_tables(table: Mapping[str, Any], labels: Mapping[str, str]) -> str:
+def format_tables(table: Mapping[str, Any]) -> str:
     """One markdown table per metric: a line per arm, a column per skill and `all`, cells `mean ± std` in %."""
     arms = list(table)
     rows = list(next(iter(table.values())))
@@ -132,7 +132,7 @@ def format_tables(table: Mapping[str, Any], labels: Mapping[str, str]) -> str:
         for arm in arms:
             cells = [f"{100 * table[arm][row][metric]['mean']:.1f} ± {100 * table[arm][row][metric]['std']:.1f}"
                      for row in rows]  # fmt: skip
-            lines.append(f"| {labels.get(arm, arm)} | " + " | ".join(cells) + " |")
+            lines.append(f"| {arm} | " + " | ".join(cells) + " |")
         blocks.append("\n".join(lines))
     return "\n\n".join(blocks)
 
@@ -152,6 +152,23 @@ def format_comparisons(comparisons: Sequence[Mapping[str, Any]]) -> str:
             f"| {item['claim']} | {per_seed} | {100 * item['difference']:+.1f} | {100 * item['spread']:.1f} | "
             f"{'yes' if item['exceeds_spread'] else 'no'} | {item['verdict']} |"
         )
+    return "\n".join(lines)
+
+
+def summary_text(summary: Mapping[str, Any], tables: str, claims: str, others: str) -> str:
+    """What the run prints at the end: the tables, the claims, the other comparisons and the notes."""
+    rows_per_skill = summary["num_test"] / (len(next(iter(summary["table"].values()))) - 1)
+    lines = [
+        f"\nUni-Skills held-out split: {summary['num_test']} rows, {len(summary['seeds'])} seed(s); one row of a skill "
+        f"is {100 / rows_per_skill:.1f} points, one row overall {100 / summary['num_test']:.1f}.\n",
+        tables,
+        "\nClaims (arm - baseline, paired by seed; spread = the larger std over seeds of the two arms)\n",
+        claims,
+        "\nOther comparisons\n",
+        others,
+        "",
+        *(f"Note: {note}" for note in summary["notes"]),
+    ]
     return "\n".join(lines)
 
 
@@ -191,23 +208,24 @@ def report_html(summary: Mapping[str, Any], tables: str, comparisons: str, traje
     return page.replace("<body>\n", "<body>\n" + "\n".join(parts) + "\n", 1)
 
 
-def render_samples(ctx: Any, samples: Mapping[str, Any], zero_rows: list[dict], labels: Mapping[str, str]) -> list:
-    """Rendered trajectories for the report: the first held-out rows of each arm (first seed), then a few
-    bootstrapped Zero training traces."""
+def render_samples(ctx: Any, samples: Mapping[str, Mapping[str, list]], zero_rows: list[dict]) -> list:
+    """Rendered trajectories for the report: the report rows of each arm (`samples[arm]`: their `sequences` and
+    `scores`, first seed), then a few bootstrapped Zero training traces."""
     from ..collators import InterleavedDataCollator
     from ..visualization import render_trajectories
     from .uniskills import demo_decoder
 
     decoder = demo_decoder(ctx.vocab.grid_size)
     trajectories = []
-    for arm, evaluation in samples.items():
+    for arm, sample in samples.items():
+        rows = [ctx.test_rows[i] for i in ctx.report_rows]
         trajectories += render_trajectories(
-            [evaluation.sequences[i] for i in ctx.report_rows],
+            sample["sequences"],
             ctx.processor,
             ctx.vocab,
             decoder,
-            titles=[f"{labels[arm]}: {ctx.test_rows[i]['id']}" for i in ctx.report_rows],
-            metadata=[{"answer": ctx.test_rows[i]["answer"], **evaluation.scores[i]} for i in ctx.report_rows],
+            titles=[f"{arm}: {row['id']}" for row in rows],
+            metadata=[{"answer": row["answer"], **scores} for row, scores in zip(rows, sample["scores"])],
         )
     if zero_rows:
         shown = zero_rows[: len(ctx.report_rows)]

@@ -59,6 +59,7 @@ def make_generic_drawing(
     num_rows: int,
     seed: int = 0,
     prompt_template: str = DEFAULT_PROMPT_TEMPLATE,
+    tasks: Sequence[str] = GENERIC_TASKS,
 ) -> list[dict[str, Any]]:
     """Generic drawing rows for the Zero base model: a random palette picture, a generic instruction, the drawing.
 
@@ -72,6 +73,7 @@ def make_generic_drawing(
         num_rows: Rows to make.
         seed: Seed of the pictures, instructions and colours.
         prompt_template: The bootstrap's drawing prompt (`BootstrapConfig.prompt_template`).
+        tasks: The generic tasks to cycle through (a subset of [`GENERIC_TASKS`]).
 
     Returns:
         Rows with `id`, `task`, `prompt`, `completion` and `answer` (None) in the interleaved schema, codes over
@@ -85,6 +87,9 @@ def make_generic_drawing(
         ```
     """
     height, width = _check_grid(grid_size)
+    unknown = [task for task in tasks if task not in GENERIC_TASKS]
+    if unknown or not tasks:
+        raise ValueError(f"Unknown generic drawing tasks {unknown or tasks}; choose from {GENERIC_TASKS}.")
     if num_rows < 0:
         raise ValueError(f"num_rows must be >= 0, got {num_rows}.")
     rng = random.Random(f"generic-drawing:{seed}")
@@ -93,7 +98,7 @@ def make_generic_drawing(
         raise ValueError("make_generic_drawing expects a prompt_template that starts with {image}.")
     rows = []
     for index in range(num_rows):
-        task = GENERIC_TASKS[index % len(GENERIC_TASKS)]
+        task = tasks[index % len(tasks)]
         picture, instruction, drawing = _generic_example(task, rng, height, width)
         request = after_image.format(
             question=rng.choice(_CAPTIONS), step=1, num_steps=1, step_text=instruction, previous_steps=""
@@ -139,11 +144,8 @@ def text_only_cot(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def check_generic_drawing(row: dict[str, Any], images: list[Any]) -> float:
-    """Drawing check of [`make_generic_drawing`] rows for `evaluate(drawing_check=...)`: the fraction of the cells
-    of the first complete image that equal the row's reference drawing (1.0: drawn exactly; 0.0: no image)."""
+def check_generic_drawing(row: dict[str, Any], images: list[Any]) -> bool:
+    """Drawing check of [`make_generic_drawing`] rows for `evaluate(drawing_check=...)`: the first complete image is
+    exactly the row's reference drawing (a blank image already matches most cells, so partial credit would flatter)."""
     (reference,) = row_images(row, "completion")
-    if not images:
-        return 0.0
-    drawn = images[0].reshape(-1).tolist()
-    return sum(a == b for a, b in zip(drawn, reference)) / len(reference)
+    return bool(images) and images[0].reshape(-1).tolist() == list(reference)
