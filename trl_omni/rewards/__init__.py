@@ -7,6 +7,8 @@ list[float | None]`, and is a plain callable (never an `nn.Module`), so it drops
 
 from ._common import OutputTags
 from .accuracy import (
+    ACCURACY_RULES,
+    OmniR1Thresholds,
     accuracy_reward,
     answer_score,
     extract_answer,
@@ -32,8 +34,10 @@ from .registry import (
 
 
 __all__ = [
+    "ACCURACY_RULES",
     "ENTRY_POINT_GROUP",
     "ModelReward",
+    "OmniR1Thresholds",
     "OutputTags",
     "PerceptionCalibratedReward",
     "PerceptionReward",
