@@ -209,6 +209,6 @@ def test_bad_outputs_are_reported():
         safe_reward(lambda prompts, completions, **k: [1.0, math.nan])(["a", "b"], ["x", "y"])
     with pytest.raises(RewardError, match="returned 1 values for 2"):
         safe_reward(lambda prompts, completions, **k: [1.0])(["a", "b"], ["x", "y"])
-    with pytest.raises(RewardError, match="returned 'bad' for sample 0"):
+    with pytest.raises(RewardError, match=r"returned 'bad' \(str\) for sample 0"):
         safe_reward(lambda prompts, completions, **k: ["bad"], name="typo")(["a"], ["x"])
     assert safe_reward(safe_reward(flaky_reward)).fn is flaky_reward

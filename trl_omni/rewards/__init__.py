@@ -22,20 +22,21 @@ from .calibrated import PerceptionCalibratedReward
 from .format import format_reward, format_score, format_thought_reward, make_format_reward
 from .model_reward import ModelReward, RewardBatch
 from .perception import PerceptionReward, total_variation_energy
-from .registry import (
-    ENTRY_POINT_GROUP,
+from .registry import ENTRY_POINT_GROUP, get_reward, list_rewards, resolve_reward
+from .validation import (
+    AsyncSafeReward,
     RewardError,
     SafeReward,
-    get_reward,
-    list_rewards,
-    resolve_reward,
     safe_reward,
+    safe_reward_funcs,
+    validate_reward_output,
 )
 
 
 __all__ = [
     "ACCURACY_RULES",
     "ENTRY_POINT_GROUP",
+    "AsyncSafeReward",
     "ModelReward",
     "OmniR1Thresholds",
     "OutputTags",
@@ -59,6 +60,8 @@ __all__ = [
     "parse_number",
     "resolve_reward",
     "safe_reward",
+    "safe_reward_funcs",
     "similarity",
     "total_variation_energy",
+    "validate_reward_output",
 ]
