@@ -12,6 +12,7 @@ from .converters import (
 from .images import load_image, resolve_image_path
 from .loading import DATASET_FORMATS, detect_format, load_any_dataset, select_split, to_interleaved
 from .pretokenize import pretokenize_images
+from .references import REFERENCE_COLUMN, add_reference_images, reference_images_from_completion
 from .schema import (
     InterleavedDataError,
     check_column_names,
@@ -26,7 +27,9 @@ from .schema import (
 __all__ = [
     "BootstrapConfig",
     "DATASET_FORMATS",
+    "REFERENCE_COLUMN",
     "InterleavedDataError",
+    "add_reference_images",
     "bootstrap_dataset",
     "check_column_names",
     "convert_m3cot",
@@ -43,6 +46,7 @@ __all__ = [
     "omni_bench_row_to_interleaved",
     "part_list_feature",
     "pretokenize_images",
+    "reference_images_from_completion",
     "resolve_image_path",
     "run_bootstrap",
     "select_split",

@@ -1,5 +1,5 @@
-"""Rewards for PeRPO and TRL's GRPOTrainer: accuracy, format, 2D-TV perception, their calibrated combination,
-model-based rewards, and a registry for contributed rewards.
+"""Rewards for PeRPO and TRL's GRPOTrainer: accuracy, format, 2D-TV perception, drawn-vs-reference images, their
+calibrated combination, model-based rewards, and a registry for contributed rewards.
 
 Every reward follows TRL's reward contract, `fn(prompts, completions, completion_ids=None, **kwargs) ->
 list[float | None]`, and is a plain callable (never an `nn.Module`), so it drops into `GRPOTrainer` unchanged.
@@ -22,6 +22,7 @@ from .calibrated import PerceptionCalibratedReward
 from .format import format_reward, format_score, format_thought_reward, make_format_reward
 from .model_reward import ModelReward, RewardBatch
 from .perception import PerceptionReward, total_variation_energy
+from .reference import ReferenceImageReward
 from .registry import ENTRY_POINT_GROUP, get_reward, list_rewards, resolve_reward
 from .validation import (
     AsyncSafeReward,
@@ -43,6 +44,7 @@ __all__ = [
     "PerceptionCalibratedReward",
     "PerceptionReward",
     "RewardBatch",
+    "ReferenceImageReward",
     "RewardError",
     "SafeReward",
     "accuracy_reward",

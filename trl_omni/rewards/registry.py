@@ -34,6 +34,7 @@ BUILTIN_REWARDS: dict[str, str] = {
     "format_thought": "trl_omni.rewards.format:format_thought_reward",
     "perception": "trl_omni.rewards.perception:PerceptionReward",
     "perception_calibrated": "trl_omni.rewards.calibrated:PerceptionCalibratedReward",
+    "reference_image": "trl_omni.rewards.reference:ReferenceImageReward",
     "model_reward": "trl_omni.rewards.model_reward:ModelReward",
 }
 
@@ -106,8 +107,8 @@ def get_reward(name: str, safe: bool = True, **kwargs: Any) -> Callable[..., lis
     """Returns a ready-to-use reward callable by name.
 
     The name is a built-in (`accuracy`, `format`, `format_thought`, `perception`, `perception_calibrated`,
-    `model_reward`), an entry point of the `trl_omni.rewards` group, or a dotted path (`module:attr` /
-    `module.attr`). A class (e.g. `PerceptionReward`) is instantiated with `kwargs`; the function built-ins
+    `reference_image`, `model_reward`), an entry point of the `trl_omni.rewards` group, or a dotted path
+    (`module:attr` / `module.attr`). A class (e.g. `PerceptionReward`) is instantiated with `kwargs`; the function built-ins
     (`accuracy`, `format`, `format_thought`) are rebuilt from their factories (`make_accuracy_reward`,
     `make_format_reward`) when `kwargs` are given; any other plain reward function is returned as is, unless `kwargs`
     are given, in which case it is treated as a factory and called with them.

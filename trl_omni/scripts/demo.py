@@ -336,7 +336,10 @@ def run_demo(args: DemoArguments) -> dict[str, Any]:
         sft = PeSFTTrainer(
             model,
             args=sft_args,
-            train_dataset=Dataset.from_list(train_rows, features=features),
+            # The reference drawings are in the completion already; only PeRPO's reference reward reads them.
+            train_dataset=Dataset.from_list(
+                [{k: v for k, v in row.items() if k != "reference_images"} for row in train_rows], features=features
+            ),
             processing_class=processor,
         )
         sft.train()

@@ -31,16 +31,18 @@ class RLScriptArguments(OmniScriptArguments):
     Parameters:
         reward_funcs (`list[str]` or `None`, *optional*):
             Reward functions by built-in name (`accuracy`, `format`, `format_thought`, `perception`,
-            `perception_calibrated`, `model_reward`), by name registered under the `trl_omni.rewards` entry-point
-            group, or by dotted path (`package.module:function`). Default: PeRPO's perception-calibrated reward.
+            `perception_calibrated`, `reference_image`, `model_reward`), by name registered under the
+            `trl_omni.rewards` entry-point group, or by dotted path (`package.module:function`). Default: PeRPO's
+            perception-calibrated reward.
     """
 
     reward_funcs: list[str] | None = field(
         default=None,
         metadata={
             "help": "Reward functions: built-in names (accuracy, format, format_thought, perception, "
-            "perception_calibrated, model_reward), names registered under the 'trl_omni.rewards' entry-point group, "
-            "or dotted paths ('package.module:function'). Default: the perception-calibrated reward."
+            "perception_calibrated, reference_image, model_reward), names registered under the 'trl_omni.rewards' "
+            "entry-point group, or dotted paths ('package.module:function'). Default: the perception-calibrated "
+            "reward."
         },
     )
 
