@@ -215,14 +215,14 @@ def test_bad_outputs_are_reported():
 
 
 # ------------------------------------------------------------------- the docs' recipe: a frozen vision model judges
-def make_drawing_judge(model, processor, vocab, vision):
+def make_drawing_judge(model, processor, vocab, vision, decoder=None):
     """docs/rewards.md, "Judging drawings with a frozen vision model": drawn codes -> pixels -> vision model."""
     import numpy as np
 
     from trl_omni.models import ChameleonVQDecoder, decode_images
 
-    # Real runs: decoder = load_vq_decoder(checkpoint_dir); here the tiny model's decoder with random weights.
-    decoder = ChameleonVQDecoder(model.config.vq_config, processor.image_processor)
+    # Real runs: load_vq_decoder(model, checkpoint_dir, ...); the tiny model has no decoder weights: random ones.
+    decoder = decoder or ChameleonVQDecoder(model.config.vq_config, processor.image_processor)
     size = [side * decoder.upsampling_factor for side in vocab.grid_size]
 
     def build_inputs(batch: RewardBatch):
@@ -281,3 +281,23 @@ def test_frozen_vision_model_judges_decoded_drawings():
     segments = vocab.parse_segments(completion_ids).per_row(4)
     again = judge(["p"] * 4, ["c"] * 4, completion_ids, image_segments=segments, trainer_state=None)
     assert again == pytest.approx(out)
+
+
+def test_drawing_judge_at_anole_layout(anole):
+    from trl_omni.models import ImageVocabulary, load_vq_decoder
+
+    vocab = ImageVocabulary.from_model(anole.model, anole.processor)
+    decoder = load_vq_decoder(anole.model, anole.path, image_processor=anole.processor.image_processor)
+    seen = []
+
+    class Vision(torch.nn.Module):  # records what it is shown: the drawings as 512 x 512 pixels
+        def forward(self, pixel_values):
+            seen.append(tuple(pixel_values.shape))
+            return pixel_values.mean(dim=(1, 2, 3))[:, None]
+
+    judge, _ = make_drawing_judge(anole.model, anole.processor, vocab, Vision(), decoder=decoder)
+    grid = torch.randint(0, vocab.num_codes, vocab.grid_size, generator=torch.Generator().manual_seed(0))
+    text = anole.processor.tokenizer.encode("I draw.", add_special_tokens=False)
+    out = judge(["p", "p"], ["c", "c"], [text + vocab.image_span_ids(grid).tolist(), text])
+    assert seen == [(1, 3, 512, 512)]
+    assert out[1] is None and 0.0 < out[0] < 1.0

@@ -174,26 +174,29 @@ def test_reference_forms_and_errors(tiny):
     assert len(encoding._encoded) == 1
 
 
-def test_anole_geometry():
-    # Anole's image facts: 8192 codes of dim 256, 32x32 grid, image ids 4..8195 (read from the model in real use).
-    codebook = torch.randn(8192, 256, generator=torch.Generator().manual_seed(0))
-    vocab = ImageVocabulary(
-        boi_token_id=8197, eoi_token_id=8196, image_placeholder_id=8711, image_token_ids=torch.arange(4, 8196),
-        grid_size=(32, 32), codebook=codebook, vocab_size=65536,
-    )  # fmt: skip
+def test_anole_layout(anole):
+    # The real-layout Anole checkpoint: 8,192 x 256 codebook, 32x32 grid, image ids 4..8195. The gather path: the
+    # default table path (same formula, checked against it on the tiny model) would build a 256 MiB table here.
+    vocab = ImageVocabulary.from_model(anole.model, anole.processor)
+    assert vocab.grid_size == (32, 32) and vocab.num_codes == 8192
     generator = torch.Generator().manual_seed(1)
     reference = torch.full((32, 32), 17)
     reference[4:20, 6:22] = 99  # two shapes on a background
     reference[22:30, 2:30] = torch.randint(0, 8192, (8, 28), generator=generator)
     drawings = [reference, torch.roll(reference, 3, dims=1), torch.randint(0, 8192, (32, 32), generator=generator)]
-    ids = [vocab.image_span_ids(g).tolist() for g in drawings]
-    reward = ReferenceImageReward(vocab, max_table_bytes=0)  # 256 MiB table avoided in the test; same formula
-    identical, shifted, unrelated = reward(["p"] * 3, ["c"] * 3, ids, reference_images=[[reference]] * 3)
+    ids = [anole.processor.tokenizer.encode("I draw.", add_special_tokens=False) + vocab.image_span_ids(g).tolist()
+           for g in drawings]  # fmt: skip
+    reward = ReferenceImageReward(vocab, max_table_bytes=0)
+    identical, shifted, unrelated = reward(["p"] * 3, ["c"] * 3, ids, reference_images=[_refs(reference)] * 3)
     assert identical == 1.0 and unrelated < 0.05 and unrelated < shifted < 1.0
 
 
 def test_registry_and_calibrated_combination(tiny):
     _, processor, vocab = tiny
+    from trl_omni.rewards import PerceptionReward
+
+    # one distance table per device, shared by every reward holding the vocabulary
+    assert PerceptionReward(vocab).distance_table("cpu") is vocab.codebook_distances("cpu")
     assert isinstance(get_reward("reference_image", image_vocabulary=vocab).__wrapped__, ReferenceImageReward)
     reference = _figure(vocab)
     shifted = torch.roll(reference, 1, dims=1)
@@ -256,6 +259,7 @@ def test_inside_perpo_trainer(tmp_path):
     trainer = PeRPOTrainer(
         model, reward_funcs=[recorded, calibrated], args=args, processing_class=processor, train_dataset=dataset
     )
+    assert calibrated.reference.device == trainer.accelerator.device  # scores on the trainer's device
     trainer.train()
     assert len(calls) == 1
     scored = 0

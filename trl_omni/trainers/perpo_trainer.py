@@ -23,7 +23,7 @@ from ..models import (
     freeze_vq_model,
     load_omni_model,
 )
-from ..rewards import PerceptionCalibratedReward, PerceptionReward, safe_reward_funcs
+from ..rewards import PerceptionCalibratedReward, PerceptionReward, ReferenceImageReward, safe_reward_funcs
 from ..visualization import RenderedTrajectoriesCallback
 from .perpo_config import PeRPOConfig
 
@@ -203,9 +203,11 @@ class PeRPOTrainer(GRPOTrainer):
                 # A reward exposing `score(completion_ids)` (as PerceptionReward does) feeds the perception metrics.
                 self._perception_scorer = getattr(func, "__wrapped__", func)
 
-        # The perception terms score on the trainer's device, known only now.
-        for scorer in (self._perception_scorer, *(getattr(f, "perception", None) for f in self.reward_funcs)):
-            if isinstance(scorer, PerceptionReward) and scorer.device is None:
+        # The image-scoring terms score on the trainer's device, known only now.
+        rewards = [getattr(f, "__wrapped__", f) for f in self.reward_funcs]
+        parts = [getattr(r, term, None) for r in rewards for term in ("perception", "reference")]
+        for scorer in (self._perception_scorer, *rewards, *parts):
+            if isinstance(scorer, (PerceptionReward, ReferenceImageReward)) and scorer.device is None:
                 scorer.device = self.accelerator.device
 
         if args.log_rendered_trajectories > 0 and RenderedTrajectoriesCallback.find(self) is None:
