@@ -48,7 +48,7 @@ class DemoArguments:
         },
     )
     reference_weight: float = field(
-        default=0.3,
+        default=0.5,
         metadata={"help": "Weight of the reference-image term of `--reward reference` (ReferenceImageReward)."},
     )
     image_size: int = field(
