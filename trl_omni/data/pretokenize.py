@@ -18,6 +18,7 @@ from .schema import (
     check_answer,
     check_codes,
     check_column_names,
+    code_list,
     normalize_parts,
     part_list_feature,
     row_label,
@@ -106,6 +107,7 @@ def pretokenize_images(
     vocab = encoder.vocab
     root = None if image_root is None else os.fspath(image_root)
 
+    _check_codes_storage(dataset, columns, id_column)
     answer_feature = dataset.features.get(answer_column) if answer_column else None
     # An Arrow string column holds only strings and None: only other column types need a check per row.
     check_answers = answer_feature is not None and answer_feature != Value("string")
@@ -205,6 +207,56 @@ def pretokenize_images(
         )
         encoded = encoded.filter(lambda error: error is None, input_columns=_ERROR_COLUMN)
     return encoded.remove_columns(_ERROR_COLUMN)
+
+
+def _check_codes_storage(dataset: Any, columns: Sequence[str], id_column: str) -> None:
+    """Refuses a dataset whose stored `codes` are not integers, naming a row that shows why.
+
+    Arrow gives a column one type: one row of float codes stores every row's codes as floats, so the check is on
+    the column, and the row named is the first one holding a non-integral code (else the first with codes).
+    """
+    from datasets import List, Value
+
+    for column in columns:
+        feature = dataset.features[column]
+        part = feature.feature if isinstance(feature, List) else None
+        codes = part.get("codes") if isinstance(part, dict) else None
+        if codes is None or codes == Value("null"):
+            continue
+        inner = codes.feature if isinstance(codes, List) else None
+        if isinstance(inner, Value) and ("int" in inner.dtype or inner.dtype == "null"):
+            continue
+        stored = inner.dtype if isinstance(inner, Value) else "nested lists" if isinstance(inner, List) else codes
+        first_with_codes, culprit = None, None
+        for index, row in enumerate(
+            dataset.select_columns([c for c in (column, id_column) if c in dataset.column_names])
+        ):
+            for j, part_value in enumerate(row[column] or []):
+                values = (part_value or {}).get("codes")
+                if values is None:
+                    continue
+                if first_with_codes is None:
+                    first_with_codes = (index, row.get(id_column), j, values)
+                if any(isinstance(v, float) and not v.is_integer() for v in values):
+                    culprit = (index, row.get(id_column), j, values)
+                    break
+            if culprit is not None:
+                break
+        if first_with_codes is None:
+            continue
+        index, row_id, j, values = culprit or first_with_codes
+        _, problem = code_list(values)
+        if culprit is not None:
+            position, value = next((k, v) for k, v in enumerate(values) if isinstance(v, float) and not v.is_integer())
+            problem = f"codes[{position}] is float {value}, not an integer code."
+        raise InterleavedDataError(
+            row_label(index, row_id),
+            f"{column}[{j}].codes",
+            f"{problem or 'the codes are not integers.'} The dataset stores the codes of every row as {stored} "
+            "(Arrow gives a column one type, so one row of non-integer codes turns all of them into that type).",
+            "store every image's codes as a flat list of integers (fix or drop the rows with float / boolean / "
+            "nested codes), and build the dataset with `features=interleaved_features()`.",
+        )
 
 
 def _encode_or_locate(encoder: ImageEncoder, pending: list, names: list, on_error: str, errors: list) -> list:
