@@ -12,6 +12,7 @@ import pytest
 import torch
 from datasets import Dataset
 
+from trl_omni.collators import InterleavedDataCollator
 from trl_omni.data import (
     DatasetFormatError,
     InterleavedDataError,
@@ -111,10 +112,14 @@ CODE_IDS = ["floats", "booleans", "nested-wrong-grid"]
 
 
 @pytest.mark.parametrize("make, problem", CODE_KINDS, ids=CODE_IDS)
-def test_codes_that_are_not_flat_integers_are_refused_by_pretokenize(tiny, vocab, make, problem):
+def test_codes_that_are_not_flat_integers_are_refused(tiny, vocab, make, problem):
     model, processor = tiny
     bad = interleaved(vocab, id="r-bad")
     bad["completion"][1] = {"type": "image", "codes": make(codes_of(vocab, 2))}
+    with pytest.raises(
+        InterleavedDataError, match=rf"Row 1 \(id='r-bad'\), field 'completion\[1\]\.codes': {problem}"
+    ):
+        InterleavedDataCollator(processor, vocab)([interleaved(vocab, id="r-0"), bad])
     rows = [interleaved(vocab, id="r-0", completion=[text_part("THOUGHT 0: no image.")]), bad]
     # No explicit features: Arrow stores whatever the user wrote (floats, booleans, nested lists) as the column type.
     with pytest.raises(
@@ -141,6 +146,10 @@ def test_float_codes_name_the_row_holding_them_although_arrow_stores_every_row_a
                          ids=["nan", "list"])  # fmt: skip
 def test_answers_that_are_not_strings_are_refused(tiny, vocab, answer, found):
     model, processor = tiny
+    rows = [interleaved(vocab, id="r-0"), interleaved(vocab, id="r-1", answer=answer)]
+    for template in ("plain", "templated"):
+        with pytest.raises(InterleavedDataError, match=rf"Row 1 \(id='r-1'\), field 'answer'.*got {found}.*Fix:"):
+            InterleavedDataCollator(processor, vocab, template=template)(rows)
     dataset = Dataset.from_list(
         [interleaved(vocab, id="r-0", answer=None), interleaved(vocab, id="r-1", answer=answer)]
     )
@@ -173,12 +182,26 @@ def test_parts_that_are_not_structs_of_their_type_are_refused(tiny, vocab, compl
     model, processor = tiny
     rows = [interleaved(vocab, id="r-0", completion=[text_part("fine")]), interleaved(vocab, id="r-1")]
     rows[1]["completion"] = completion
+    with pytest.raises(InterleavedDataError, match=rf"Row 1 \(id='r-1'\), field '{field}': {problem}"):
+        InterleavedDataCollator(processor, vocab)(rows)
     if isinstance(completion, str):  # a column of JSON strings
         rows[0]["completion"] = "THOUGHT 0: plain text is fine."
     elif isinstance(completion[0], str):  # lists of JSON strings
         rows[0]["completion"] = ["THOUGHT 0: plain text is fine."]
     with pytest.raises(InterleavedDataError, match=rf"Row 1 \(id='r-1'\), field '{field}': {problem}"):
         pretokenize_images(Dataset.from_list(rows), model, processor)
+
+
+def test_chat_style_rows_given_to_the_collator_are_named(tiny, vocab):
+    _, processor = tiny
+    chat_row = {"id": "c-1", "messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "B"}]}
+    collator = InterleavedDataCollator(processor, vocab)
+    with pytest.raises(InterleavedDataError, match=r"Row 1 \(id='c-1'\), field 'prompt': a chat-style row.*Fix: conv"):
+        collator([interleaved(vocab), chat_row])
+    with pytest.raises(InterleavedDataError, match=r"Row 0 \(id='c-2'\), field 'prompt\[0\]': a chat message"):
+        collator([{"id": "c-2", "prompt": chat_row["messages"][:1], "completion": chat_row["messages"][1:]}])
+    with pytest.raises(InterleavedDataError, match=r"field 'prompt': no 'prompt' column in the row \(its columns: "):
+        collator([{"id": "c-3", "question": "Hi", "answer": "B"}])
 
 
 # ---------------------------------------------------------------------------------------------------------- PeSFT
