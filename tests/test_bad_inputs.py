@@ -323,3 +323,27 @@ def test_checkpoint_of_another_model_type_or_missing_shard_is_named(tmp_path, sa
         load_omni_model(checkpoint)
     with pytest.raises(CheckpointError, match=r"does not exist"):
         load_omni_model(tmp_path / "nowhere")
+
+
+# ---------------------------------------------------------------------------------------------------------- bootstrap
+def test_bootstrap_without_any_step_fails_naming_why(tmp_path, tiny):
+    from trl_omni.data.bootstrap import BootstrapConfig, load_bootstrapped, run_bootstrap
+
+    model, processor = tiny
+    rows = m3cot_rows(3)
+    for row in rows:
+        row["rationale"] = ""
+    config = BootstrapConfig(output_dir=str(tmp_path / "a"), disable_tqdm=True)
+    with pytest.raises(InterleavedDataError, match=r"Row 0 \(id='physical-commonsense-1000'\), field 'rationale'"):
+        run_bootstrap(config, model, processor, rows)
+    skip = BootstrapConfig(output_dir=str(tmp_path / "b"), on_error="skip", disable_tqdm=True)
+    with pytest.raises(DatasetFormatError, match=r"wrote no rows.*of 3 input rows, 3 were bad input rows skipped"):
+        run_bootstrap(skip, model, processor, rows)
+    # Rationales that the splitter cuts into no step at all.
+    no_steps = BootstrapConfig(output_dir=str(tmp_path / "c"), step_splitter=lambda text: [], disable_tqdm=True)
+    with pytest.raises(DatasetFormatError, match=r"3 had no reasoning step in their 'rationale' column"):
+        run_bootstrap(no_steps, model, processor, m3cot_rows(3))
+    manifest = json.loads((tmp_path / "c" / "manifest.json").read_text())
+    assert manifest["complete"] and manifest["counts"]["samples_without_steps"] == 3
+    with pytest.raises(DatasetFormatError, match=r"The bootstrap in .* wrote no rows: of 3 input rows, 3 had no"):
+        load_bootstrapped(str(tmp_path / "c"))

@@ -203,36 +203,47 @@ def m3cot_row_to_interleaved(row: Mapping[str, Any], index: int | None = None) -
         InterleavedDataError: a missing column; a question, answer or rationale that is empty or not a string;
             options that are not a list of 2-26 non-empty strings; an answer that is not the letter of an option.
     """
+    return question_row_to_interleaved(row, index, multiple_choice=True)
+
+
+def question_row_to_interleaved(
+    row: Mapping[str, Any], index: int | None = None, multiple_choice: bool = True, source: str = "m3cot"
+) -> dict[str, Any]:
+    """[`m3cot_row_to_interleaved`], also for free-form questions (`multiple_choice=False`: no `choices`, any
+    non-empty answer string), as used by bootstrapping."""
     index = index if index is not None else "?"
     _check_row(row, index)
     row_id = row.get("id")
     name = row_label(index, row_id)
     question = _text(row, "question", name, "question")
-    choices = _m3cot_choices(row, name)
     answer = _text(row, "answer", name, "answer").strip()
-    letters = [chr(ord("A") + i) for i in range(len(choices))]
-    if answer not in letters:
-        raise InterleavedDataError(
-            name,
-            "answer",
-            f"the answer {answer!r} is not the letter of an option ({len(choices)} options: {letters[0]}-"
-            f"{letters[-1]}).",
-            "give the correct option's letter, or drop the row (on_error='skip').",
-        )
-    rationale = _text(row, "rationale", name, "rationale").strip()
-    context = _text(row, "context", name, "context", required=False) if "context" in row else ""
-    lines = [context.strip()] if context.strip() else []
+    lines = []
+    if "context" in row:
+        context = _text(row, "context", name, "context", required=False).strip()
+        lines += [context] if context else []
     lines.append(f"Question: {question.strip()}")
-    lines.append("Options:")
-    lines += [f"({letter}) {choice}" for letter, choice in zip(letters, choices)]
+    if multiple_choice:
+        choices = _m3cot_choices(row, name)
+        letters = [chr(ord("A") + i) for i in range(len(choices))]
+        if answer not in letters:
+            raise InterleavedDataError(
+                name,
+                "answer",
+                f"the answer {answer!r} is not the letter of an option ({len(choices)} options: {letters[0]}-"
+                f"{letters[-1]}).",
+                "give the correct option's letter, or drop the row (on_error='skip').",
+            )
+        lines.append("Options:")
+        lines += [f"({letter}) {choice}" for letter, choice in zip(letters, choices)]
+    rationale = _text(row, "rationale", name, "rationale").strip()
     image = row.get("image")
     image = None if image is None else _source_image_part(image, name, "image")
     return {
-        "id": str(row_id) if row_id is not None else f"m3cot-{index}",
+        "id": str(row_id) if row_id is not None else f"{source}-{index}",
         "prompt": _question_with_image("\n".join(lines), image, name, "question"),
         "completion": _text_parts(rationale),
         "answer": answer,
-        "source": "m3cot",
+        "source": source,
     }
 
 
