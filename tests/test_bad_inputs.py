@@ -347,3 +347,31 @@ def test_bootstrap_without_any_step_fails_naming_why(tmp_path, tiny):
     assert manifest["complete"] and manifest["counts"]["samples_without_steps"] == 3
     with pytest.raises(DatasetFormatError, match=r"The bootstrap in .* wrote no rows: of 3 input rows, 3 had no"):
         load_bootstrapped(str(tmp_path / "c"))
+
+
+# ---------------------------------------------------------------------------------------------------------- evaluation
+def test_evaluation_rows_without_a_gold_answer_are_counted_and_left_unscored(tmp_path, tiny, caplog):
+    """docs/evaluation.md: rows without a gold answer are counted but unscored (Omni-Bench and interleaved rows)."""
+    from trl_omni.evaluation import EvalConfig, evaluate, read_predictions
+    from trl_omni.testing_data import omni_bench_rows
+
+    model, processor = tiny
+    rows = omni_bench_rows(4)
+    rows[1]["answer"], rows[2]["answer"] = None, "  "
+    config = EvalConfig(output_dir=str(tmp_path / "bench"), batch_size=4, max_new_tokens=2, progress=False,
+                        print_table=False)  # fmt: skip
+    with caplog.at_level("WARNING"):
+        result = evaluate(model, processor, rows, config, dataset_format="omni_bench")
+    assert "2 of 4 rows have no gold answer" in caplog.text
+    records = read_predictions(tmp_path / "bench" / "predictions.jsonl")
+    assert [record["gold"] for record in records] == ["10", None, None, "40"]
+    assert [record["score"] is None for record in records] == [False, True, True, False]
+    assert (result.metrics["overall"]["num_rows"], result.metrics["overall"]["num_scored"]) == (4, 2)
+    # A gold answer that is not a string is named before anything is generated.
+    rows[3]["answer"] = 40.0
+    bad = EvalConfig(output_dir=str(tmp_path / "bad"), batch_size=4, max_new_tokens=2, progress=False)
+    with pytest.raises(
+        InterleavedDataError, match=r"Row 3, field 'answer': the answer must be a string, got float 40\.0"
+    ):
+        evaluate(model, processor, rows, bad, dataset_format="omni_bench")
+    assert not (tmp_path / "bad" / "predictions.jsonl").exists()

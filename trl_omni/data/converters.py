@@ -19,7 +19,7 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from .loading import check_format_columns, check_not_empty
+from .loading import check_format_columns, check_not_empty, rows_to_dataset
 from .report import SkipReport
 from .schema import DatasetFormatError, InterleavedDataError, image_part, interleaved_features, row_label, text_part
 
@@ -273,45 +273,6 @@ def omni_bench_row_to_interleaved(row: Mapping[str, Any], index: int | None = No
     }
 
 
-def _rows_to_dataset(rows: list, row_fn: Callable, on_error: str, what: str) -> tuple[Any, list[tuple[int, str]]]:
-    """A `Dataset` from source rows. When Arrow cannot store them (a column whose type changes from row to row, e.g.
-    `choices` given as a string in one row), the rows are checked one by one first, so the error names the row."""
-    from datasets import Dataset
-
-    try:
-        return Dataset.from_list(rows), []
-    except Exception as arrow_error:  # noqa: BLE001 - pyarrow / datasets type errors are located below
-        errors = []
-        for index, row in enumerate(rows):
-            try:
-                row_fn(row, index)
-            except InterleavedDataError as error:
-                if on_error == "raise":
-                    raise error from arrow_error
-                errors.append((index, str(error)))
-        bad = {index for index, _ in errors}
-        kept = [row for index, row in enumerate(rows) if index not in bad]
-        try:
-            return Dataset.from_list(kept), errors
-        except Exception:  # noqa: BLE001
-            pass
-        column = _mixed_type_column(kept)
-        raise DatasetFormatError(
-            f"{what}: the rows cannot be stored as one table ({type(arrow_error).__name__}: {arrow_error}). "
-            + (f"Column {column[0]!r} holds {column[1]} in different rows. " if column else "")
-            + "Fix: give every row the same type in each column (e.g. always a list, or always None)."
-        ) from arrow_error
-
-
-def _mixed_type_column(rows: list) -> tuple[str, str] | None:
-    columns = dict.fromkeys(key for row in rows if isinstance(row, Mapping) for key in row)
-    for column in columns:
-        kinds = sorted({type(row.get(column)).__name__ for row in rows if row.get(column) is not None})
-        if len(kinds) > 1:
-            return column, " and ".join(kinds)
-    return None
-
-
 def _convert(
     dataset: Any,
     row_fn: Callable[[Mapping[str, Any], int], dict[str, Any]],
@@ -336,7 +297,7 @@ def _convert(
         check_not_empty(rows, what)
         columns = dict.fromkeys(key for row in rows if isinstance(row, Mapping) for key in row)
         check_format_columns(columns, dataset_format, what)
-        dataset, errors = _rows_to_dataset(rows, row_fn, on_error, what)
+        dataset, errors = rows_to_dataset(rows, what, row_fn, on_error)
     total = len(dataset) + len(errors)
     # Read source images as stored bytes: no decode / re-encode round trip during conversion.
     for column, feature in dataset.features.items():

@@ -5,12 +5,12 @@ from __future__ import annotations
 import difflib
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 from .report import SkipReport
-from .schema import DatasetFormatError
+from .schema import DatasetFormatError, InterleavedDataError, row_label
 
 
 logger = logging.getLogger(__name__)
@@ -178,6 +178,73 @@ def check_format_columns(column_names: Iterable[str], dataset_format: str, what:
     )
 
 
+def rows_to_dataset(
+    rows: list,
+    what: str = "the dataset",
+    row_check: Callable[[Any, int], Any] | None = None,
+    on_error: str = "raise",
+) -> tuple[Any, list[tuple[int, str]]]:
+    """A `datasets.Dataset` from a list of row dicts; Arrow's type errors are turned into errors naming the row.
+
+    Arrow gives a column one type, so a column whose type changes from row to row (an answer that is a float in one
+    row, `choices` given as a string in another) cannot be stored. Then `row_check(row, index)` (a converter's row
+    function) runs on every row so that its own error names the bad row (dropped under `on_error="skip"`); what it
+    does not catch is named by the first row whose value type differs from the column's first one.
+
+    Returns:
+        `(dataset, [(index, message) of the rows dropped under on_error="skip"])`.
+    """
+    from datasets import Dataset
+
+    try:
+        return Dataset.from_list(rows), []
+    except Exception as arrow_error:  # noqa: BLE001 - pyarrow / datasets type errors are located below
+        errors: list[tuple[int, str]] = []
+        if row_check is not None:
+            for index, row in enumerate(rows):
+                try:
+                    row_check(row, index)
+                except InterleavedDataError as error:
+                    if on_error == "raise":
+                        raise error from arrow_error
+                    errors.append((index, str(error)))
+        bad = {index for index, _ in errors}
+        kept = [row for index, row in enumerate(rows) if index not in bad]
+        try:
+            return Dataset.from_list(kept), errors
+        except Exception:  # noqa: BLE001
+            pass
+        culprit = _first_mixed_type(kept)
+        if culprit is None:
+            raise DatasetFormatError(
+                f"{what}: the rows cannot be stored as one table ({type(arrow_error).__name__}: {arrow_error}). Fix: "
+                "give every row the same keys and the same type in each column."
+            ) from arrow_error
+        index, column, found, expected, first = culprit
+        raise InterleavedDataError(
+            row_label(index, kept[index].get("id") if isinstance(kept[index], Mapping) else None),
+            column,
+            f"holds a {found} where row {first} holds a {expected}; a column has one type in every row.",
+            "give this column the same type in every row (None for a missing value).",
+        ) from arrow_error
+
+
+def _first_mixed_type(rows: list) -> tuple[int, str, str, str, int] | None:
+    """`(row, column, its type, the column's first type, the row holding that)` of the first type change."""
+    first: dict[str, tuple[str, int]] = {}
+    for index, row in enumerate(rows):
+        if not isinstance(row, Mapping):
+            continue
+        for column, value in row.items():
+            if value is None:
+                continue
+            kind = type(value).__name__
+            seen = first.setdefault(column, (kind, index))
+            if seen[0] != kind:
+                return index, column, kind, seen[0], seen[1]
+    return None
+
+
 def check_not_empty(dataset: Any, what: str = "the dataset") -> None:
     """Raises a [`DatasetFormatError`] when a map-style dataset has no rows (streamed datasets are not checked)."""
     try:
@@ -236,8 +303,9 @@ def to_interleaved(
     encode_batch_size: int = 32,
     skip_report: SkipReport | None = None,
 ) -> Any:
-    """Converts `dataset` to the interleaved schema (when it is a known public format) and encodes its images into
-    VQ codes once ([`pretokenize_images`]); pre-tokenized rows are returned unchanged (the trainers check them).
+    """Converts `dataset` (a `datasets.Dataset` or a list of rows) to the interleaved schema (when it is a known public
+    format) and encodes its images into VQ codes once ([`pretokenize_images`]); pre-tokenized rows are returned
+    unchanged (the trainers check them).
 
     The columns are checked against `dataset_format` first (a [`DatasetFormatError`] names the missing and the
     present columns, whatever `on_error` says); rows skipped under `on_error="skip"` are added to `skip_report`.
@@ -247,10 +315,16 @@ def to_interleaved(
     if dataset_format not in DATASET_FORMATS:
         raise DatasetFormatError(f"dataset_format must be one of {list(DATASET_FORMATS)}, got {dataset_format!r}.")
     check_not_empty(dataset)
+    if isinstance(dataset, list):
+        column_names = list(dict.fromkeys(key for row in dataset if isinstance(row, Mapping) for key in row))
+    else:
+        column_names = list(dataset.column_names)
     if dataset_format == "auto":
-        dataset_format = detect_format(list(dataset.column_names))
+        dataset_format = detect_format(column_names)
         logger.info("Detected dataset format %r.", dataset_format)
-    check_format_columns(dataset.column_names, dataset_format)
+    check_format_columns(column_names, dataset_format)
+    if isinstance(dataset, list) and dataset_format not in ("zebra_cot", "m3cot", "omni_bench"):
+        dataset, _ = rows_to_dataset(dataset)  # the converters take lists themselves
     if dataset_format == "pretokenized":
         return dataset
     converters = {"zebra_cot": convert_zebra_cot, "m3cot": convert_m3cot, "omni_bench": convert_omni_bench}
