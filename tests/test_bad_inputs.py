@@ -375,3 +375,68 @@ def test_evaluation_rows_without_a_gold_answer_are_counted_and_left_unscored(tmp
     ):
         evaluate(model, processor, rows, bad, dataset_format="omni_bench")
     assert not (tmp_path / "bad" / "predictions.jsonl").exists()
+
+
+# ---------------------------------------------------------------------------------------------------------- CLI
+@pytest.fixture
+def no_launch(monkeypatch):
+    """Fails the test if `trl-omni sft|rl` would start `accelerate launch`: the checks must come first."""
+    import importlib
+
+    cli_main = importlib.import_module("trl_omni.cli.main")
+    for key in ("LOCAL_RANK", "ACCELERATE_DYNAMO_BACKEND", "TRL_OMNI_NO_LAUNCH"):
+        monkeypatch.delenv(key, raising=False)
+    launched = []
+    monkeypatch.setattr(cli_main, "launch_module", lambda *args: launched.append(args) or 0)
+    return launched
+
+
+def write_config(tmp_path, saved_tiny, rows, **options):
+    import yaml
+
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    config = {"model_name_or_path": str(saved_tiny), "dataset_name": str(data), "output_dir": str(tmp_path / "o")}
+    config.update(options)
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return str(path)
+
+
+def test_cli_names_a_misspelled_reward_before_launching(tmp_path, saved_tiny, vocab, no_launch, capsys):
+    from trl_omni.cli import main
+
+    rows = [interleaved(vocab, id=f"r{i}") for i in range(2)]
+    config = write_config(tmp_path, saved_tiny, rows, reward_funcs=["accuracy", "acuracy"])
+    assert main(["rl", "--config", config]) == 2
+    err = capsys.readouterr().err
+    assert "Unknown reward 'acuracy'. Available names: accuracy, format" in err
+    assert not no_launch
+    config = write_config(tmp_path, saved_tiny, rows, reward_funcs=["accuracy", "format"], reward_weights=[1.0])
+    assert main(["rl", "--config", config]) == 2
+    assert "--reward_weights has 1 values for 2 rewards" in capsys.readouterr().err and not no_launch
+
+
+def test_cli_names_dataset_format_and_config_problems_before_launching(tmp_path, saved_tiny, vocab, no_launch, capsys):
+    from trl_omni.cli import main
+
+    zebra = [{k: v for k, v in row.items() if "image" not in k} for row in zebra_cot_rows(2)]
+    config = write_config(tmp_path, saved_tiny, zebra, dataset_format="m3cot")
+    assert main(["sft", "--config", config]) == 2
+    err = capsys.readouterr().err
+    assert "read as 'm3cot', lacks the column(s) ['question', 'choices', 'answer', 'rationale']" in err
+    assert "look like the 'zebra_cot' format" in err
+    config = write_config(tmp_path, saved_tiny, [interleaved(vocab)], perception_alignment="next-token")
+    assert main(["sft", "--config", config]) == 2
+    assert (
+        "perception_alignment: 'next-token' is not one of ['next_token', 'same_position']" in capsys.readouterr().err
+    )
+    broken = tmp_path / "broken"
+    shutil.copytree(saved_tiny, broken)
+    (broken / "tokenizer.json").unlink()
+    config = write_config(tmp_path, broken, [interleaved(vocab)])
+    assert main(["sft", "--config", config]) == 2
+    assert "has no tokenizer" in capsys.readouterr().err
+    assert not no_launch
+    config = write_config(tmp_path, saved_tiny, [interleaved(vocab)])
+    assert main(["sft", "--config", config]) == 0 and len(no_launch) == 1  # a good config is launched
