@@ -440,3 +440,30 @@ def test_cli_names_dataset_format_and_config_problems_before_launching(tmp_path,
     assert not no_launch
     config = write_config(tmp_path, saved_tiny, [interleaved(vocab)])
     assert main(["sft", "--config", config]) == 0 and len(no_launch) == 1  # a good config is launched
+
+
+# ---------------------------------------------------------------------------------------------------------- Anole layout
+def test_checks_hold_at_anoles_real_layout(anole):
+    """The same boundaries at Anole-7B's layout (32x32 = 1,024 codes per image, 1,026-token spans, 65,536 ids)."""
+    from trl_omni import ImageVocabulary
+    from trl_omni.data.pretokenized import validate_pretokenized_rows
+
+    vocab = ImageVocabulary.from_model(anole.model, anole.processor)
+    assert vocab.tokens_per_image == 1024
+    good = interleaved(vocab, id="a-0")
+    floats = interleaved(vocab, id="a-1")
+    floats["completion"][1] = {"type": "image", "codes": [float(code) for code in codes_of(vocab, 5)]}
+    collator = InterleavedDataCollator(anole.processor, vocab, template="templated")
+    assert collator([good])["input_ids"].shape[1] > 2 * vocab.span_length
+    with pytest.raises(
+        InterleavedDataError, match=r"Row 1 \(id='a-1'\), field 'completion\[1\]\.codes': codes\[0\] is"
+    ):
+        collator([good, floats])
+    short = interleaved(vocab, id="a-2")
+    short["completion"][1] = image_part(codes=codes_of(vocab, 6)[:64])  # a tiny model's 8x8 grid
+    with pytest.raises(InterleavedDataError, match=r"has 64 codes; this model's 32x32 grid needs exactly 1024"):
+        collator([short])
+    tokenizer = anole.processor.tokenizer
+    rows = [pretokenized_row(vocab, tokenizer, "p0"), pretokenized_row(vocab, tokenizer, "p1", cut=600)]
+    with pytest.raises(InterleavedDataError, match=r"Row 1 \(id='p1'\), field 'input_ids'.*1024 needed"):
+        validate_pretokenized_rows(Dataset.from_list(rows), vocab)
