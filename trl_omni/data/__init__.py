@@ -13,6 +13,7 @@ from .images import load_image, resolve_image_path
 from .loading import (
     DATASET_FORMATS,
     FORMAT_COLUMNS,
+    check_dataset_source,
     check_format_columns,
     detect_format,
     load_any_dataset,
@@ -20,6 +21,7 @@ from .loading import (
     to_interleaved,
 )
 from .pretokenize import pretokenize_images
+from .pretokenized import validate_pretokenized_rows
 from .report import SkipReport
 from .schema import (
     DatasetFormatError,
@@ -46,6 +48,7 @@ __all__ = [
     "check_answer",
     "check_codes",
     "check_column_names",
+    "check_dataset_source",
     "check_format_columns",
     "convert_m3cot",
     "convert_omni_bench",
@@ -67,5 +70,6 @@ __all__ = [
     "split_steps",
     "text_part",
     "to_interleaved",
+    "validate_pretokenized_rows",
     "zebra_cot_row_to_interleaved",
 ]
