@@ -128,7 +128,7 @@ def test_codes_that_are_not_flat_integers_are_refused(tiny, vocab, make, problem
         pretokenize_images(Dataset.from_list(rows), model, processor)
 
 
-def test_float_codes_name_the_row_holding_them_although_arrow_stores_every_row_as_floats(tiny, vocab):
+def test_float_codes_name_the_row_holding_them_although_arrow_stores_every_row_as_floats(tmp_path, tiny, vocab):
     model, processor = tiny
     bad = interleaved(vocab, id="r-bad")
     bad["completion"][1] = image_part(codes=codes_of(vocab, 2))
@@ -139,6 +139,9 @@ def test_float_codes_name_the_row_holding_them_although_arrow_stores_every_row_a
         InterleavedDataError, match=r"Row 1 \(id='r-bad'\), field 'completion\[1\]\.codes': codes\[5\] is float 1\.7"
     ):
         pretokenize_images(dataset, model, processor, on_error="skip")
+    # PeSFT given the dataset directly refuses it when it is built, not at the step that meets the row.
+    with pytest.raises(InterleavedDataError, match=r"Row 1 \(id='r-bad'\), field 'completion\[1\]\.codes'"):
+        pesft_trainer(tmp_path, tiny, dataset)
 
 
 # ---------------------------------------------------------------------------------------------------------- answers
@@ -202,6 +205,21 @@ def test_chat_style_rows_given_to_the_collator_are_named(tiny, vocab):
         collator([{"id": "c-2", "prompt": chat_row["messages"][:1], "completion": chat_row["messages"][1:]}])
     with pytest.raises(InterleavedDataError, match=r"field 'prompt': no 'prompt' column in the row \(its columns: "):
         collator([{"id": "c-3", "question": "Hi", "answer": "B"}])
+
+
+@pytest.mark.parametrize(
+    "source, value, found",
+    [("path", 7, "`path` must be a string, got int"), ("bytes", "abc", "`bytes` must hold the image file's bytes, got"
+     " str"), ("base64", b"abc", "`base64` must be a string, got bytes")],
+    ids=["path-int", "bytes-str", "base64-bytes"],
+)  # fmt: skip
+def test_image_sources_of_the_wrong_type_are_named(tiny, vocab, source, value, found):
+    model, processor = tiny
+    rows = [interleaved(vocab, id="r-0"), interleaved(vocab, id="r-1")]
+    rows[1]["prompt"][1] = {"type": "image", source: value}
+    encoder_collator = InterleavedDataCollator(processor, vocab, image_encoder=object())
+    with pytest.raises(InterleavedDataError, match=rf"Row 1 \(id='r-1'\), field 'prompt\[1\]\.{source}': {found}"):
+        encoder_collator(rows)
 
 
 # ---------------------------------------------------------------------------------------------------------- PeSFT
@@ -415,6 +433,9 @@ def test_cli_names_a_misspelled_reward_before_launching(tmp_path, saved_tiny, vo
     config = write_config(tmp_path, saved_tiny, rows, reward_funcs=["accuracy", "format"], reward_weights=[1.0])
     assert main(["rl", "--config", config]) == 2
     assert "--reward_weights has 1 values for 2 rewards" in capsys.readouterr().err and not no_launch
+    config = write_config(tmp_path, saved_tiny, rows, reward_funcs="accuracy")  # a list option given one value
+    assert main(["rl", "--config", config]) == 2
+    assert "reward_funcs: 'accuracy' is a single value; this option takes a list" in capsys.readouterr().err
 
 
 def test_cli_names_dataset_format_and_config_problems_before_launching(tmp_path, saved_tiny, vocab, no_launch, capsys):

@@ -148,7 +148,12 @@ def check_option_values(parser: Any, namespace: Any, prog: str) -> None:
         if not action.option_strings or action.dest not in vars(namespace):
             continue
         value = getattr(namespace, action.dest)
-        values = value if isinstance(value, list) and action.nargs not in (None, 0, "?") else [value]
+        takes_list = action.nargs not in (None, 0, "?")
+        if takes_list and value is not None and not isinstance(value, list | tuple):
+            problems.append(f"  - {action.dest}: {value!r} is a single value; this option takes a list (YAML: "
+                            f"`{action.dest}: [{value}]`)")  # fmt: skip
+            continue
+        values = value if takes_list and value is not None else [value]
         for item in values:
             if item is None:
                 continue

@@ -236,6 +236,15 @@ def main(argv: list[str] | None = None) -> int:
     except CLIArgumentError as error:
         print(f"trl-omni: error: {error}", file=sys.stderr)
         return 2
+    except Exception as error:
+        # Bad data or a bad checkpoint is the user's to fix: the message names it; a traceback would only bury it.
+        from ..data.schema import DatasetFormatError, InterleavedDataError
+        from ..models.loading import CheckpointError
+
+        if not isinstance(error, InterleavedDataError | DatasetFormatError | CheckpointError):
+            raise
+        print(f"trl-omni {name}: error: {type(error).__name__}: {error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -209,6 +209,30 @@ def pretokenize_images(
     return encoded.remove_columns(_ERROR_COLUMN)
 
 
+def check_interleaved_storage(
+    dataset: Any,
+    columns: Sequence[str] = ("prompt", "completion"),
+    answer_column: str | None = "answer",
+    id_column: str = "id",
+) -> None:
+    """Checks, from the dataset's column types (rows are read only when a type is wrong), that an interleaved
+    dataset stores its codes as integers and its answers as strings; raises naming the first row that shows it.
+
+    Used where a whole dataset enters (`pretokenize_images`, `PeSFTTrainer`), so a type problem fails before
+    training instead of at the step that meets the row.
+    """
+    from datasets import Value
+
+    present = [column for column in columns if column in dataset.column_names]
+    _check_codes_storage(dataset, present, id_column)
+    feature = dataset.features.get(answer_column) if answer_column else None
+    if feature is None or feature == Value("string"):
+        return
+    ids = dataset[id_column] if id_column in dataset.column_names else None
+    for index, answer in enumerate(dataset[answer_column]):
+        check_answer(answer, row_label(index, ids[index] if ids else None), answer_column)
+
+
 def _check_codes_storage(dataset: Any, columns: Sequence[str], id_column: str) -> None:
     """Refuses a dataset whose stored `codes` are not integers, naming a row that shows why.
 

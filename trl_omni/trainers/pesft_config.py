@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from trl import SFTConfig
@@ -180,7 +181,9 @@ class PeSFTConfig(SFTConfig):
         ):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name}={getattr(self, name)!r} is not supported; use one of {list(allowed)}.")
-        if self.perception_loss_weight < 0:
-            raise ValueError(f"perception_loss_weight must be >= 0, got {self.perception_loss_weight}.")
+        if not math.isfinite(self.perception_loss_weight) or self.perception_loss_weight < 0:
+            raise ValueError(
+                f"perception_loss_weight must be a finite number >= 0, got {self.perception_loss_weight}."
+            )
         if self.perception_head_seed is None:
             self.perception_head_seed = self.seed

@@ -15,6 +15,7 @@ from trl.models.utils import unwrap_model_for_generation
 
 from ..collators import InterleavedDataCollator
 from ..data.loading import check_not_empty
+from ..data.pretokenize import check_interleaved_storage
 from ..data.pretokenized import validate_pretokenized_rows
 from ..data.report import SkipReport, SkipReportCallback
 from ..data.schema import DatasetFormatError
@@ -224,9 +225,12 @@ class PeSFTTrainer(SFTTrainer):
 
     def _prepare_pretokenized(self, dataset: Any, args: PeSFTConfig, name: str) -> Any:
         """Checks pre-tokenized rows (refused, or dropped and counted under `on_error="skip"`), then drops the ones
-        longer than `max_length`. Other datasets are returned as they are (the collator checks their rows)."""
+        longer than `max_length`. Interleaved datasets get the checks their column types allow (codes stored as
+        integers, answers as strings); the collator checks each of their rows."""
         columns = getattr(dataset, "column_names", None) or []
         if "input_ids" not in columns:
+            if isinstance(dataset, Dataset) and "prompt" in columns:
+                check_interleaved_storage(dataset)
             return dataset
         dataset = validate_pretokenized_rows(
             dataset, self.image_vocabulary, on_error=args.on_error, what=name, skip_report=self.skip_report
