@@ -7,11 +7,12 @@ from dataclasses import dataclass, field
 
 from trl import SFTConfig
 
+from ..collators.interleaved import LENGTH_POLICIES
+from ..collators.templates import TEMPLATES as INTERLEAVED_TEMPLATES
+
 
 PERCEPTION_ALIGNMENTS = ("next_token", "same_position")
 PERCEPTION_REDUCTIONS = ("paper", "mean")
-INTERLEAVED_TEMPLATES = ("templated", "plain", "chat")
-LENGTH_POLICIES = ("drop", "truncate")
 ON_ERROR_POLICIES = ("raise", "skip")
 
 
