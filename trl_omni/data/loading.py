@@ -209,9 +209,9 @@ def rows_to_dataset(
                         raise error from arrow_error
                     errors.append((index, str(error)))
         bad = {index for index, _ in errors}
-        kept = [row for index, row in enumerate(rows) if index not in bad]
+        kept = [(index, row) for index, row in enumerate(rows) if index not in bad]
         try:
-            return Dataset.from_list(kept), errors
+            return Dataset.from_list([row for _, row in kept]), errors
         except Exception:  # noqa: BLE001
             pass
         culprit = _first_mixed_type(kept)
@@ -222,17 +222,18 @@ def rows_to_dataset(
             ) from arrow_error
         index, column, found, expected, first = culprit
         raise InterleavedDataError(
-            row_label(index, kept[index].get("id") if isinstance(kept[index], Mapping) else None),
+            row_label(index, rows[index].get("id")),
             column,
             f"holds a {found} where row {first} holds a {expected}; a column has one type in every row.",
             "give this column the same type in every row (None for a missing value).",
         ) from arrow_error
 
 
-def _first_mixed_type(rows: list) -> tuple[int, str, str, str, int] | None:
-    """`(row, column, its type, the column's first type, the row holding that)` of the first type change."""
+def _first_mixed_type(rows: list[tuple[int, Any]]) -> tuple[int, str, str, str, int] | None:
+    """`(row, column, its type, the column's first type, the row holding that)` of the first type change among
+    `(index, row)` pairs."""
     first: dict[str, tuple[str, int]] = {}
-    for index, row in enumerate(rows):
+    for index, row in rows:
         if not isinstance(row, Mapping):
             continue
         for column, value in row.items():

@@ -375,11 +375,9 @@ def check_codes(codes: Any, row: Any, field: str, image_vocabulary: Any = None) 
     if values is not None and vocab is not None:
         count, num_codes = vocab.tokens_per_image, vocab.num_codes
         low, high = (min(values), max(values)) if values else (None, None)
+        height, width = vocab.grid_size
         if len(values) != count:
-            problem = (
-                f"the image has {len(values)} codes; this model's {vocab.grid_size[0]}x{vocab.grid_size[1]} grid "
-            )
-            problem += f"needs exactly {count}."
+            problem = f"the image has {len(values)} codes; this model's {height}x{width} grid needs exactly {count}."
         elif values and not 0 <= low <= high < num_codes:
             problem = f"codes lie in [{low}, {high}]; this model's codes are in [0, {num_codes})."
     if problem:
