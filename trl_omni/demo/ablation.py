@@ -10,7 +10,7 @@ the stand-in for Anole, which both Omni-R1 and Omni-R1-Zero start from. The arms
 | `sft` | `PeSFTTrainer` with `perception_loss_weight=0` (plain SFT) on the suite's interleaved rows |
 | `pesft` | `PeSFTTrainer` (lambda = `perception_loss_weight`) on the same rows |
 | `pesft_perpo` | `pesft`, then `PeRPOTrainer` with `PerceptionCalibratedReward` |
-| `pesft_perpo_ref` | `pesft`, then `PeRPOTrainer` with the calibrated reward plus `ReferenceImageReward` |
+| `pesft_perpo_ref` | `pesft`, then PeRPO with the calibrated reward plus its `ReferenceImageReward` term |
 | `zero_pesft` | text-only chains of thought bootstrapped by the base model (`bootstrap_dataset`), then PeSFT |
 | `zero_pesft_perpo` | `zero_pesft`, then PeRPO with the calibrated reward |
 
@@ -33,14 +33,14 @@ ARMS: dict[str, str] = {
     "sft": "SFT: PeSFTTrainer with perception_loss_weight=0",
     "pesft": "PeSFT",
     "pesft_perpo": "PeSFT + PeRPO (calibrated reward)",
-    "pesft_perpo_ref": "PeSFT + PeRPO (calibrated + ReferenceImageReward)",
+    "pesft_perpo_ref": "PeSFT + PeRPO (calibrated reward with the ReferenceImageReward term)",
     "zero_pesft": "Zero: bootstrapped traces + PeSFT",
     "zero_pesft_perpo": "Zero: bootstrapped traces + PeSFT + PeRPO (calibrated)",
 }
 # The arm each arm continues from (its first stages are that arm's).
 PARENT = {"pesft_perpo": "pesft", "pesft_perpo_ref": "pesft", "zero_pesft_perpo": "zero_pesft"}
-# Arms that build on each other run together, longest chain first (the unit of work of a worker).
-CHAINS = (("pesft", "pesft_perpo", "pesft_perpo_ref"), ("zero_pesft", "zero_pesft_perpo"), ("sft",))
+# Arms that build on each other run together (the unit of work of a worker), longest chain first.
+CHAINS = (("zero_pesft", "zero_pesft_perpo"), ("pesft", "pesft_perpo", "pesft_perpo_ref"), ("sft",))
 
 
 @dataclass
@@ -59,10 +59,13 @@ class AblationConfig:
         metadata={"help": f"Arms to run, among {list(ARMS)}; the arms they continue from are added."},
     )
     base_steps: int = field(default=300, metadata={"help": "Generic-drawing steps of the shared base model."})
-    sft_steps: int = field(default=240, metadata={"help": "Steps of every SFT-type stage (SFT, PeSFT, Zero PeSFT)."})
+    sft_steps: int = field(
+        default=320,
+        metadata={"help": "Steps of every SFT-type stage (SFT, PeSFT, Zero PeSFT); 320 as in `trl-omni demo`."},
+    )
     rl_steps: int = field(default=16, metadata={"help": "Steps of every PeRPO stage."})
     num_train: int = field(default=512, metadata={"help": "Uni-Skills training rows."})
-    num_test: int = field(default=48, metadata={"help": "Held-out Uni-Skills rows (every evaluation)."})
+    num_test: int = field(default=96, metadata={"help": "Held-out Uni-Skills rows (every evaluation)."})
     num_generic: int = field(default=1024, metadata={"help": "Generic drawing rows of the base model."})
     suite_seed: int = field(default=0, metadata={"help": "Seed of the Uni-Skills rows (the same for every seed)."})
     model_seed: int = field(default=0, metadata={"help": "Seed of the base model's weights and generic data."})
@@ -76,7 +79,11 @@ class AblationConfig:
     num_generations: int = field(default=4, metadata={"help": "Completions per prompt in PeRPO."})
     rl_learning_rate: float = field(default=5e-5, metadata={"help": "PeRPO learning rate."})
     reference_weight: float = field(
-        default=0.5, metadata={"help": "TRL reward weight of ReferenceImageReward next to the calibrated reward (1)."}
+        default=0.5,
+        metadata={
+            "help": "Weight of the ReferenceImageReward term inside PerceptionCalibratedReward in the "
+            "pesft_perpo_ref arm (as `trl-omni demo --reward reference`)."
+        },
     )
     bootstrap_temperature: float = field(
         default=1.0, metadata={"help": "Sampling temperature of the bootstrap's drawings (BootstrapConfig's default)."}
@@ -176,15 +183,11 @@ def run_ablation(config: AblationConfig) -> dict[str, Any]:
     try:
         base, processor, vocab, base_record = stages.train_base_model(config, progress)
         ctx = stages.make_context(config, base, processor, vocab, progress)
-        notes, arms = [], list(config.arms)
-        if "pesft_perpo_ref" in arms and stages.reference_image_reward_class() is None:
-            arms.remove("pesft_perpo_ref")
-            notes.append(
-                "Arm pesft_perpo_ref skipped: trl_omni.rewards.ReferenceImageReward is not in this installation."
-            )
+        arms = list(config.arms)
+        notes = ["The untrained arm is greedy and untrained: it is evaluated once, the same for every seed."]
         runs: dict[str, dict[int, dict]] = {arm: {} for arm in arms}
         samples: dict[str, dict] = {}
-        if "untrained" in arms:  # greedy and untrained: the same for every seed, evaluated once
+        if "untrained" in arms:
             evaluation = stages.evaluate_arm(ctx, base, "untrained")
             samples["untrained"] = {
                 "sequences": [evaluation.sequences[i] for i in ctx.report_rows],

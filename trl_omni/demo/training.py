@@ -89,7 +89,8 @@ def run_pesft_stage(
     Args:
         model: The model to train (modified in place).
         processor: Its processor.
-        rows: Interleaved rows (`prompt`, `completion`, `answer`, ...).
+        rows: Interleaved rows (`prompt`, `completion`, `answer`, and the columns of `extra_columns`; others are
+            dropped).
         output_dir: The trainer's output directory (the model and processor are saved there when `save`).
         steps: Optimisation steps.
         seed: Trainer seed (data order) and perception-head seed.
@@ -116,7 +117,9 @@ def run_pesft_stage(
         log_rendered_trajectories=0,
         **_common_arguments(seed, quiet),
     )
-    dataset = Dataset.from_list(rows, features=interleaved_features(**(extra_columns or {})))
+    features = interleaved_features(**(extra_columns or {}))
+    # Other columns (e.g. `reference_images`, read by PeRPO's reference reward) are not PeSFT's.
+    dataset = Dataset.from_list([{key: row.get(key) for key in features} for row in rows], features=features)
     trainer = PeSFTTrainer(model, args=args, train_dataset=dataset, processing_class=processor)
     return _train(trainer, quiet, save, processor)
 

@@ -144,8 +144,17 @@ def text_only_cot(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def check_generic_drawing(row: dict[str, Any], images: list[Any]) -> bool:
-    """Drawing check of [`make_generic_drawing`] rows for `evaluate(drawing_check=...)`: the first complete image is
-    exactly the row's reference drawing (a blank image already matches most cells, so partial credit would flatter)."""
+def check_generic_drawing(row: dict[str, Any], images: list[Any]) -> float:
+    """Drawing check of [`make_generic_drawing`] rows for `evaluate(drawing_check=...)`: of the cells that are not
+    background in the reference or in the first complete image, the fraction drawn as in the reference (1.0: the
+    drawing is exact; a blank image scores 0 on a copy request, where counting every cell would give it ~85%).
+    No image scores 0."""
     (reference,) = row_images(row, "completion")
-    return bool(images) and images[0].reshape(-1).tolist() == list(reference)
+    if not images:
+        return 0.0
+    pairs = [
+        (drawn, wanted)
+        for drawn, wanted in zip(images[0].reshape(-1).tolist(), reference)
+        if drawn != BACKGROUND or wanted != BACKGROUND
+    ]
+    return sum(drawn == wanted for drawn, wanted in pairs) / len(pairs) if pairs else 1.0

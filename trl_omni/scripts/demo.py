@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 
-REWARDS = ("calibrated", "accuracy_perception")
+REWARDS = ("calibrated", "accuracy_perception", "reference")
 
 
 @dataclass
@@ -42,10 +42,15 @@ class DemoArguments:
         default="calibrated",
         metadata={
             "help": "PeRPO reward: 'calibrated' (the perception-calibrated reward: accuracy, 'THOUGHT ... Final "
-            "Answer:' format and 2D-TV perception in one) or 'accuracy_perception' (the accuracy reward and the "
-            "perception reward as two reward functions).",
+            "Answer:' format and 2D-TV perception in one), 'accuracy_perception' (the accuracy reward and the "
+            "perception reward as two reward functions) or 'reference' (the calibrated reward plus the "
+            "reference-image term: each drawing against the row's solver drawing, weight --reference_weight).",
             "choices": list(REWARDS),
         },
+    )
+    reference_weight: float = field(
+        default=0.5,
+        metadata={"help": "Weight of the reference-image term of `--reward reference` (ReferenceImageReward)."},
     )
     image_size: int = field(
         default=24, metadata={"help": "Image side in pixels of the demo model; its code grid side is a quarter of it."}
@@ -92,6 +97,7 @@ def run_demo(args: DemoArguments) -> dict[str, Any]:
     from datasets import Value
 
     from trl_omni.collators import InterleavedDataCollator
+    from trl_omni.data import part_list_feature
     from trl_omni.demo import completion_budget, demo_decoder, demo_model, evaluate_uniskills, make_uniskills
     from trl_omni.demo.training import run_perpo_stage, run_pesft_stage
     from trl_omni.evaluation import comparison_table
@@ -101,6 +107,10 @@ def run_demo(args: DemoArguments) -> dict[str, Any]:
 
     if args.reward not in REWARDS:
         raise ValueError(f"--reward must be one of {REWARDS}, got {args.reward!r}.")
+    if args.reward == "reference" and not 0.0 < args.reference_weight <= 0.95:
+        raise ValueError(
+            f"--reference_weight must lie in (0, 0.95] for --reward reference, got {args.reference_weight}."
+        )
     if args.rl_steps > 0 and args.rl_batch_size % args.num_generations:
         raise ValueError(
             f"--rl_batch_size ({args.rl_batch_size}) must be a multiple of --num_generations ({args.num_generations})."
@@ -173,9 +183,14 @@ def run_demo(args: DemoArguments) -> dict[str, Any]:
 
     if args.rl_steps > 0:
         reward_weights = None
-        if args.reward == "calibrated":
+        if args.reward in ("calibrated", "reference"):
             reward_funcs: list = [
-                PerceptionCalibratedReward(vocab, format_style="thought", processing_class=processor)
+                PerceptionCalibratedReward(
+                    vocab,
+                    format_style="thought",
+                    processing_class=processor,
+                    reference_weight=args.reference_weight if args.reward == "reference" else 0.0,
+                )
             ]
         else:
             reward_funcs = [
@@ -203,7 +218,11 @@ def run_demo(args: DemoArguments) -> dict[str, Any]:
             batch_size=args.rl_batch_size,
             num_generations=args.num_generations,
             learning_rate=args.rl_learning_rate,
-            extra_columns=skill_column,
+            # The reference reward reads each row's solver drawings.
+            extra_columns={
+                **skill_column,
+                **({"reference_images": part_list_feature()} if args.reward == "reference" else {}),
+            },
         ).model
         run_eval(stage)
 
