@@ -6,7 +6,7 @@ import difflib
 import importlib.resources as resources
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -116,23 +116,31 @@ def unknown_arguments_error(
     unknown: Sequence[str], parser: Any, prog: str, config_path: str | None, from_config: Sequence[str] = ()
 ) -> CLIArgumentError:
     """A [`CLIArgumentError`] naming unknown flags / config keys, where they came from and the closest valid names."""
+    options = {o for action in parser._actions for o in action.option_strings} | set(accelerate_launch_options())
+    classes = [getattr(t, "__name__", str(t)) for t in getattr(parser, "dataclass_types", ())]
+    return unknown_options_error(unknown, options, classes, prog, config_path, from_config)
+
+
+def unknown_options_error(
+    unknown: Sequence[str],
+    options: Iterable[str],
+    classes: Sequence[str],
+    prog: str,
+    config_path: str | None,
+    from_config: Sequence[str] = (),
+) -> CLIArgumentError:
+    """[`unknown_arguments_error`] from the valid option strings and the names of the configuration classes."""
     # Underscore spellings only (argparse also registers the dashed aliases of every field).
-    valid = sorted(
-        option
-        for option in {o for action in parser._actions for o in action.option_strings}
-        | set(accelerate_launch_options())
-        if option.startswith("--") and "-" not in option[2:]
-    )
+    valid = sorted(option for option in set(options) if option.startswith("--") and "-" not in option[2:])
     lines = []
     for flag in unknown:
         origin = f"key {flag.lstrip('-')!r} of {config_path}" if config_path and flag in from_config else f"{flag!r}"
         close = difflib.get_close_matches(flag if flag.startswith("--") else f"--{flag}", valid, n=3, cutoff=0.75)
         hint = f" (did you mean {', '.join(close)}?)" if close else ""
         lines.append(f"  - {origin}{hint}")
-    classes = ", ".join(getattr(t, "__name__", str(t)) for t in getattr(parser, "dataclass_types", ()))
     return CLIArgumentError(
-        f"{prog}: unknown argument(s):\n" + "\n".join(lines) + f"\nThey are neither fields of {classes} nor "
-        f"`accelerate launch` options. Fix the name(s) or remove them; `{prog} --help` lists every option."
+        f"{prog}: unknown argument(s):\n" + "\n".join(lines) + f"\nThey are neither fields of {', '.join(classes)} "
+        f"nor `accelerate launch` options. Fix the name(s) or remove them; `{prog} --help` lists every option."
     )
 
 
