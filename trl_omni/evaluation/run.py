@@ -14,7 +14,7 @@ import torch
 from .config import EvalConfig, EvalResult
 from .metrics import accuracy_table, format_table, task_group_of
 from .report import write_report
-from .state import PREDICTIONS_FILE, _prepare_output_dir, _state_for
+from .state import PREDICTIONS_FILE, _identity, _open_output_dir
 
 
 @dataclass
@@ -234,8 +234,8 @@ def evaluate(
         dataset = dataset.select(range(min(config.max_samples, len(dataset))))
     vocab = ImageVocabulary.from_model(model, processor)
     dataset = to_interleaved(dataset, dataset_format, model, processor, image_root=image_root)
-    state = _state_for(config, model, dataset, {"dataset_format": dataset_format, "template": config.template})
-    records = _prepare_output_dir(config, state)
+    extra = {"dataset_format": dataset_format, "decoder": type(decoder).__qualname__ if decoder is not None else None}
+    records = _open_output_dir(config, _identity(config, model, processor, dataset, extra, logits_processors))
     done = {record["index"] for record in records}
     out = Path(config.output_dir)
     (out / "images").mkdir(exist_ok=True)
