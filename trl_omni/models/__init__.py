@@ -1,5 +1,6 @@
 """The image-token core: every image-token fact and operation used by the rest of trl-omni."""
 
+from .constrained_generation import generate_with_images
 from .encoding import ImageEncoder, encode_images, to_rgb
 from .generation import (
     ImageSpanLogitsProcessor,
@@ -9,6 +10,7 @@ from .generation import (
 )
 from .image_vocabulary import ImageSegment, ImageSegments, ImageVocabulary, unwrap_model
 from .loading import freeze_vq_model, load_omni_model
+from .text import decode_without_images, strip_image_tokens
 from .vq_decoder import (
     ChameleonVQDecoder,
     MissingVQDecoderWeightsError,
@@ -33,15 +35,18 @@ __all__ = [
     "PaletteDecoder",
     "VQImageDecoder",
     "decode_images",
+    "decode_without_images",
     "disable_image_generation",
     "enable_image_generation",
     "encode_images",
     "freeze_vq_model",
+    "generate_with_images",
     "is_image_generation_enabled",
     "load_omni_model",
     "load_vq_decoder",
     "palette_codebook",
     "read_vq_decoder_state_dict",
+    "strip_image_tokens",
     "to_rgb",
     "uniform_palette",
     "unwrap_model",

@@ -9,12 +9,12 @@ from typing import Any
 
 import torch
 from datasets import Dataset, IterableDataset
-from transformers import LogitsProcessorList, PreTrainedTokenizerBase, ProcessorMixin
+from transformers import PreTrainedTokenizerBase, ProcessorMixin
 from trl import SFTTrainer
 from trl.models.utils import unwrap_model_for_generation
 
 from ..collators import InterleavedDataCollator
-from ..models import ImageSpanLogitsProcessor, ImageVocabulary, freeze_vq_model, load_omni_model, unwrap_model
+from ..models import ImageVocabulary, freeze_vq_model, generate_with_images, load_omni_model, unwrap_model
 from ..visualization import RenderedTrajectoriesCallback
 from .perception import PERCEPTION_HEAD_NAME, add_perception_head, get_perception_head
 from .pesft_config import PeSFTConfig
@@ -252,32 +252,20 @@ class PeSFTTrainer(SFTTrainer):
             return
         rows = [dataset[i] for i in range(min(count, len(dataset)))]
         inputs = collator.encode_prompt_batch(rows)
-        budget = self.args.eval_generation_max_new_tokens
-        constraint = ImageSpanLogitsProcessor(self.image_vocabulary, max_new_tokens=budget)
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            with (
-                unwrap_model_for_generation(self.model_wrapped, self.accelerator) as unwrapped,
-                torch.no_grad(),
-            ):
-                device = next(unwrapped.parameters()).device
-                output = unwrapped.generate(
-                    **{key: value.to(device) for key, value in inputs.items()},
-                    max_new_tokens=budget,
-                    do_sample=False,
-                    logits_processor=LogitsProcessorList([constraint]),
-                )
-        finally:
-            self.model.train(was_training)
+        with unwrap_model_for_generation(self.model_wrapped, self.accelerator) as unwrapped:
+            completions = generate_with_images(
+                unwrapped,
+                self.image_vocabulary,
+                **inputs,
+                max_new_tokens=self.args.eval_generation_max_new_tokens,
+                do_sample=False,
+                pad_token_id=collator.pad_token_id,
+            )
         if self.accelerator.is_main_process:
-            completions = output[:, inputs["input_ids"].shape[1] :].cpu()
-            pad = collator.pad_token_id
             callback.submit(
                 completions,
                 titles=[f"eval row {row.get('id', i)}" for i, row in enumerate(rows)],
                 metadata=[{"answer": row.get("answer")} for row in rows],
-                attention_mask=(completions != pad).long() if pad is not None else None,
             )
 
     # ------------------------------------------------------------------ hooks
