@@ -110,3 +110,21 @@ def test_cached_help_is_the_parsers_help(tmp_path, monkeypatch, capsys):
             cli_main([command.name, "--help"])
         assert exit_info.value.code == 0
         assert capsys.readouterr().out == parser.format_help()
+
+
+def test_dotted_paths_resolve_or_name_the_problem():
+    import os.path
+
+    from trl_omni.utils.imports import resolve_dotted_path
+
+    assert resolve_dotted_path("os.path:join") is os.path.join
+    assert resolve_dotted_path("os.path.join") is os.path.join
+    assert resolve_dotted_path("trl_omni.cli.options:CommandOptions.is_known_flag") is not None
+    with pytest.raises(ValueError, match=r"quality_fn='nodots' is not a dotted path"):
+        resolve_dotted_path("nodots", argument="quality_fn")
+    with pytest.raises(ValueError, match=r"module 'no_such_module_xyz' could not be imported"):
+        resolve_dotted_path("no_such_module_xyz:fn")
+    with pytest.raises(ValueError, match=r"'os.path' has no attribute 'joinx'"):
+        resolve_dotted_path("os.path:joinx")
+    with pytest.raises(ValueError, match="names a str, which is not callable"):
+        resolve_dotted_path("os:sep", require_callable=True)
