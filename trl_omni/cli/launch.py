@@ -182,6 +182,7 @@ def launch_module(module: str, launch_args: Sequence[str], script_args: Sequence
         # Without --quiet accelerate turns a failed run into a CalledProcessError traceback hiding the real error.
         launch_args.append("--quiet")
     namespace = launch_command_parser().parse_args([*launch_args, "--module", module, *script_args])
+    _set_launch_defaults(namespace)
     try:
         launch_command(namespace)
     except subprocess.CalledProcessError as error:
@@ -192,3 +193,31 @@ def launch_module(module: str, launch_args: Sequence[str], script_args: Sequence
         print(f"trl-omni: the launched run failed: {type(error).__name__}: {error}", file=sys.stderr)
         return 1
     return 0
+
+
+def _set_launch_defaults(namespace: Any) -> None:
+    """Gives `accelerate launch` explicit values where it would pick defaults itself and print a block about them.
+
+    Without an accelerate config file, accelerate fills in the number of processes (the GPU count: 0 on a CPU
+    machine), machines, mixed precision and dynamo backend, and warns about each one. The values set here are the
+    ones it would choose (one process per GPU, DDP when there are several; one process without a GPU; one machine; no
+    launcher-level mixed precision, which the training arguments set themselves; no dynamo), so runs are unchanged
+    and quiet. Values the user gave, and runs that use a config file (`--accelerate_config`, `--config_file` or
+    `accelerate config`'s default file), are left alone.
+    """
+    import torch
+    from accelerate.commands.config import default_config_file
+
+    if namespace.config_file is not None or (os.path.isfile(default_config_file) and not namespace.cpu):
+        return
+    distributed = any(
+        getattr(namespace, name, False) for name in ("multi_gpu", "cpu", "tpu", "use_deepspeed", "use_fsdp")
+    )
+    devices = torch.accelerator.device_count() if torch.accelerator.is_available() else 0
+    if namespace.num_processes is None:
+        namespace.num_processes = 1 if namespace.cpu else max(devices, 1)
+    if not distributed and namespace.num_processes > 1 and devices > 1:
+        namespace.multi_gpu = True  # what accelerate does itself, with a warning
+    for name, value in (("num_machines", 1), ("mixed_precision", "no"), ("dynamo_backend", "no")):
+        if getattr(namespace, name, None) is None:
+            setattr(namespace, name, value)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
 from collections.abc import Iterator
 from typing import Any
@@ -70,8 +71,7 @@ def load_omni_model(
     from transformers import ChameleonForConditionalGeneration, ChameleonProcessor
 
     if quantization_config is not None:
-        _keep_image_modules_unquantized(quantization_config)
-        from_pretrained_kwargs["quantization_config"] = quantization_config
+        from_pretrained_kwargs["quantization_config"] = _keep_image_modules_unquantized(quantization_config)
     with _vq_decoder_keys_expected(ChameleonForConditionalGeneration):
         model = ChameleonForConditionalGeneration.from_pretrained(
             model_name_or_path, dtype=dtype, **from_pretrained_kwargs
@@ -106,12 +106,16 @@ def _vq_decoder_keys_expected(model_class: type) -> Iterator[None]:
             delattr(model_class, attribute)
 
 
-def _keep_image_modules_unquantized(quantization_config: Any) -> None:
+def _keep_image_modules_unquantized(quantization_config: Any) -> Any:
+    """A copy of `quantization_config` that leaves the VQ model and `lm_head` in full precision (the caller's config
+    is not changed)."""
     skip_attr = "llm_int8_skip_modules"  # bitsandbytes' name for "modules to leave in full precision"
     if not hasattr(quantization_config, skip_attr):
-        return
+        return quantization_config
     skipped = list(getattr(quantization_config, skip_attr) or [])
-    for name in ("vqmodel", "lm_head"):
-        if name not in skipped:
-            skipped.append(name)
-    setattr(quantization_config, skip_attr, skipped)
+    missing = [name for name in ("vqmodel", "lm_head") if name not in skipped]
+    if not missing:
+        return quantization_config
+    quantization_config = copy.copy(quantization_config)
+    setattr(quantization_config, skip_attr, skipped + missing)
+    return quantization_config

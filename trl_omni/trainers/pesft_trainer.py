@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -61,7 +62,7 @@ class PeSFTTrainer(SFTTrainer):
         train_dataset: Training rows. Pre-tokenized rows longer than `args.max_length` are dropped, never cut.
         eval_dataset: Evaluation rows.
         processing_class: The `ChameleonProcessor` (or its tokenizer). Loaded with the model when `model` is a path.
-        peft_config: Optional PEFT config; `"perception_head"` is added to its `modules_to_save`.
+        peft_config: Optional PEFT config; `"perception_head"` is added to (a copy of) its `modules_to_save`.
         image_vocabulary: The model's [`~trl_omni.ImageVocabulary`]; read from the model when not given.
         **kwargs: Forwarded to [`~trl.SFTTrainer`] (`callbacks`, `optimizers`, `quantization_config`, ...).
 
@@ -102,6 +103,9 @@ class PeSFTTrainer(SFTTrainer):
             args = PeSFTConfig("pesft")
         elif not isinstance(args, PeSFTConfig):
             raise TypeError(f"`args` must be a PeSFTConfig, got {type(args).__name__}.")
+        else:
+            # The settings derived below go to this trainer's copy: the caller's config is never changed.
+            args = copy.copy(args)
         if isinstance(model, str):
             # transformers has no AutoModelForCausalLM mapping for Chameleon, so TRL's own loading cannot be used.
             model, loaded_processor = load_omni_model(
@@ -151,6 +155,7 @@ class PeSFTTrainer(SFTTrainer):
         if peft_config is not None:
             modules_to_save = list(peft_config.modules_to_save or [])
             if PERCEPTION_HEAD_NAME not in modules_to_save:
+                peft_config = copy.copy(peft_config)
                 peft_config.modules_to_save = [*modules_to_save, PERCEPTION_HEAD_NAME]
 
         self._perception_capture: _PerceptionCapture | None = None
