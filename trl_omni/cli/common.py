@@ -71,9 +71,6 @@ def load_model_and_processor(model_args: Any, trust_remote_code: bool = False, *
 
     if not model_args.model_name_or_path:
         raise ValueError("--model_name_or_path is required (a Hub id or a local Chameleon / Anole checkpoint).")
-    dtype = model_args.dtype
-    if dtype not in (None, "auto"):
-        dtype = getattr(torch, dtype)
     quantization_config = get_quantization_config(model_args)
     load_kwargs: dict[str, Any] = {"revision": model_args.model_revision, "trust_remote_code": trust_remote_code}
     if model_args.attn_implementation is not None:
@@ -86,7 +83,7 @@ def load_model_and_processor(model_args: Any, trust_remote_code: bool = False, *
     load_kwargs.update(kwargs)
     return load_omni_model(
         model_args.model_name_or_path,
-        dtype=dtype if dtype is not None else "auto",
+        dtype=model_args.dtype,
         quantization_config=quantization_config,
         **load_kwargs,
     )

@@ -9,7 +9,7 @@ from .generation import (
     is_image_generation_enabled,
 )
 from .image_vocabulary import ImageSegment, ImageSegments, ImageVocabulary, unwrap_model
-from .loading import freeze_vq_model, load_omni_model
+from .loading import freeze_vq_model, load_omni_model, resolve_device
 from .text import decode_without_images, strip_image_tokens
 from .vq_decoder import (
     ChameleonVQDecoder,
@@ -46,6 +46,7 @@ __all__ = [
     "load_vq_decoder",
     "palette_codebook",
     "read_vq_decoder_state_dict",
+    "resolve_device",
     "strip_image_tokens",
     "to_rgb",
     "uniform_palette",

@@ -31,6 +31,7 @@ def load_omni_model(
     model_name_or_path: str | os.PathLike,
     *,
     dtype: torch.dtype | str | None = "auto",
+    device: torch.device | str | None = None,
     quantization_config: Any | None = None,
     load_processor: bool = True,
     processor_kwargs: dict | None = None,
@@ -45,7 +46,11 @@ def load_omni_model(
 
     Args:
         model_name_or_path: Hub id (e.g. `"leloy/Anole-7b-v0.1-hf"`) or local directory.
-        dtype: Passed to `from_pretrained` (`"auto"` keeps the checkpoint's dtype).
+        dtype: A `torch.dtype` or its name (`"bfloat16"`, `"float32"`, ...); `"auto"` (or None) keeps the
+            checkpoint's dtype.
+        device: Where to put the model once loaded: a device (`"cuda"`, `"cuda:1"`, `"cpu"`), `"auto"` (the
+            accelerator when there is one, else the CPU) or None (where `from_pretrained` put it). Not together with a
+            quantization config or a `device_map`, which place the weights while loading.
         quantization_config: Optional transformers quantization config (bitsandbytes 4-bit / 8-bit, ...).
         load_processor: Also load the `ChameleonProcessor` from the same path.
         processor_kwargs: Extra keyword arguments for the processor's `from_pretrained`.
@@ -70,18 +75,40 @@ def load_omni_model(
     """
     from transformers import ChameleonForConditionalGeneration, ChameleonProcessor
 
+    if device is not None and (quantization_config is not None or "device_map" in from_pretrained_kwargs):
+        raise ValueError(
+            "Pass either `device` or a quantization config / `device_map` to load_omni_model: quantized weights and a "
+            "device map are placed while loading (use device_map={'': index} for one device)."
+        )
+    dtype = "auto" if dtype is None else dtype
     if quantization_config is not None:
         from_pretrained_kwargs["quantization_config"] = _keep_image_modules_unquantized(quantization_config)
     with _vq_decoder_keys_expected(ChameleonForConditionalGeneration):
         model = ChameleonForConditionalGeneration.from_pretrained(
             model_name_or_path, dtype=dtype, **from_pretrained_kwargs
         )
+    if device is not None:
+        model.to(resolve_device(device))
     enable_image_generation(model)
     freeze_vq_model(model)
     processor = None
     if load_processor:
         processor = ChameleonProcessor.from_pretrained(model_name_or_path, **(processor_kwargs or {}))
     return model, processor
+
+
+def resolve_device(device: torch.device | str | None = "auto") -> torch.device:
+    """A `torch.device`; `"auto"` or None is the accelerator when there is one (CUDA, XPU, MPS, ...), else the CPU.
+
+    Example:
+        ```python
+        >>> resolve_device("auto")  # device(type='cuda', index=0) on a GPU machine
+        ```
+    """
+    if device is None or device == "auto":
+        accelerator = torch.accelerator.current_accelerator() if torch.accelerator.is_available() else None
+        return accelerator if accelerator is not None else torch.device("cpu")
+    return torch.device(device)
 
 
 # Anole checkpoints carry the VQGAN decoder (`model.vqmodel.decoder.*`), which transformers' Chameleon has no module for;

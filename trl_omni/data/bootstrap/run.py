@@ -7,8 +7,6 @@ import os
 import time
 from typing import Any
 
-import torch
-
 from ...utils.fingerprint import fingerprint_data, fingerprint_dataset, fingerprint_model, fingerprint_processor
 from .config import BootstrapConfig
 from .inputs import load_input_dataset
@@ -62,10 +60,9 @@ def run_bootstrap(
             raise ValueError("Pass a model or set `model_name_or_path`.")
         from ...models import load_omni_model
 
-        dtype = config.dtype if config.dtype == "auto" else getattr(torch, config.dtype)
-        model, processor = load_omni_model(config.model_name_or_path, dtype=dtype)
-        device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        model.to(device)
+        model, processor = load_omni_model(
+            config.model_name_or_path, dtype=config.dtype, device=config.device or "auto"
+        )
     elif processor is None:
         raise ValueError("Pass the model's processor together with the model.")
     model.eval()
