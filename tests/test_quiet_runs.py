@@ -105,3 +105,70 @@ def test_quantized_loading_leaves_the_users_config_unchanged():
     used = _keep_image_modules_unquantized(config)
     assert config.llm_int8_skip_modules == ["mine"]
     assert used is not config and used.llm_int8_skip_modules == ["mine", "vqmodel", "lm_head"]
+
+
+def _load_reports(function):
+    """Runs `function`; returns its result and the transformers load-report records it logged."""
+    import logging
+
+    records = []
+    handler = logging.Handler(level=logging.INFO)
+    handler.emit = records.append
+    transformers_logger = logging.getLogger("transformers")
+    transformers_logger.addHandler(handler)
+    try:
+        result = function()
+    finally:
+        transformers_logger.removeHandler(handler)
+    reports = [
+        r.getMessage() for r in records if any(w in r.getMessage() for w in ("UNEXPECTED", "MISSING", "REPORT"))
+    ]
+    return result, reports
+
+
+def test_a_pesft_checkpoint_loads_without_a_load_report_and_keeps_its_head(tmp_path):
+    """A full PeSFT checkpoint and a PeSFT LoRA adapter (each with its trained perception head) load quietly, and the
+    head comes back where it is used."""
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig, PeftModel
+
+    from trl_omni import ImageVocabulary, PeSFTConfig, PeSFTTrainer, load_omni_model
+    from trl_omni.testing import tiny_chameleon
+    from trl_omni.testing_data import interleaved_rows
+    from trl_omni.trainers import add_perception_head, get_perception_head
+
+    def train(output_dir, peft_config=None):
+        model, processor = tiny_chameleon(seed=0)
+        rows = interleaved_rows(ImageVocabulary.from_model(model, processor), num_rows=2)
+        args = PeSFTConfig(
+            output_dir=str(output_dir), max_steps=1, learning_rate=1e-2, bf16=False, use_cpu=True, report_to="none",
+            save_strategy="no", activation_checkpointing=False, disable_tqdm=True,
+        )  # fmt: skip
+        trainer = PeSFTTrainer(
+            model,
+            args=args,
+            train_dataset=Dataset.from_list(rows),
+            processing_class=processor,
+            peft_config=peft_config,
+        )
+        trainer.train()
+        trainer.save_model(str(output_dir))
+        processor.save_pretrained(str(output_dir))
+        head = get_perception_head(trainer.model)
+        head = head.modules_to_save["default"] if hasattr(head, "modules_to_save") else head
+        return head.weight.detach().clone()
+
+    full_head = train(tmp_path / "full")
+    (model, processor), reports = _load_reports(lambda: load_omni_model(tmp_path / "full"))
+    assert reports == []
+    # Where the head is needed (PeSFT continuing, or add_perception_head) it is the trained one.
+    restored = add_perception_head(model, ImageVocabulary.from_model(model, processor))
+    torch.testing.assert_close(restored.weight, full_head)
+
+    lora_head = train(tmp_path / "lora", LoraConfig(r=2, target_modules=["q_proj"]))
+    base, base_processor = tiny_chameleon(seed=0)
+    add_perception_head(base, ImageVocabulary.from_model(base, base_processor), load_saved=False)
+    adapter, reports = _load_reports(lambda: PeftModel.from_pretrained(base, str(tmp_path / "lora")))
+    assert reports == []
+    torch.testing.assert_close(get_perception_head(adapter).modules_to_save["default"].weight, lora_head)

@@ -111,9 +111,10 @@ def resolve_device(device: torch.device | str | None = "auto") -> torch.device:
     return torch.device(device)
 
 
-# Anole checkpoints carry the VQGAN decoder (`model.vqmodel.decoder.*`), which transformers' Chameleon has no module for;
-# trl-omni reads those weights separately (`load_vq_decoder`), so they are expected, not "unexpected".
-_VQ_DECODER_KEYS = r"model\.vqmodel\.decoder\."
+# Anole checkpoints carry the VQGAN decoder (`model.vqmodel.decoder.*`), and a full PeSFT checkpoint its perception head
+# (`perception_head.weight`); transformers' Chameleon has no module for either. trl-omni reads them itself
+# (`load_vq_decoder`; `add_perception_head`, which PeSFT calls), so they are expected, not "unexpected".
+_VQ_DECODER_KEYS = r"(model\.vqmodel\.decoder\.)|(^perception_head\.)"
 
 
 @contextlib.contextmanager
