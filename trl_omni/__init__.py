@@ -16,7 +16,9 @@ _EXPORTS = {
     "collators": ["InterleavedDataCollator"],
     "data": [
         "BootstrapConfig",
+        "DatasetFormatError",
         "InterleavedDataError",
+        "SkipReport",
         "bootstrap_dataset",
         "convert_m3cot",
         "convert_omni_bench",
@@ -30,6 +32,7 @@ _EXPORTS = {
     ],
     "evaluation": ["EvalConfig", "EvalResult", "evaluate"],
     "models": [
+        "CheckpointError",
         "ImageEncoder",
         "ImageSegment",
         "ImageSegments",
@@ -79,7 +82,9 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; tests/test_lazy_imports.py
     from .collators import InterleavedDataCollator
     from .data import (
         BootstrapConfig,
+        DatasetFormatError,
         InterleavedDataError,
+        SkipReport,
         bootstrap_dataset,
         convert_m3cot,
         convert_omni_bench,
@@ -93,6 +98,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; tests/test_lazy_imports.py
     )
     from .evaluation import EvalConfig, EvalResult, evaluate
     from .models import (
+        CheckpointError,
         ImageEncoder,
         ImageSegment,
         ImageSegments,

@@ -9,7 +9,7 @@ from .generation import (
     is_image_generation_enabled,
 )
 from .image_vocabulary import ImageSegment, ImageSegments, ImageVocabulary, unwrap_model
-from .loading import freeze_vq_model, load_omni_model, resolve_device
+from .loading import CheckpointError, check_checkpoint, freeze_vq_model, load_omni_model, resolve_device
 from .text import decode_without_images, strip_image_tokens
 from .vq_decoder import (
     ChameleonVQDecoder,
@@ -26,6 +26,7 @@ from .vq_decoder import (
 
 __all__ = [
     "ChameleonVQDecoder",
+    "CheckpointError",
     "ImageEncoder",
     "ImageSegment",
     "ImageSegments",
@@ -34,6 +35,7 @@ __all__ = [
     "MissingVQDecoderWeightsError",
     "PaletteDecoder",
     "VQImageDecoder",
+    "check_checkpoint",
     "decode_images",
     "decode_without_images",
     "disable_image_generation",
