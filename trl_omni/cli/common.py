@@ -13,6 +13,12 @@ from ..data.loading import DATASET_FORMATS
 
 logger = logging.getLogger(__name__)
 
+LAUNCH_EPILOG = (
+    "Launch options: any `accelerate launch` option (--num_processes N, --mixed_precision no, --multi_gpu, ...) and "
+    "--accelerate_config NAME|PATH (presets: single_gpu, multi_gpu, zero2, zero3, fsdp2) may be given on the command "
+    "line or as keys of the --config YAML."
+)
+
 
 @dataclass
 class OmniScriptArguments(ScriptArguments):
@@ -112,8 +118,23 @@ def attach_skip_report(trainer: Any, report: Any) -> None:
         trainer.add_callback(SkipReportCallback(report))
 
 
-def train_and_save(trainer: Any, training_args: Any, script_args: Any) -> int:
-    """The end of every training command: train (resuming when asked), save, optionally push, release trackers."""
+def training_parser(script_arguments: type, config_class: type, description: str, prog: str | None = None) -> Any:
+    """The `TrlParser` of a training command: its dataset arguments, its trainer config and TRL's `ModelConfig`, with
+    the `accelerate launch` options explained in the epilog."""
+    from trl import ModelConfig, TrlParser
+
+    return TrlParser(
+        (script_arguments, config_class, ModelConfig), prog=prog, description=description, epilog=LAUNCH_EPILOG
+    )
+
+
+def train_and_save(trainer: Any, training_args: Any, script_args: Any, skip_report: Any | None = None) -> int:
+    """The end of every training command: train (resuming when asked), save, optionally push, release trackers.
+
+    `skip_report`: the rows skipped while preparing the data, summarised with the trainer's own at the end.
+    """
+    if skip_report is not None:
+        attach_skip_report(trainer, skip_report)
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     trainer.accelerator.print("Training completed.")
     trainer.save_model(training_args.output_dir)
