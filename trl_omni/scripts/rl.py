@@ -30,8 +30,9 @@ class RLScriptArguments(OmniScriptArguments):
     Parameters:
         reward_funcs (`list[str]` or `None`, *optional*):
             Reward functions by built-in name (`accuracy`, `format`, `format_thought`, `perception`,
-            `perception_calibrated`, `model_reward`), by name registered under the `trl_omni.rewards` entry-point
-            group, or by dotted path (`package.module:function`). Default: PeRPO's perception-calibrated reward.
+            `perception_calibrated`, `reference_image`, `model_reward`), by name registered under the
+            `trl_omni.rewards` entry-point group, or by dotted path (`package.module:function`). Default: PeRPO's
+            perception-calibrated reward.
         on_error (`str`, *optional*, defaults to `"raise"`):
             Bad rows / images met while converting the dataset and encoding its images: `"raise"` (an error naming
             the row, the field and the fix) or `"skip"` (dropped, counted, logged, summarised at the end).
@@ -41,8 +42,9 @@ class RLScriptArguments(OmniScriptArguments):
         default=None,
         metadata={
             "help": "Reward functions: built-in names (accuracy, format, format_thought, perception, "
-            "perception_calibrated, model_reward), names registered under the 'trl_omni.rewards' entry-point group, "
-            "or dotted paths ('package.module:function'). Default: the perception-calibrated reward."
+            "perception_calibrated, reference_image, model_reward), names registered under the 'trl_omni.rewards' "
+            "entry-point group, or dotted paths ('package.module:function'). Default: the perception-calibrated "
+            "reward."
         },
     )
     on_error: str = field(
