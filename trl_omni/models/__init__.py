@@ -9,6 +9,7 @@ from .generation import (
 )
 from .image_vocabulary import ImageSegment, ImageSegments, ImageVocabulary, unwrap_model
 from .loading import freeze_vq_model, load_omni_model
+from .span_constraint import ImageSpanConstraint, SpanMode, SpanState
 from .vq_decoder import (
     ChameleonVQDecoder,
     MissingVQDecoderWeightsError,
@@ -27,10 +28,13 @@ __all__ = [
     "ImageEncoder",
     "ImageSegment",
     "ImageSegments",
+    "ImageSpanConstraint",
     "ImageSpanLogitsProcessor",
     "ImageVocabulary",
     "MissingVQDecoderWeightsError",
     "PaletteDecoder",
+    "SpanMode",
+    "SpanState",
     "VQImageDecoder",
     "decode_images",
     "disable_image_generation",
