@@ -106,8 +106,7 @@ class ImageSpanLogitsProcessor(LogitsProcessor):
             image_vocabulary, max_images=max_images, max_new_tokens=max_new_tokens, allow_images=allow_images
         )
         self._state: SpanState | None = None
-        # First column, last column and length of the previous call's `input_ids`.
-        self._previous: tuple[torch.Tensor, torch.Tensor, int] | None = None
+        self._previous: torch.Tensor | None = None  # the previous call's `input_ids`
 
     def reset(self) -> None:
         """Forgets the current generation (done automatically when a new `generate` call starts)."""
@@ -116,7 +115,7 @@ class ImageSpanLogitsProcessor(LogitsProcessor):
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         self._state = self._next_state(input_ids)
-        self._previous = (input_ids[:, 0], input_ids[:, -1], input_ids.shape[1])
+        self._previous = input_ids
         return self.constraint.apply(self._state, scores)
 
     def _next_state(self, input_ids: torch.LongTensor) -> SpanState:
@@ -124,17 +123,19 @@ class ImageSpanLogitsProcessor(LogitsProcessor):
         # `generate` appends exactly one column per step: a call of any other shape starts a new generation.
         if (
             state is None
-            or previous[2] + 1 != input_ids.shape[1]
-            or previous[0].shape[0] != input_ids.shape[0]
-            or previous[0].device != input_ids.device
+            or previous.shape[0] != input_ids.shape[0]
+            or previous.shape[1] + 1 != input_ids.shape[1]
+            or previous.device != input_ids.device
         ):
             return constraint.start(input_ids)
         # A call of the next step's shape continues the generation when both edge columns match (a new `generate`
         # call would have to reproduce both edges of every row at exactly one more column to pass).
-        continues = (previous[1] == input_ids[:, -2]).all() & (previous[0] == input_ids[:, 0]).all()
         if not self._resolve_on_device(input_ids):
-            return constraint.advance(state, input_ids[:, -1]) if bool(continues) else constraint.start(input_ids)
-        # Reading `continues` would make the host wait for the device at every token: choose on the device instead.
+            continues = torch.equal(previous[:, -1], input_ids[:, -2]) and torch.equal(previous[:, 0], input_ids[:, 0])
+            return constraint.advance(state, input_ids[:, -1]) if continues else constraint.start(input_ids)
+        # Reading a device value here would make the host wait for the device at every token: the check stays a
+        # tensor, and the state is chosen on the device.
+        continues = (previous[:, -1] == input_ids[:, -2]).all() & (previous[:, 0] == input_ids[:, 0]).all()
         return SpanState.where(continues, constraint.advance(state, input_ids[:, -1]), constraint.start(input_ids))
 
     @staticmethod

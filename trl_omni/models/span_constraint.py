@@ -159,13 +159,19 @@ class ImageSpanConstraint:
 
     def modes(self, state: SpanState) -> torch.Tensor:
         """`(B,)` [`SpanMode`] of each row: what it may produce next."""
-        no_image = torch.zeros_like(state.in_image) if self.allow_images else torch.ones_like(state.in_image)
-        if self.allow_images and self.max_new_tokens is not None:
-            no_image = no_image | (self.max_new_tokens - state.generated < self.span_length)
-        if self.allow_images and self.max_images is not None:
-            no_image = no_image | (state.opened >= self.max_images)
-        image_mode = (state.produced >= self.tokens_per_image).long() + SpanMode.DRAWING
-        return torch.where(state.in_image, image_mode, no_image.long())  # TEXT = 0, TEXT_NO_IMAGE = 1
+        # Plain ints and arithmetic rather than enum scalars: this runs at every decoding step.
+        image_mode = (state.produced >= self.tokens_per_image) + int(SpanMode.DRAWING)  # DRAWING or CLOSING
+        if not self.allow_images:
+            return torch.where(state.in_image, image_mode, int(SpanMode.TEXT_NO_IMAGE))
+        no_image = None
+        if self.max_new_tokens is not None:
+            no_image = self.max_new_tokens - state.generated < self.span_length
+        if self.max_images is not None:
+            capped = state.opened >= self.max_images
+            no_image = capped if no_image is None else no_image | capped
+        if no_image is None:
+            return image_mode * state.in_image  # TEXT is 0
+        return torch.where(state.in_image, image_mode, no_image.long())  # False -> TEXT, True -> TEXT_NO_IMAGE
 
     def bias_table(self, vocab_size: int, device: torch.device | str, dtype: torch.dtype) -> torch.Tensor:
         """`(4, vocab_size)` additive bias per [`SpanMode`]: 0 where a token is allowed, -inf where it is banned.
