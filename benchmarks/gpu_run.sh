@@ -2,12 +2,13 @@
 # Runs benchmarks/gpu_suite.py on the device machine, from the repository root, in one call:
 #   bash benchmarks/gpu_run.sh [extra gpu_suite.py arguments]
 # Installs the carried wheels (.whl/*.whl: transformers, trl, datasets, ... that the device's Python lacks or has
-# too old) into /tmp/site without touching the machine's environment, puts them and this repository first on
+# too old) into $SITE (default /tmp/site) without touching the machine's environment, puts them and this repository first on
 # PYTHONPATH (trl_omni is not installed there), prints the GPU and the versions, checks the imports, then runs the
 # suite with its JSON, table and log written under $OUT (default: ./gpu_suite_out).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-$PWD/gpu_suite_out}"
+SITE="${SITE:-/tmp/site}"  # where the carried wheels are installed
 mkdir -p "$OUT"
 # The device's Python with CUDA torch; override with PYTHON=...
 if [ -z "${PYTHON:-}" ]; then
@@ -15,12 +16,12 @@ if [ -z "${PYTHON:-}" ]; then
 fi
 
 if compgen -G ".whl/*.whl" > /dev/null; then
-  "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+  "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" .whl/*.whl \
     2>&1 | grep -v "^WARNING: Target directory" | tail -20
 else
   echo "no .whl/*.whl carried: using the installed packages"
 fi
-export PYTHONPATH="/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONPATH="$SITE:$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1 TOKENIZERS_PARALLELISM=false
 
 {
