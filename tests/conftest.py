@@ -35,3 +35,19 @@ def vocab(tiny):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def anole(tmp_path_factory):
+    """The real-layout Anole checkpoint (`trl_omni.testing.tiny_anole`), saved once per session and loaded back with
+    `load_omni_model` (the path users take). `anole.path` is the checkpoint directory; tests that modify the model
+    load their own copy from it."""
+    from types import SimpleNamespace
+
+    from trl_omni import load_omni_model
+    from trl_omni.testing import tiny_anole
+
+    path = tmp_path_factory.mktemp("anole") / "checkpoint"
+    tiny_anole(seed=0, save_dir=path)
+    model, processor = load_omni_model(path)
+    return SimpleNamespace(path=path, model=model, processor=processor)

@@ -1,3 +1,5 @@
+import logging
+
 import torch
 from transformers import BitsAndBytesConfig, LogitsProcessorList
 
@@ -48,3 +50,24 @@ def test_quantized_load_keeps_image_modules_in_full_precision(tmp_path):
     assert vocab.codebook.dtype == torch.float32 and vocab.codebook.shape == (64, 16)
     ids = vocab.image_span_ids(torch.arange(64))[None]
     assert torch.isfinite(model(input_ids=ids, labels=ids).loss)
+
+
+def test_loading_an_anole_checkpoint_with_decoder_weights_is_quiet(anole):
+    # Anole checkpoints carry `model.vqmodel.decoder.*`, which transformers' Chameleon has no module for.
+    from safetensors import safe_open
+    from transformers import ChameleonForConditionalGeneration
+
+    with safe_open(str(anole.path / "model.safetensors"), framework="pt") as f:
+        assert any(key.startswith("model.vqmodel.decoder.") for key in f.keys())
+    records = []
+    handler = logging.Handler(level=logging.WARNING)
+    handler.emit = records.append
+    transformers_logger = logging.getLogger("transformers")
+    transformers_logger.addHandler(handler)
+    try:
+        model, _ = load_omni_model(anole.path)
+    finally:
+        transformers_logger.removeHandler(handler)
+    assert not [r for r in records if "UNEXPECTED" in r.getMessage() or "LOAD REPORT" in r.getMessage()]
+    assert "_keys_to_ignore_on_load_unexpected" not in ChameleonForConditionalGeneration.__dict__  # restored
+    torch.testing.assert_close(model.lm_head.weight, anole.model.lm_head.weight)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -70,15 +72,38 @@ def load_omni_model(
     if quantization_config is not None:
         _keep_image_modules_unquantized(quantization_config)
         from_pretrained_kwargs["quantization_config"] = quantization_config
-    model = ChameleonForConditionalGeneration.from_pretrained(
-        model_name_or_path, dtype=dtype, **from_pretrained_kwargs
-    )
+    with _vq_decoder_keys_expected(ChameleonForConditionalGeneration):
+        model = ChameleonForConditionalGeneration.from_pretrained(
+            model_name_or_path, dtype=dtype, **from_pretrained_kwargs
+        )
     enable_image_generation(model)
     freeze_vq_model(model)
     processor = None
     if load_processor:
         processor = ChameleonProcessor.from_pretrained(model_name_or_path, **(processor_kwargs or {}))
     return model, processor
+
+
+# Anole checkpoints carry the VQGAN decoder (`model.vqmodel.decoder.*`), which transformers' Chameleon has no module for;
+# trl-omni reads those weights separately (`load_vq_decoder`), so they are expected, not "unexpected".
+_VQ_DECODER_KEYS = r"model\.vqmodel\.decoder\."
+
+
+@contextlib.contextmanager
+def _vq_decoder_keys_expected(model_class: type) -> Iterator[None]:
+    """While loading, lists the decoder keys in the class's documented `_keys_to_ignore_on_load_unexpected`, so
+    transformers does not print a load report of ~150 "UNEXPECTED" decoder weights for every Anole checkpoint."""
+    attribute = "_keys_to_ignore_on_load_unexpected"
+    had_own = attribute in model_class.__dict__
+    own = model_class.__dict__.get(attribute)
+    setattr(model_class, attribute, [*(getattr(model_class, attribute, None) or []), _VQ_DECODER_KEYS])
+    try:
+        yield
+    finally:
+        if had_own:
+            setattr(model_class, attribute, own)
+        else:
+            delattr(model_class, attribute)
 
 
 def _keep_image_modules_unquantized(quantization_config: Any) -> None:
