@@ -36,6 +36,7 @@ import copy
 import datetime
 import gc
 import importlib.metadata
+import importlib.util
 import json
 import os
 import platform
@@ -51,6 +52,7 @@ from pathlib import Path
 from typing import Any
 
 
+_STARTED = time.monotonic()  # the budget counts from here: imports are part of the device call
 _HERE = Path(__file__).resolve().parent
 for _path in (str(_HERE.parent), str(_HERE)):  # trl_omni is not installed on the device: run from the repository
     if _path not in sys.path:
@@ -142,7 +144,7 @@ def ratio(a: float | None, b: float | None) -> float | None:
 class Suite:
     """Shared state of one run: device, profile, the model builders, the results and their files."""
 
-    def __init__(self, args: argparse.Namespace):
+    def __init__(self, args: argparse.Namespace, started: float | None = None):
         self.args = args
         self.profile = TINY if args.tiny else REAL
         self.device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -151,7 +153,7 @@ class Suite:
         self.out = Path(args.out)
         self.out.mkdir(parents=True, exist_ok=True)
         self.workdir = Path(tempfile.mkdtemp(prefix="gpu_suite_"))
-        self.t0 = time.monotonic()
+        self.t0 = time.monotonic() if started is None else started  # the budget's clock
         self.hard_limit = args.budget_s + args.grace_s
         self._processor = None
         self._tiny_parts: tuple[Any, Any] | None = None
@@ -178,11 +180,14 @@ class Suite:
             "budget_s": self.args.budget_s,
             "command": " ".join(sys.argv),
         }
-        for name in ("peft", "accelerate", "bitsandbytes", "datasets"):
+        for name in ("peft", "accelerate", "bitsandbytes", "datasets", "tokenizers", "pyarrow", "pillow"):
             try:
                 meta[name] = importlib.metadata.version(name)
             except importlib.metadata.PackageNotFoundError:
                 meta[name] = "not installed"
+        # Modules some section imports; a missing one fails that section only, and is named here up front.
+        needed = ("peft", "bitsandbytes", "datasets", "PIL", "xxhash", "math_verify", "latex2sympy2_extended")
+        meta["missing_modules"] = [name for name in needed if importlib.util.find_spec(name) is None]
         meta["model"] = self.model_description()
         return meta
 
@@ -274,8 +279,15 @@ class Suite:
         config = copy.deepcopy(self.config())
         torch.manual_seed(seed)
         # Built in place on the device, in bf16: the 7B model never exists in fp32 or on the CPU.
-        with torch.device(self.device):
-            model = ChameleonForConditionalGeneration._from_config(config, dtype=self.dtype)
+        try:
+            with torch.device(self.device):
+                model = ChameleonForConditionalGeneration._from_config(config, dtype=self.dtype)
+        except Exception as error:  # noqa: BLE001 - a slower way still gives the figures
+            log(
+                f"building on {self.device} failed ({type(error).__name__}: {error}); building on the CPU, then moving"
+            )
+            self.cleanup()
+            model = ChameleonForConditionalGeneration._from_config(config, dtype=self.dtype).to(self.device)
         model.generation_config.pad_token_id = self.tokenizer.pad_token_id
         enable_image_generation(model)
         freeze_vq_model(model)
@@ -292,7 +304,10 @@ class Suite:
             self._base = self.build_model()
         return self._base
 
-    def release_base_model(self) -> None:
+    def release_base_model(self, keep_vocab: bool = False) -> None:
+        """Drops the shared model; with `keep_vocab`, first reads the image vocabulary (building a model if needed)."""
+        if keep_vocab and self._vocab is None:
+            self.base_model()
         if self._base is not None:
             self._base = None
             self.cleanup()
@@ -583,7 +598,7 @@ def train_sft_pair(suite: Suite, load_model, label: str) -> dict[str, Any]:
 
 
 def section_sft_lora(suite: Suite) -> dict[str, Any]:
-    suite.release_base_model()
+    suite.release_base_model(keep_vocab=True)
     return train_sft_pair(suite, suite.build_model, "lora")
 
 
@@ -633,7 +648,7 @@ def section_perpo(suite: Suite) -> dict[str, Any]:
 
     from trl_omni.trainers import PeRPOConfig, PeRPOTrainer
 
-    suite.release_base_model()
+    suite.release_base_model(keep_vocab=True)  # each trainer gets its own model; nothing else may stay on the device
     profile, vocab, tokenizer = suite.profile, suite.vocab, suite.tokenizer
     group = profile.rl_generations
     # Each completion finishes the image its prompt opened (1,025 tokens on Anole: codes + EOI), then text.
@@ -986,8 +1001,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     if not torch.cuda.is_available():
         torch.set_num_threads(1 if args.tiny else min(8, os.cpu_count() or 1))
-    suite = Suite(args)
-    log(f"{suite.results['meta']['device_name']} | {suite.model_description()} | out={suite.out}")
+    suite = Suite(args, started=_STARTED if __name__ == "__main__" else None)
+    meta = suite.results["meta"]
+    log(f"{meta['device_name']} | {suite.model_description()} | out={suite.out}")
+    log(" ".join(f"{name} {meta.get(name)}" for name in ("torch", "transformers", "trl", "peft", "bitsandbytes")))
+    if meta["missing_modules"]:
+        log(f"MISSING modules (the sections that need them will fail): {meta['missing_modules']}")
     suite.write()
     for name in SECTIONS:
         suite.run(name, SECTION_FUNCTIONS[name])
@@ -1000,3 +1019,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 if __name__ == "__main__":
     main()
+    # Everything is written and printed: do not let compile workers or CUDA teardown hold the device call.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
