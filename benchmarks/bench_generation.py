@@ -8,6 +8,10 @@ process, in a rotating order, and the script prints the median per-token time of
 per-repeat ratios against the legacy processor (so that the load of a shared machine hits all of them alike).
 
     python benchmarks/bench_generation.py --repeats 9 --draw
+    python benchmarks/bench_generation.py --processor-only --repeats 30   # the processors alone, no model
+
+`--processor-only` times the two processors' calls alone (no model): `--new-tokens` calls on a drawing batch whose
+`input_ids` grow by one image code per call, in alternating blocks.
 """
 
 import argparse
@@ -47,6 +51,7 @@ def main() -> None:
     parser.add_argument("--draw", action="store_true", help="prompts end with BOI: the constrained runs draw")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=1, help="CPU intra-op threads (1 avoids oversubscription).")
+    parser.add_argument("--processor-only", action="store_true", help="time the processors' calls alone")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -64,6 +69,9 @@ def main() -> None:
         inputs = {"input_ids": torch.cat([inputs["input_ids"], boi], 1),
                   "attention_mask": torch.cat([inputs["attention_mask"], torch.ones_like(boi)], 1)}  # fmt: skip
     inputs = {key: value.to(args.device) for key, value in inputs.items()}
+    if args.processor_only:
+        processor_calls(vocab, inputs["input_ids"], args)
+        return
     common = dict(max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, do_sample=True, top_k=0)
 
     def run(name: str) -> float:
@@ -102,6 +110,40 @@ def main() -> None:
         pairs = [t / b for t, b in zip(times[name], times[baseline], strict=True)]
         print(f"{name:30s} {1e3 * statistics.median(times[name]):18.3f} {1e3 * min(times[name]):15.3f} "
               f"{statistics.median(pairs):34.3f}")  # fmt: skip
+
+
+def processor_calls(vocab, prompt_ids: torch.Tensor, args: argparse.Namespace) -> None:
+    """Per-call time of each processor over one drawing: `input_ids` grow by one image code per call."""
+    boi = torch.full((prompt_ids.shape[0], 1), vocab.boi_token_id, device=prompt_ids.device)
+    code = torch.full_like(boi, int(vocab.image_token_ids[0]))
+    steps = [torch.cat([prompt_ids, boi, *([code] * k)], dim=1) for k in range(args.new_tokens)]
+    scores = torch.randn(prompt_ids.shape[0], vocab.vocab_size, device=prompt_ids.device)
+    classes = {"legacy processor (0426e78)": LegacyImageSpanLogitsProcessor, "processor": ImageSpanLogitsProcessor}
+
+    def block(processor_class) -> float:
+        processor = processor_class(vocab)
+        if args.device.startswith("cuda"):
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        for ids in steps:
+            processor(ids, scores)
+        if args.device.startswith("cuda"):
+            torch.cuda.synchronize()
+        return (time.perf_counter() - start) / len(steps)
+
+    times: dict[str, list[float]] = {name: [] for name in classes}
+    for name in classes:  # warm-up
+        block(classes[name])
+    for repeat in range(args.repeats):
+        for name in list(classes)[:: 1 if repeat % 2 == 0 else -1]:
+            times[name].append(block(classes[name]))
+    legacy, new = times["legacy processor (0426e78)"], times["processor"]
+    print(f"device={args.device} batch={prompt_ids.shape[0]} calls={len(steps)} vocab={vocab.vocab_size} "
+          f"repeats={args.repeats}")  # fmt: skip
+    for name, values in times.items():
+        print(f"{name:30s} {1e6 * statistics.median(values):9.1f} us/call (median), {1e6 * min(values):9.1f} (min)")
+    ratios = [n / o for n, o in zip(new, legacy, strict=True)]
+    print(f"processor / legacy, median of paired ratios: {statistics.median(ratios):.3f}")
 
 
 if __name__ == "__main__":

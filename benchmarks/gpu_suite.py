@@ -160,6 +160,7 @@ class Suite:
         self._vocab = None
         self._base = None
         self.ms_per_token: float | None = None  # decoding speed measured by `rollouts`, used to plan `perpo`
+        self.partial: dict[str, Any] = {}  # what the running section measured so far (kept if it fails)
         self.results: dict[str, Any] = {"meta": self._meta(), "sections": {}}
 
     # ------------------------------------------------------------------ environment
@@ -332,6 +333,7 @@ class Suite:
         else:
             limit = min(cap, self.hard_limit - started)
             log(f"section {name}: start (cap {limit:.0f} s, {started:.0f} s elapsed)")
+            self.partial = {}
             try:
                 with time_limit(limit):
                     entry = {"status": "ok", **function(self)}
@@ -343,6 +345,8 @@ class Suite:
                     "error": f"{type(error).__name__}: {error}"[:2000],
                     "traceback": traceback.format_exc()[-4000:],
                 }
+            if entry["status"] != "ok" and self.partial:
+                entry["partial"] = self.partial
             entry["wall_s"] = round(self.elapsed() - started, 2)
         self.results["sections"][name] = entry
         self.cleanup()
@@ -453,12 +457,27 @@ def count_host_syncs(suite: Suite, processor_class: type, steps: int = 4) -> int
     return count
 
 
+def _host_check_processor_class() -> type:
+    from trl_omni import ImageSpanLogitsProcessor
+
+    class HostCheckSpanProcessor(ImageSpanLogitsProcessor):
+        """Today's processor with its CPU strategy everywhere: the continuation check is read on the host (a sync
+        per step on a GPU), and only one of the two candidate states is computed."""
+
+        @staticmethod
+        def _resolve_on_device(input_ids: torch.Tensor) -> bool:
+            return False
+
+    return HostCheckSpanProcessor
+
+
 def section_rollouts(suite: Suite) -> dict[str, Any]:
     from _legacy_span_processor import LegacyImageSpanLogitsProcessor
     from transformers import LogitsProcessorList
 
     from trl_omni import ImageSpanLogitsProcessor
 
+    HostCheckSpanProcessor = _host_check_processor_class()  # noqa: N806 - a class
     profile, vocab, tokenizer = suite.profile, suite.vocab, suite.tokenizer
     model = suite.base_model()
     batch, new_tokens = profile.rl_generations, profile.rollout_tokens
@@ -468,6 +487,7 @@ def section_rollouts(suite: Suite) -> dict[str, Any]:
         "unconstrained": (None, {}),
         "legacy_processor": (LegacyImageSpanLogitsProcessor, {}),
         "processor": (ImageSpanLogitsProcessor, {}),
+        "processor_host_check": (HostCheckSpanProcessor, {}),
         "processor_static_cache": (ImageSpanLogitsProcessor, {"cache_implementation": "static"}),
     }
 
@@ -496,6 +516,7 @@ def section_rollouts(suite: Suite) -> dict[str, Any]:
         for name in order:
             seconds, completion = generate(name, new_tokens)
             times[name].append(seconds)
+            suite.partial[name] = times[name]
             if variants[name][0] is not None:  # constrained: the image opened by the prompt, code by code
                 expected = min(new_tokens, vocab.tokens_per_image)
                 codes_ok = (vocab.ids_to_codes(completion[:, :expected].cpu()) >= 0).all()
@@ -510,11 +531,13 @@ def section_rollouts(suite: Suite) -> dict[str, Any]:
         "tokens_per_s": tokens_per_s,
         "ms_per_decoding_step": {name: 1e3 * median(v) / new_tokens for name, v in times.items()},
         "processor_vs_legacy_speedup": ratio(tokens_per_s["processor"], tokens_per_s["legacy_processor"]),
+        "device_check_vs_host_check_speedup": ratio(tokens_per_s["processor"], tokens_per_s["processor_host_check"]),
         "static_cache_vs_dynamic_speedup": ratio(tokens_per_s["processor_static_cache"], tokens_per_s["processor"]),
         "constrained_vs_unconstrained_time": ratio(tokens_per_s["unconstrained"], tokens_per_s["processor"]),
         "constrained_outputs_valid": valid,
         "host_syncs_per_4_steps": {
             "legacy_processor": count_host_syncs(suite, LegacyImageSpanLogitsProcessor),
+            "processor_host_check": count_host_syncs(suite, HostCheckSpanProcessor),
             "processor": count_host_syncs(suite, ImageSpanLogitsProcessor),
         },
     }
@@ -581,6 +604,7 @@ def train_sft_pair(suite: Suite, load_model, label: str) -> dict[str, Any]:
         }
         if kind == "pesft":
             figures[kind]["perception_loss"] = last_logged(trainer, "perception_loss")
+        suite.partial[kind] = figures[kind]
         del trainer, model
         suite.cleanup()
     return {
@@ -706,6 +730,7 @@ def section_perpo(suite: Suite) -> dict[str, Any]:
             return completion_ids, logprobs
 
         trainer._generate_single_turn = timed_generate
+        suite.partial[f"{kind}_so_far"] = {"step_s": timer.times, "rollouts": rollouts}  # live lists
         trainer.train()
         memory = suite.memory()
         step = timer.times[-1]
@@ -724,6 +749,7 @@ def section_perpo(suite: Suite) -> dict[str, Any]:
             figures[kind]["completions_with_one_complete_image"] = rollouts["complete"][-1]
             figures[kind]["image_segments"] = rollouts["images"][-1]
             figures[kind]["all_image_spans_complete"] = all(c == group for c in rollouts["complete"])
+        suite.partial[kind] = figures[kind]
         del trainer, model
         suite.cleanup()
     return {
@@ -938,6 +964,8 @@ def format_table(results: dict[str, Any]) -> str:
             t = entry["tokens_per_s"]
             row(name, f"tokens/s, B={entry['batch']}, processor vs legacy", t["processor"], t["legacy_processor"],
                 entry["processor_vs_legacy_speedup"])  # fmt: skip
+            row(name, "tokens/s, continuation check on device vs on host", t["processor"], t["processor_host_check"],
+                entry["device_check_vs_host_check_speedup"])  # fmt: skip
             row(name, "tokens/s, static vs dynamic cache", t["processor_static_cache"], t["processor"],
                 entry["static_cache_vs_dynamic_speedup"])  # fmt: skip
             row(name, "tokens/s, constrained vs unconstrained", t["processor"], t["unconstrained"],

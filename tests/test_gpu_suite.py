@@ -41,6 +41,7 @@ def test_tiny_run_measures_every_section(gpu_suite, tmp_path):
         "unconstrained",
         "legacy_processor",
         "processor",
+        "processor_host_check",
         "processor_static_cache",
     }
     assert all(_positive(v) for v in rollouts["tokens_per_s"].values())

@@ -49,6 +49,9 @@ class SpanMode(IntEnum):
 class SpanState:
     """Per-row state of the image-span machine (all tensors `(B,)` on the device of the ids).
 
+    States are values: the constraint's methods return new tensors and never modify a state in place (so fields may
+    share storage).
+
     Attributes:
         in_image: Whether the row is inside an open image.
         produced: Image codes since the open BOI (meaningful while `in_image`).
@@ -134,7 +137,7 @@ class ImageSpanConstraint:
         length = prompt_ids.shape[1]
         if length == 0:
             zeros = torch.zeros(prompt_ids.shape[0], dtype=torch.long, device=prompt_ids.device)
-            return SpanState(zeros.bool(), zeros, zeros.clone(), zeros.clone())
+            return SpanState(zeros.bool(), zeros, zeros, zeros)
         positions = torch.arange(length, device=prompt_ids.device)
         last_boi = torch.where(prompt_ids == self.boi_token_id, positions, -1).amax(dim=1)
         last_eoi = torch.where(prompt_ids == self.eoi_token_id, positions, -1).amax(dim=1)
@@ -144,7 +147,7 @@ class ImageSpanConstraint:
             # Every token after an open BOI is an image code (the constraint allows nothing else there).
             produced=length - 1 - last_boi,
             opened=zeros,
-            generated=zeros.clone(),
+            generated=zeros,
         )
 
     def advance(self, state: SpanState, tokens: torch.Tensor) -> SpanState:
