@@ -10,6 +10,7 @@ from .generation import (
 )
 from .image_vocabulary import ImageSegment, ImageSegments, ImageVocabulary, unwrap_model
 from .loading import CheckpointError, check_checkpoint, freeze_vq_model, load_omni_model, resolve_device
+from .span_constraint import ImageSpanConstraint, SpanMode, SpanState
 from .text import decode_without_images, strip_image_tokens
 from .vq_decoder import (
     ChameleonVQDecoder,
@@ -30,10 +31,13 @@ __all__ = [
     "ImageEncoder",
     "ImageSegment",
     "ImageSegments",
+    "ImageSpanConstraint",
     "ImageSpanLogitsProcessor",
     "ImageVocabulary",
     "MissingVQDecoderWeightsError",
     "PaletteDecoder",
+    "SpanMode",
+    "SpanState",
     "VQImageDecoder",
     "check_checkpoint",
     "decode_images",
