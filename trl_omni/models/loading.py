@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import json
+import logging
 import os
 from collections.abc import Iterator
 from typing import Any
@@ -11,6 +13,13 @@ import torch
 
 from .generation import enable_image_generation
 from .image_vocabulary import _chameleon_backbone
+
+
+logger = logging.getLogger(__name__)
+
+PERCEPTION_HEAD_NAME = "perception_head"
+"""Attribute under which PeSFT registers its perception head on the model (and key prefix in checkpoints)."""
+ADAPTER_CONFIG_NAME = "adapter_config.json"
 
 
 def freeze_vq_model(model: Any) -> Any:
@@ -33,21 +42,34 @@ def load_omni_model(
     quantization_config: Any | None = None,
     load_processor: bool = True,
     processor_kwargs: dict | None = None,
+    is_trainable: bool = False,
     **from_pretrained_kwargs: Any,
 ) -> tuple[Any, Any]:
-    """Loads an Anole / Chameleon checkpoint ready to train and to draw.
+    """Loads an Anole / Chameleon checkpoint, or a trl-omni LoRA / QLoRA output, ready to train and to draw.
 
     The model is loaded with `ChameleonForConditionalGeneration.from_pretrained`, then image generation is enabled
     ([`enable_image_generation`]) and the VQ model is frozen ([`freeze_vq_model`]). Quantization (e.g.
     `BitsAndBytesConfig(load_in_4bit=True)` for QLoRA) keeps the VQ model and the language-model head in full
     precision, since both feed image codes.
 
+    The config's BOS / EOS / pad ids are set to the processor's tokenizer's (converted checkpoints keep stale
+    defaults there). Any stage's output loads here, so a later stage continues from it:
+    - a full checkpoint holding a trained PeSFT perception head (`perception_head.weight`) gets that head back as
+      `model.perception_head`;
+    - a PEFT adapter directory (the output of `trl-omni sft|rl --use_peft`, with `adapter_config.json`) is loaded on
+      top of its base model (`base_model_name_or_path`, loaded as above) as a `peft.PeftModel`; the perception head
+      it saved (`modules_to_save`) is restored too. `is_trainable=True` keeps the adapter trainable, so training
+      continues *that* adapter (pass the model to a trainer without `peft_config`).
+
     Args:
-        model_name_or_path: Hub id (e.g. `"leloy/Anole-7b-v0.1-hf"`) or local directory.
+        model_name_or_path: Hub id (e.g. `"leloy/Anole-7b-v0.1-hf"`) or local directory (a checkpoint or a PEFT
+            adapter).
         dtype: Passed to `from_pretrained` (`"auto"` keeps the checkpoint's dtype).
         quantization_config: Optional transformers quantization config (bitsandbytes 4-bit / 8-bit, ...).
         load_processor: Also load the `ChameleonProcessor` from the same path.
         processor_kwargs: Extra keyword arguments for the processor's `from_pretrained`.
+        is_trainable: For a PEFT adapter directory: load the adapter trainable (to continue training it) instead of
+            frozen (inference).
         **from_pretrained_kwargs: Forwarded to the model's `from_pretrained` (`device_map`, `attn_implementation`,
             `revision`, `trust_remote_code`, ...).
 
@@ -69,34 +91,127 @@ def load_omni_model(
     """
     from transformers import ChameleonForConditionalGeneration, ChameleonProcessor
 
+    adapter_config = read_adapter_config(model_name_or_path)
+    if adapter_config is not None:
+        return _load_adapter(
+            os.fspath(model_name_or_path),
+            adapter_config,
+            is_trainable=is_trainable,
+            dtype=dtype,
+            quantization_config=quantization_config,
+            load_processor=load_processor,
+            processor_kwargs=processor_kwargs,
+            **from_pretrained_kwargs,
+        )
     if quantization_config is not None:
         _keep_image_modules_unquantized(quantization_config)
         from_pretrained_kwargs["quantization_config"] = quantization_config
-    with _vq_decoder_keys_expected(ChameleonForConditionalGeneration):
+    with _trl_omni_keys_expected(ChameleonForConditionalGeneration):
         model = ChameleonForConditionalGeneration.from_pretrained(
             model_name_or_path, dtype=dtype, **from_pretrained_kwargs
         )
     enable_image_generation(model)
     freeze_vq_model(model)
+    if _checkpoint_holds_perception_head(model_name_or_path):
+        from ..trainers.perception import add_perception_head
+
+        add_perception_head(model, int(model.config.vq_config.embed_dim), load_saved=True)
     processor = None
     if load_processor:
         processor = ChameleonProcessor.from_pretrained(model_name_or_path, **(processor_kwargs or {}))
+        _align_special_ids(model, processor.tokenizer)
     return model, processor
 
 
-# Anole checkpoints carry the VQGAN decoder (`model.vqmodel.decoder.*`), which transformers' Chameleon has no module for;
-# trl-omni reads those weights separately (`load_vq_decoder`), so they are expected, not "unexpected".
-_VQ_DECODER_KEYS = r"model\.vqmodel\.decoder\."
+def _align_special_ids(model: Any, tokenizer: Any) -> None:
+    """Sets the config's and generation config's BOS / EOS / pad ids to the tokenizer's.
+
+    Chameleon / Anole checkpoints converted by transformers keep ChameleonConfig's defaults in the config
+    (`bos_token_id=1`, which is `<pad>`, and no pad id) while the tokenizer knows BOS is `<s>` (0) and pad `<pad>` (1).
+    Generation and TRL read the config, so without this `generate` warns about the missing pad id on every call and
+    every trainer reports that it changed the config.
+    """
+    for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
+        value = getattr(tokenizer, name, None)
+        if value is None:
+            continue
+        for config in (model.config, getattr(model, "generation_config", None)):
+            if config is not None and getattr(config, name, None) != value:
+                logger.info("Setting %s.%s to the tokenizer's %d.", type(config).__name__, name, value)
+                setattr(config, name, value)
+
+
+def read_adapter_config(path: str | os.PathLike) -> dict | None:
+    """The `adapter_config.json` of a local PEFT adapter directory, or None when `path` is not one."""
+    config_file = os.path.join(os.fspath(path), ADAPTER_CONFIG_NAME)
+    if not os.path.isfile(config_file):
+        return None
+    with open(config_file, encoding="utf-8") as handle:
+        return json.load(handle)
+
+
+def _load_adapter(path: str, adapter_config: dict, *, is_trainable: bool, load_processor: bool, **kwargs: Any):
+    from peft import PeftModel
+
+    base_path = adapter_config.get("base_model_name_or_path")
+    if not base_path:
+        raise ValueError(
+            f"{os.path.join(path, ADAPTER_CONFIG_NAME)} has no `base_model_name_or_path`: set it to the base checkpoint "
+            "the adapter was trained on (a Hub id or a local directory)."
+        )
+    if read_adapter_config(base_path) is not None:
+        raise ValueError(f"The base model {base_path!r} of the adapter {path!r} is itself an adapter directory.")
+    model, processor = load_omni_model(base_path, load_processor=load_processor, **kwargs)
+    if load_processor and os.path.isfile(os.path.join(path, "processor_config.json")):
+        from transformers import ChameleonProcessor
+
+        processor = ChameleonProcessor.from_pretrained(path, **(kwargs.get("processor_kwargs") or {}))
+    if PERCEPTION_HEAD_NAME in (adapter_config.get("modules_to_save") or []) and not hasattr(
+        model, PERCEPTION_HEAD_NAME
+    ):
+        # The module must exist on the base for PEFT to load the trained copy the adapter saved into it.
+        from ..trainers.perception import add_perception_head
+
+        add_perception_head(model, int(model.config.vq_config.embed_dim), load_saved=False)
+    model = PeftModel.from_pretrained(model, path, is_trainable=is_trainable)
+    logger.info("Loaded the adapter %s on %s (trainable: %s).", path, base_path, is_trainable)
+    return model, processor
+
+
+def _checkpoint_holds_perception_head(path: str | os.PathLike) -> bool:
+    """Whether a local checkpoint's safetensors hold a PeSFT perception head (a full fine-tune saved by PeSFT)."""
+    path = os.fspath(path)
+    if not os.path.isdir(path):
+        return False
+    index_file = os.path.join(path, "model.safetensors.index.json")
+    prefix = PERCEPTION_HEAD_NAME + "."
+    if os.path.isfile(index_file):
+        with open(index_file, encoding="utf-8") as handle:
+            return any(key.startswith(prefix) for key in json.load(handle).get("weight_map", {}))
+    from safetensors import safe_open
+
+    for name in sorted(os.listdir(path)):
+        if name.endswith(".safetensors"):
+            with safe_open(os.path.join(path, name), framework="pt") as handle:
+                if any(key.startswith(prefix) for key in handle.keys()):  # noqa: SIM118
+                    return True
+    return False
+
+
+# Anole checkpoints carry the VQGAN decoder (`model.vqmodel.decoder.*`), which transformers' Chameleon has no module for,
+# and PeSFT full fine-tunes a perception head: trl-omni reads both itself (`load_vq_decoder`, `add_perception_head`),
+# so transformers must not report them as unexpected.
+_KEYS_READ_BY_TRL_OMNI = rf"(model\.vqmodel\.decoder\.)|(^{PERCEPTION_HEAD_NAME}\.)"
 
 
 @contextlib.contextmanager
-def _vq_decoder_keys_expected(model_class: type) -> Iterator[None]:
-    """While loading, lists the decoder keys in the class's documented `_keys_to_ignore_on_load_unexpected`, so
+def _trl_omni_keys_expected(model_class: type) -> Iterator[None]:
+    """While loading, lists those keys in the class's documented `_keys_to_ignore_on_load_unexpected`, so
     transformers does not print a load report of ~150 "UNEXPECTED" decoder weights for every Anole checkpoint."""
     attribute = "_keys_to_ignore_on_load_unexpected"
     had_own = attribute in model_class.__dict__
     own = model_class.__dict__.get(attribute)
-    setattr(model_class, attribute, [*(getattr(model_class, attribute, None) or []), _VQ_DECODER_KEYS])
+    setattr(model_class, attribute, [*(getattr(model_class, attribute, None) or []), _KEYS_READ_BY_TRL_OMNI])
     try:
         yield
     finally:
