@@ -40,7 +40,9 @@ def main() -> None:
     kwargs = dict(max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, do_sample=True, use_cache=True)
 
     def run(constrained: bool) -> float:
-        processors = LogitsProcessorList([ImageSpanLogitsProcessor(vocab)] if constrained else [])
+        processors = LogitsProcessorList(
+            [ImageSpanLogitsProcessor(vocab, max_new_tokens=args.new_tokens)] if constrained else []
+        )
         torch.manual_seed(0)
         if args.device.startswith("cuda"):
             torch.cuda.synchronize()

@@ -45,8 +45,10 @@ class PeSFTConfig(SFTConfig):
             At each evaluation, this many eval prompts (interleaved rows) are answered with constrained drawing,
             rendered and logged to the active trackers (or written under `<output_dir>/rendered_trajectories/`);
             `0` disables.
-        eval_generation_max_new_tokens (`int`, *optional*, defaults to `1200`):
-            Generation budget of those answers (one Anole image is 1,026 tokens).
+        eval_generation_max_new_tokens (`int`, *optional*):
+            Generation budget of those answers. Defaults to room for one image plus 256 text tokens of *this* model
+            (`ImageVocabulary.generation_budget(1, 256)`: 1,282 on Anole); a value that cannot hold one image span is
+            refused when the trainer is built.
         interleaved_template (`str`, *optional*, defaults to `"templated"`):
             Layout of interleaved rows built by the default [`InterleavedDataCollator`]: `"templated"`, `"plain"`
             or `"chat"`. Ignored for pre-tokenized rows or when a `data_collator` is passed.
@@ -116,9 +118,12 @@ class PeSFTConfig(SFTConfig):
             "`<output_dir>/rendered_trajectories/` when none is active; 0 disables."
         },
     )
-    eval_generation_max_new_tokens: int = field(
-        default=1200,
-        metadata={"help": "Generation budget of those rendered evaluation answers."},
+    eval_generation_max_new_tokens: int | None = field(
+        default=None,
+        metadata={
+            "help": "Generation budget of those rendered evaluation answers. Default: room for one image of the "
+            "model plus 256 text tokens (1,282 on Anole)."
+        },
     )
     interleaved_template: str = field(
         default="templated",
@@ -142,6 +147,10 @@ class PeSFTConfig(SFTConfig):
 
     def __post_init__(self):
         super().__post_init__()
+        if self.eval_generation_max_new_tokens is not None and self.eval_generation_max_new_tokens < 1:
+            raise ValueError(
+                f"eval_generation_max_new_tokens must be >= 1 (or unset), got {self.eval_generation_max_new_tokens}."
+            )
         if self.log_rendered_trajectories < 0:
             raise ValueError(f"log_rendered_trajectories must be >= 0, got {self.log_rendered_trajectories}.")
         if self.perception_alignment not in PERCEPTION_ALIGNMENTS:

@@ -153,6 +153,7 @@ class PeSFTTrainer(SFTTrainer):
             if PERCEPTION_HEAD_NAME not in modules_to_save:
                 peft_config.modules_to_save = [*modules_to_save, PERCEPTION_HEAD_NAME]
 
+        self._eval_generation_budget = self._rendered_answer_budget(args, self.image_vocabulary)
         self._perception_capture: _PerceptionCapture | None = None
         self._window_image_tokens: int | None = None
         super().__init__(
@@ -210,6 +211,22 @@ class PeSFTTrainer(SFTTrainer):
         )
 
     @staticmethod
+    def _rendered_answer_budget(args: PeSFTConfig, vocab: ImageVocabulary) -> int:
+        """`eval_generation_max_new_tokens`, or room for one image of this model plus 256 text tokens."""
+        budget = args.eval_generation_max_new_tokens
+        if budget is None:
+            return vocab.generation_budget(num_images=1, text_tokens=256)
+        if args.log_rendered_trajectories > 0 and budget < vocab.span_length:
+            raise ValueError(
+                f"eval_generation_max_new_tokens={budget} cannot hold one image of this model: an image takes "
+                f"{vocab.span_length} tokens (BOI + {vocab.grid_size[0]}x{vocab.grid_size[1]} codes + EOI), so the "
+                f"rendered eval answers could never draw. Set it to at least {vocab.span_length} plus room for text "
+                f"(e.g. {vocab.generation_budget(1, 256)}), leave it unset to derive it, or set "
+                "log_rendered_trajectories=0."
+            )
+        return budget
+
+    @staticmethod
     def _drop_overlong_rows(dataset: Any, args: PeSFTConfig, name: str) -> Any:
         """Drops pre-tokenized rows longer than `max_length` so TRL never truncates (and so never cuts an image)."""
         if args.max_length is None or not isinstance(dataset, Dataset | IterableDataset):
@@ -252,7 +269,7 @@ class PeSFTTrainer(SFTTrainer):
             return
         rows = [dataset[i] for i in range(min(count, len(dataset)))]
         inputs = collator.encode_prompt_batch(rows)
-        budget = self.args.eval_generation_max_new_tokens
+        budget = self._eval_generation_budget
         constraint = ImageSpanLogitsProcessor(self.image_vocabulary, max_new_tokens=budget)
         was_training = self.model.training
         self.model.eval()
@@ -267,6 +284,7 @@ class PeSFTTrainer(SFTTrainer):
                     max_new_tokens=budget,
                     do_sample=False,
                     logits_processor=LogitsProcessorList([constraint]),
+                    pad_token_id=collator.pad_token_id,
                 )
         finally:
             self.model.train(was_training)
