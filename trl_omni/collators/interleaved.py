@@ -14,6 +14,8 @@ Stable interface (consumed by the trainers):
 Text pieces are tokenized separately (one batched tokenizer call per batch) and image spans are spliced between
 them with [`ImageVocabulary.image_span_ids`]; image-token strings are never tokenized. Text that tokenizes to an
 image token, BOI, EOI or the image placeholder is refused, naming the row and field.
+
+The templates live in `templates.py` and the chunk -> ids encoding in `row_encoding.py` (mixins of the collator).
 """
 
 from __future__ import annotations
@@ -21,41 +23,21 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Mapping, Sequence
-from itertools import chain
 from typing import Any
 
 import torch
 
-from ..data.images import load_image
-from ..data.schema import InterleavedDataError, normalize_parts
 from ..models.image_vocabulary import ImageVocabulary
+from .row_encoding import _RowEncoder
+from .templates import DEFAULT_INSTRUCTION, DEFAULT_LEAD_PHRASES, DEFAULT_SYSTEM_PROMPT, TEMPLATES, _TemplateLayout
 
 
 logger = logging.getLogger(__name__)
 
-TEMPLATES = ("plain", "templated", "chat")
 LENGTH_POLICIES = ("drop", "truncate")
 
-DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
-DEFAULT_INSTRUCTION = (
-    " Think with images first. The image reasoning process and answer are enclosed within {reasoning_open} "
-    "{reasoning_close} and {answer_open} {answer_close} XML tags, respectively."
-)
-# The authors' lead phrases were not released; these are ours (override with `lead_phrases=`).
-DEFAULT_LEAD_PHRASES = (
-    "Let me think with images.",
-    "Let me draw this out step by step.",
-    "I will sketch the key steps first.",
-    "Let me reason by drawing.",
-    "Let me visualize the problem.",
-)
-_CHAT_IMAGE_SENTINEL = "\ue000"  # private-use character standing for one image inside a rendered chat template
 
-# Chunk kinds inside a row: a text string to tokenize, fixed token ids, or an image part.
-_TEXT, _IDS, _IMAGE = 0, 1, 2
-
-
-class InterleavedDataCollator:
+class InterleavedDataCollator(_TemplateLayout, _RowEncoder):
     """Collates interleaved text/image rows (see `docs/data-formats.md`) into causal-LM training batches.
 
     Templates:
@@ -260,259 +242,6 @@ class InterleavedDataCollator:
             input_ids[row, span] = ids
             attention_mask[row, span] = 1
         return {"input_ids": input_ids, "attention_mask": attention_mask}
-
-    # ------------------------------------------------------------------ templates
-    def _row_name(self, row: Mapping[str, Any], position: int) -> str:
-        row_id = row.get(self.id_column) if isinstance(row, Mapping) else None
-        return f"{position} (id={row_id!r})" if row_id is not None else f"{position} (of the batch)"
-
-    def _parts_to_chunks(self, parts: list[dict], column: str, trained: bool) -> list[tuple]:
-        return [
-            (_TEXT, part["text"], trained, f"{column}[{i}].text")
-            if part["type"] == "text"
-            else (_IMAGE, part, trained, f"{column}[{i}]")
-            for i, part in enumerate(parts)
-        ]
-
-    def _row_chunks(self, row: Mapping[str, Any], name: str, with_completion: bool) -> list[tuple]:
-        if not isinstance(row, Mapping):
-            raise InterleavedDataError(name, "<row>", f"expected a dict, got {type(row).__name__}.", "pass dict rows.")
-        prompt = normalize_parts(row.get(self.prompt_column), name, self.prompt_column)
-        if not any(part["type"] == "image" or part["text"].strip() for part in prompt):
-            raise InterleavedDataError(
-                name, self.prompt_column, "the prompt (question) is empty.", "give the question text and/or images."
-            )
-        completion, answer = [], None
-        if with_completion:
-            completion = normalize_parts(row.get(self.completion_column), name, self.completion_column)
-            answer = row.get(self.answer_column)
-            if answer is not None and not isinstance(answer, str):
-                answer = str(answer)
-            has_completion = any(part["type"] == "image" or part["text"].strip() for part in completion)
-            if self.template == "templated" and not (answer and answer.strip()):
-                raise InterleavedDataError(
-                    name, self.answer_column, "the answer is empty.", "give the final answer text (template needs it)."
-                )
-            if not has_completion and not (answer and answer.strip()):
-                raise InterleavedDataError(
-                    name,
-                    f"{self.completion_column}/{self.answer_column}",
-                    "both the completion and the answer are empty: nothing to train.",
-                    "give a completion (reasoning) and/or an answer, or drop the row.",
-                )
-        if self.template == "plain":
-            return self._plain(prompt, completion, answer, with_completion)
-        if self.template == "templated":
-            return self._templated(prompt, completion, answer, with_completion)
-        return self._chat(name, prompt, completion, answer, with_completion)
-
-    def _plain(self, prompt, completion, answer, with_completion) -> list[tuple]:
-        chunks = [(_IDS, self.bos_ids, False, "bos")] if self.bos_ids else []
-        chunks += self._parts_to_chunks(prompt, self.prompt_column, False)
-        if self.prompt_separator:
-            chunks.append((_TEXT, self.prompt_separator, False, "prompt_separator"))
-        if with_completion:
-            chunks += self._parts_to_chunks(completion, self.completion_column, True)
-            if answer:
-                chunks.append((_TEXT, self.answer_prefix + answer, True, self.answer_column))
-            chunks.append((_IDS, self.eos_ids, True, "eos"))
-        return chunks
-
-    def _templated(self, prompt, completion, answer, with_completion) -> list[tuple]:
-        chunks = [(_IDS, self.bos_ids, False, "bos")] if self.bos_ids else []
-        chunks.append((_TEXT, f"{self.system_prompt}\nUser: ", False, "system_prompt"))
-        chunks += self._parts_to_chunks(prompt, self.prompt_column, False)
-        chunks.append((_TEXT, f"{self.instruction}\nAssistant:", False, "instruction"))
-        if with_completion:
-            lead = self.rng.choice(self.lead_phrases)
-            chunks.append((_TEXT, f" {lead} {self.reasoning_tokens[0]}", True, "lead_phrase"))
-            chunks += self._parts_to_chunks(completion, self.completion_column, True)
-            closing = f"{self.reasoning_tokens[1]}{self.answer_tokens[0]}{answer}{self.answer_tokens[1]}"
-            chunks.append((_TEXT, closing, True, self.answer_column))
-            chunks.append((_IDS, self.eos_ids, True, "eos"))
-        return chunks
-
-    def _chat(self, name, prompt, completion, answer, with_completion) -> list[tuple]:
-        def flatten(parts: list[dict], column: str) -> tuple[str, list[tuple]]:
-            texts, images = [], []
-            for i, part in enumerate(parts):
-                if part["type"] == "text":
-                    if _CHAT_IMAGE_SENTINEL in part["text"]:
-                        raise InterleavedDataError(
-                            name, f"{column}[{i}].text", "the text holds U+E000.", "remove that private-use char."
-                        )
-                    texts.append(part["text"])
-                else:
-                    texts.append(_CHAT_IMAGE_SENTINEL)
-                    images.append((part, f"{column}[{i}]"))
-            return "".join(texts), images
-
-        def split(text: str, images: list[tuple], trained: bool, field: str) -> list[tuple]:
-            pieces = text.split(_CHAT_IMAGE_SENTINEL)
-            if len(pieces) != len(images) + 1:
-                raise InterleavedDataError(
-                    name,
-                    field,
-                    f"the chat template kept {len(pieces) - 1} of {len(images)} images.",
-                    "use a chat template that renders message content verbatim.",
-                )
-            chunks = []
-            for piece, image in zip(pieces, [*images, None]):
-                if piece:
-                    chunks.append((_TEXT, piece, trained, f"{field} (chat template)"))
-                if image is not None:
-                    chunks.append((_IMAGE, image[0], trained, image[1]))
-            return chunks
-
-        user_text, prompt_images = flatten(prompt, self.prompt_column)
-        messages = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
-        messages.append({"role": "user", "content": user_text})
-        prompt_text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        chunks = split(prompt_text, prompt_images, False, self.prompt_column)
-        if with_completion:
-            assistant_text, completion_images = flatten(completion, self.completion_column)
-            if answer:
-                assistant_text += self.answer_prefix + answer
-            messages.append({"role": "assistant", "content": assistant_text})
-            full_text = self.tokenizer.apply_chat_template(messages, tokenize=False)
-            if not full_text.startswith(prompt_text):
-                raise InterleavedDataError(
-                    name,
-                    self.completion_column,
-                    "the chat template renders the conversation with a different prefix than the prompt alone.",
-                    "use a chat template whose generation prompt is a prefix of the full conversation.",
-                )
-            completion_text = full_text[len(prompt_text) :]
-            chunks += split(completion_text, completion_images, True, self.completion_column)
-            if not completion_text.rstrip().endswith(self.tokenizer.eos_token):
-                chunks.append((_IDS, self.eos_ids, True, "eos"))
-        return chunks
-
-    # ------------------------------------------------------------------ encoding
-    def _tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
-        """Token ids of each distinct text: one batched tokenizer call, one tensor, one forbidden-id check."""
-        unique = [text for text in dict.fromkeys(texts) if text not in self._text_cache]
-        table = dict(self._text_cache)
-        if unique:
-            encoded = self.tokenizer(unique, add_special_tokens=False)["input_ids"]
-            lengths = [len(ids) for ids in encoded]
-            flat = torch.tensor(list(chain.from_iterable(encoded)), dtype=torch.long)
-            table.update(zip(unique, torch.split(flat, lengths)))
-            self._bad_texts = set()
-            if flat.numel() and bool(self._forbidden[flat].any()):
-                self._bad_texts = {text for text in unique if bool(self._forbidden[table[text]].any())}
-            constants = self._constant_texts()
-            self._text_cache.update((text, table[text]) for text in unique if text in constants)
-        else:
-            self._bad_texts = set()
-        return table
-
-    def _constant_texts(self) -> set[str]:
-        cached = getattr(self, "_constants", None)
-        if cached is None:
-            cached = {
-                self.prompt_separator,
-                f"{self.system_prompt}\nUser: ",
-                f"{self.instruction}\nAssistant:",
-                *(f" {lead} {self.reasoning_tokens[0]}" for lead in self.lead_phrases),
-            }
-            self._constants = cached
-        return cached
-
-    def _image_spans(self, image_chunks: list[tuple[str, dict, str]]) -> list[torch.Tensor]:
-        """Image spans for `(row_name, part, field)` items; encodes the parts without codes in one batch."""
-        to_encode = [i for i, (_, part, _) in enumerate(image_chunks) if part.get("codes") is None]
-        encoded: dict[int, torch.Tensor] = {}
-        if to_encode:
-            if self.image_encoder is None:
-                name, _, field = image_chunks[to_encode[0]]
-                raise InterleavedDataError(
-                    name,
-                    field,
-                    "the image is not pre-tokenized (no `codes`).",
-                    "run `trl_omni.data.pretokenize_images(dataset, model, processor)` once before training, or "
-                    "pass `image_encoder=ImageEncoder(model, processor)` to the collator (encodes every step).",
-                )
-            images = [load_image(image_chunks[i][1], self.image_root, image_chunks[i][0], image_chunks[i][2])
-                      for i in to_encode]  # fmt: skip
-            codes = self.image_encoder.encode(images)
-            self.stats["images_encoded"] += len(images)
-            encoded = dict(zip(to_encode, codes))
-        spans = []
-        for i, (name, part, field) in enumerate(image_chunks):
-            codes = encoded.get(i)
-            if codes is None:
-                codes = part["codes"]
-            try:
-                spans.append(self.vocab.image_span_ids(codes))
-            except (ValueError, TypeError, IndexError) as error:
-                raise InterleavedDataError(
-                    name,
-                    f"{field}.codes",
-                    f"invalid pre-tokenized image ({error}).",
-                    "re-run `pretokenize_images` with this model's processor: the codes must be exactly "
-                    f"{self.vocab.tokens_per_image} integers in [0, {self.vocab.num_codes}).",
-                ) from error
-        return spans
-
-    def _encode_rows(
-        self, rows: Sequence[Mapping[str, Any]], with_completion: bool
-    ) -> list[tuple[torch.Tensor, int, list[int], list[int]]]:
-        """Per row: `(ids, prompt_length, image_starts, image_ends)` before any length policy.
-
-        Every template lays a row out as a masked prompt followed by the trained completion, so one prompt length per
-        row describes the labels.
-        """
-        names = [self._row_name(row, position) for position, row in enumerate(rows)]
-        row_chunks = [self._row_chunks(row, name, with_completion) for row, name in zip(rows, names)]
-
-        texts = [chunk[1] for chunks in row_chunks for chunk in chunks if chunk[0] == _TEXT]
-        token_table = self._tokenize(texts) if texts else {}
-        if texts and self._bad_texts:
-            self._raise_bad_text(row_chunks, names, token_table)
-
-        image_items = [
-            (name, chunk[1], chunk[3])
-            for name, chunks in zip(names, row_chunks)
-            for chunk in chunks
-            if chunk[0] == _IMAGE
-        ]
-        spans = iter(self._image_spans(image_items)) if image_items else iter(())
-
-        results = []
-        for chunks in row_chunks:
-            pieces, starts, ends, offset, prompt_length = [], [], [], 0, None
-            for kind, payload, trained, _ in chunks:
-                if trained and prompt_length is None:
-                    prompt_length = offset
-                if kind == _TEXT:
-                    piece = token_table[payload]
-                elif kind == _IDS:
-                    piece = torch.tensor(payload, dtype=torch.long)
-                else:
-                    piece = next(spans)
-                    starts.append(offset)
-                    ends.append(offset + piece.numel())
-                pieces.append(piece)
-                offset += piece.numel()
-            ids = torch.cat(pieces) if pieces else torch.empty(0, dtype=torch.long)
-            results.append((ids, offset if prompt_length is None else prompt_length, starts, ends))
-        return results
-
-    def _raise_bad_text(self, row_chunks, names, token_table) -> None:
-        """Names the first text field that tokenizes to an image / BOI / EOI / placeholder id."""
-        for name, chunks in zip(names, row_chunks):
-            for kind, payload, _, field in chunks:
-                if kind == _TEXT and payload in self._bad_texts:
-                    token_ids = token_table[payload]
-                    token = self.tokenizer.convert_ids_to_tokens(int(token_ids[self._forbidden[token_ids]][0]))
-                    raise InterleavedDataError(
-                        name,
-                        field,
-                        f"the text contains {token!r}, which is an image / BOI / EOI / placeholder token.",
-                        "remove image-token strings from text; put images in image parts (the collator inserts "
-                        "BOI, codes and EOI itself).",
-                    )
 
     # ------------------------------------------------------------------ length policy and padding
     def _apply_length_policy(self, row, position, ids, prompt_length, image_starts, image_ends):

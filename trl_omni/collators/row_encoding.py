@@ -1,0 +1,148 @@
+"""Encoding of template chunks into token ids for [`InterleavedDataCollator`]: one batched tokenizer call per
+batch, image spans spliced in through the core, text that tokenizes to image tokens refused.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from itertools import chain
+from typing import Any
+
+import torch
+
+from ..data.images import load_image
+from ..data.schema import InterleavedDataError
+from .templates import _IDS, _IMAGE, _TEXT
+
+
+class _RowEncoder:
+    """Mixin of [`InterleavedDataCollator`]: template chunks -> `(ids, prompt_length, image_starts, image_ends)`.
+
+    Uses the collator's `tokenizer`, `vocab`, `image_encoder`, `image_root`, `_forbidden` ids, text cache and
+    `stats`, and the layout of [`_TemplateLayout`].
+    """
+
+    def _tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        """Token ids of each distinct text: one batched tokenizer call, one tensor, one forbidden-id check."""
+        unique = [text for text in dict.fromkeys(texts) if text not in self._text_cache]
+        table = dict(self._text_cache)
+        if unique:
+            encoded = self.tokenizer(unique, add_special_tokens=False)["input_ids"]
+            lengths = [len(ids) for ids in encoded]
+            flat = torch.tensor(list(chain.from_iterable(encoded)), dtype=torch.long)
+            table.update(zip(unique, torch.split(flat, lengths)))
+            self._bad_texts = set()
+            if flat.numel() and bool(self._forbidden[flat].any()):
+                self._bad_texts = {text for text in unique if bool(self._forbidden[table[text]].any())}
+            constants = self._constant_texts()
+            self._text_cache.update((text, table[text]) for text in unique if text in constants)
+        else:
+            self._bad_texts = set()
+        return table
+
+    def _constant_texts(self) -> set[str]:
+        cached = getattr(self, "_constants", None)
+        if cached is None:
+            cached = {
+                self.prompt_separator,
+                f"{self.system_prompt}\nUser: ",
+                f"{self.instruction}\nAssistant:",
+                *(f" {lead} {self.reasoning_tokens[0]}" for lead in self.lead_phrases),
+            }
+            self._constants = cached
+        return cached
+
+    def _image_spans(self, image_chunks: list[tuple[str, dict, str]]) -> list[torch.Tensor]:
+        """Image spans for `(row_name, part, field)` items; encodes the parts without codes in one batch."""
+        to_encode = [i for i, (_, part, _) in enumerate(image_chunks) if part.get("codes") is None]
+        encoded: dict[int, torch.Tensor] = {}
+        if to_encode:
+            if self.image_encoder is None:
+                name, _, field = image_chunks[to_encode[0]]
+                raise InterleavedDataError(
+                    name,
+                    field,
+                    "the image is not pre-tokenized (no `codes`).",
+                    "run `trl_omni.data.pretokenize_images(dataset, model, processor)` once before training, or "
+                    "pass `image_encoder=ImageEncoder(model, processor)` to the collator (encodes every step).",
+                )
+            images = [load_image(image_chunks[i][1], self.image_root, image_chunks[i][0], image_chunks[i][2])
+                      for i in to_encode]  # fmt: skip
+            codes = self.image_encoder.encode(images)
+            self.stats["images_encoded"] += len(images)
+            encoded = dict(zip(to_encode, codes))
+        spans = []
+        for i, (name, part, field) in enumerate(image_chunks):
+            codes = encoded.get(i)
+            if codes is None:
+                codes = part["codes"]
+            try:
+                spans.append(self.vocab.image_span_ids(codes))
+            except (ValueError, TypeError, IndexError) as error:
+                raise InterleavedDataError(
+                    name,
+                    f"{field}.codes",
+                    f"invalid pre-tokenized image ({error}).",
+                    "re-run `pretokenize_images` with this model's processor: the codes must be exactly "
+                    f"{self.vocab.tokens_per_image} integers in [0, {self.vocab.num_codes}).",
+                ) from error
+        return spans
+
+    def _encode_rows(
+        self, rows: Sequence[Mapping[str, Any]], with_completion: bool
+    ) -> list[tuple[torch.Tensor, int, list[int], list[int]]]:
+        """Per row: `(ids, prompt_length, image_starts, image_ends)` before any length policy.
+
+        Every template lays a row out as a masked prompt followed by the trained completion, so one prompt length per
+        row describes the labels.
+        """
+        names = [self._row_name(row, position) for position, row in enumerate(rows)]
+        row_chunks = [self._row_chunks(row, name, with_completion) for row, name in zip(rows, names)]
+
+        texts = [chunk[1] for chunks in row_chunks for chunk in chunks if chunk[0] == _TEXT]
+        token_table = self._tokenize(texts) if texts else {}
+        if texts and self._bad_texts:
+            self._raise_bad_text(row_chunks, names, token_table)
+
+        image_items = [
+            (name, chunk[1], chunk[3])
+            for name, chunks in zip(names, row_chunks)
+            for chunk in chunks
+            if chunk[0] == _IMAGE
+        ]
+        spans = iter(self._image_spans(image_items)) if image_items else iter(())
+
+        results = []
+        for chunks in row_chunks:
+            pieces, starts, ends, offset, prompt_length = [], [], [], 0, None
+            for kind, payload, trained, _ in chunks:
+                if trained and prompt_length is None:
+                    prompt_length = offset
+                if kind == _TEXT:
+                    piece = token_table[payload]
+                elif kind == _IDS:
+                    piece = torch.tensor(payload, dtype=torch.long)
+                else:
+                    piece = next(spans)
+                    starts.append(offset)
+                    ends.append(offset + piece.numel())
+                pieces.append(piece)
+                offset += piece.numel()
+            ids = torch.cat(pieces) if pieces else torch.empty(0, dtype=torch.long)
+            results.append((ids, offset if prompt_length is None else prompt_length, starts, ends))
+        return results
+
+    def _raise_bad_text(self, row_chunks, names, token_table) -> None:
+        """Names the first text field that tokenizes to an image / BOI / EOI / placeholder id."""
+        for name, chunks in zip(names, row_chunks):
+            for kind, payload, _, field in chunks:
+                if kind == _TEXT and payload in self._bad_texts:
+                    token_ids = token_table[payload]
+                    token = self.tokenizer.convert_ids_to_tokens(int(token_ids[self._forbidden[token_ids]][0]))
+                    raise InterleavedDataError(
+                        name,
+                        field,
+                        f"the text contains {token!r}, which is an image / BOI / EOI / placeholder token.",
+                        "remove image-token strings from text; put images in image parts (the collator inserts "
+                        "BOI, codes and EOI itself).",
+                    )

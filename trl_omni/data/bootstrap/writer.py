@@ -1,0 +1,179 @@
+"""The resumable sharded output: manifest (arguments, identity, shards, counts), atomic shard writes, the
+refusal to resume with other arguments, and reading a finished (or partial) output back.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from ...models import ImageVocabulary
+from .config import BootstrapConfig
+
+
+MANIFEST_NAME = "manifest.json"
+DATA_DIR = "data"
+MANIFEST_VERSION = 1
+
+
+# Arguments that do not change the rows written (so they may differ between a run and its resumption).
+_NON_OUTPUT_ARGUMENTS = ("output_dir", "overwrite", "disable_tqdm")
+
+
+def _model_fingerprint(model: Any, vocab: ImageVocabulary) -> str:
+    hasher = hashlib.sha256()
+    hasher.update(repr((vocab.grid_size, vocab.num_codes, vocab.boi_token_id, vocab.eoi_token_id)).encode())
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            # Float64 sums: cheap and they change whenever the weights do.
+            hasher.update(f"{name}:{tuple(parameter.shape)}:{float(parameter.detach().double().sum()):.10e}".encode())
+    return hasher.hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------------------------- manifest
+def _write_json_atomic(path: str, data: Mapping[str, Any]) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=2, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def output_arguments(config: BootstrapConfig) -> dict[str, Any]:
+    """The arguments that decide the rows written (every field but output_dir / overwrite / display settings).
+
+    Callables given in place of dotted paths (`step_splitter`, `quality_fn`) are recorded by qualified name.
+    """
+    arguments = {}
+    for f in dataclasses.fields(config):
+        if f.name in _NON_OUTPUT_ARGUMENTS:
+            continue
+        value = getattr(config, f.name)
+        if callable(value):
+            value = f"{getattr(value, '__module__', '?')}:{getattr(value, '__qualname__', repr(value))}"
+        arguments[f.name] = value
+    return json.loads(json.dumps(arguments, default=str))
+
+
+def _hash(data: Any) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _prepare_output_dir(config: BootstrapConfig, identity: dict[str, Any]) -> dict[str, Any]:
+    """Creates / checks the output directory and returns the manifest to continue from."""
+    out = config.output_dir
+    manifest_path = os.path.join(out, MANIFEST_NAME)
+    data_dir = os.path.join(out, DATA_DIR)
+    if config.overwrite:
+        for name in (MANIFEST_NAME, "README.md"):
+            if os.path.exists(os.path.join(out, name)):
+                os.remove(os.path.join(out, name))
+        if os.path.isdir(data_dir):
+            for name in os.listdir(data_dir):
+                os.remove(os.path.join(data_dir, name))
+    if os.path.exists(manifest_path):
+        with open(manifest_path) as f:
+            manifest = json.load(f)
+        previous = {**manifest.get("arguments", {}), **manifest.get("identity", {})}
+        current = {**identity["arguments"], **identity["identity"]}
+        differing = sorted(k for k in set(previous) | set(current) if previous.get(k) != current.get(k))
+        if differing:
+            details = "; ".join(f"{k}: {previous.get(k)!r} -> {current.get(k)!r}" for k in differing)
+            raise ValueError(
+                f"{out} holds a bootstrap run with different arguments ({details}); refusing to resume into it. "
+                "Fix: re-run with the same arguments to continue it, pass `--overwrite` to start over, or choose "
+                "another `--output_dir`."
+            )
+        return manifest
+    if os.path.isdir(out) and any(n != DATA_DIR for n in os.listdir(out)):
+        raise ValueError(
+            f"{out} exists and is not a bootstrap output (no {MANIFEST_NAME}). Fix: choose an empty or new "
+            "`--output_dir`."
+        )
+    os.makedirs(data_dir, exist_ok=True)
+    manifest = {
+        "version": MANIFEST_VERSION,
+        **identity,
+        "shards": [],
+        "counts": {},
+        "complete": False,
+    }
+    _write_json_atomic(manifest_path, manifest)
+    return manifest
+
+
+def _empty_counts() -> dict[str, int]:
+    return dict.fromkeys(
+        (
+            "input_rows",
+            "rows_written",
+            "samples_dropped",
+            "samples_without_steps",
+            "steps",
+            "images_drawn",
+            "images_kept",
+            "redraws",
+            "low_quality_images",
+            "steps_without_image",
+            "prompt_images_encoded",
+            "samples_skipped_bad_input",
+        ),
+        0,
+    )
+
+
+def _readme(config: BootstrapConfig, manifest: Mapping[str, Any]) -> str:
+    counts = manifest["counts"]
+    return (
+        "# Omni-R1-Zero bootstrapped trajectories\n\n"
+        "Interleaved rows (trl-omni schema: `prompt` / `completion` lists of text and image parts with VQ `codes`, "
+        f"`answer`) drawn by `{manifest['identity'].get('model_name_or_path')}` (fingerprint "
+        f"`{manifest['identity']['model_fingerprint']}`), seed {config.seed}.\n\n"
+        f"Train with the collator template `{config.template}`:\n\n"
+        "```python\nfrom trl_omni.data.bootstrap import load_bootstrapped\n"
+        f"train = load_bootstrapped({config.output_dir!r})\n"
+        f'# PeSFTConfig(..., interleaved_template="{config.template}")\n```\n\n'
+        f"Rows: {counts.get('rows_written', 0)} from {counts.get('input_rows', 0)} input rows; images kept "
+        f"{counts.get('images_kept', 0)} of {counts.get('images_drawn', 0)} drawn ({counts.get('redraws', 0)} "
+        f"redraws). See `manifest.json`.\n"
+    )
+
+
+def bootstrapped_files(output_dir: str, allow_partial: bool = False) -> list[str]:
+    """The shard files of a bootstrap output, in input order (from its manifest)."""
+    path = os.path.join(output_dir, MANIFEST_NAME)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{output_dir} has no {MANIFEST_NAME}: not a bootstrap output.")
+    with open(path) as f:
+        manifest = json.load(f)
+    if not manifest.get("complete") and not allow_partial:
+        raise ValueError(
+            f"The bootstrap in {output_dir} is not finished ({len(manifest['shards'])} shards so far). Fix: re-run "
+            "it with the same arguments to complete it, or pass allow_partial=True."
+        )
+    return [os.path.join(output_dir, shard["file"]) for shard in sorted(manifest["shards"], key=lambda s: s["index"])]
+
+
+def load_bootstrapped(output_dir: str, allow_partial: bool = False) -> Any:
+    """Loads a bootstrap output as one `datasets.Dataset` (rows in input order).
+
+    Equivalent to `load_dataset("parquet", data_files=bootstrapped_files(output_dir), split="train")`.
+
+    Example:
+        ```python
+        >>> train = load_bootstrapped("out")
+        ```
+    """
+    from datasets import load_dataset
+
+    files = bootstrapped_files(output_dir, allow_partial=allow_partial)
+    if not files:
+        raise ValueError(f"The bootstrap in {output_dir} has no shards yet.")
+    return load_dataset("parquet", data_files=files, split="train")

@@ -1,0 +1,293 @@
+"""[`evaluate`]: constrained generation batch by batch, scoring, appending predictions, then metrics and report."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import EvalConfig, EvalResult
+from .metrics import accuracy_table, format_table, task_group_of
+from .report import write_report
+from .state import PREDICTIONS_FILE, _prepare_output_dir, _state_for
+
+
+@dataclass
+class _EvalSession:
+    """What every batch of one evaluation uses: the prompt layout, the scorer, the image decoder and the model."""
+
+    model: Any
+    vocab: Any
+    config: EvalConfig
+    collator: Any
+    reward: Callable
+    tags: Any
+    restorer: Callable
+    decoder: Any
+    device: torch.device
+    logits_processors: Sequence[Any]
+
+
+def _row_source(row: Mapping[str, Any], source_columns: Sequence[str]) -> tuple[str, list[Any]]:
+    values = [row.get(column) for column in source_columns if row.get(column) not in (None, "")]
+    return (str(values[0]) if values else "unknown"), values
+
+
+def _resolve_decoder(decoder: Any, vocab: Any) -> Any:
+    from ..visualization import FalseColorDecoder
+
+    return decoder if decoder is not None else FalseColorDecoder(vocab)
+
+
+def _open_session(
+    model: Any, processor: Any, vocab: Any, config: EvalConfig, decoder: Any, logits_processors: Sequence[Any]
+) -> _EvalSession:
+    from ..collators import InterleavedDataCollator
+    from ..rewards import make_accuracy_reward
+    from ..rewards._common import OutputTags, _TagRestorer
+
+    collator = InterleavedDataCollator(
+        processor, vocab, template=config.template, answer_column=config.answer_column, id_column=config.id_column
+    )
+    reward = make_accuracy_reward(
+        answer_column=config.answer_column,
+        answer_style=config.answer_style,
+        processing_class=processor,
+        image_vocabulary=vocab,
+    )
+    tags = OutputTags()
+    return _EvalSession(
+        model=model,
+        vocab=vocab,
+        config=config,
+        collator=collator,
+        reward=reward,
+        tags=tags,
+        restorer=_TagRestorer(processor, tags.control_tags, vocab),
+        decoder=_resolve_decoder(decoder, vocab),
+        device=next(model.parameters()).device,
+        logits_processors=logits_processors,
+    )
+
+
+def _generate_batch(
+    session: _EvalSession, rows: list[Mapping[str, Any]], start: int
+) -> tuple[list[list[int]], list[list[int]]]:
+    """Prompt ids (padding removed) and completion ids (cut at EOS) of one batch, image spans constrained."""
+    from transformers import LogitsProcessorList
+
+    from ..models import ImageSpanLogitsProcessor
+
+    config, collator = session.config, session.collator
+    eos_token_id = collator.tokenizer.eos_token_id
+    inputs = collator.encode_prompt_batch(rows, padding_side="left")
+    inputs = {key: value.to(session.device) for key, value in inputs.items()}
+    # Seeded per batch: an uninterrupted run and a resumed one sample the same tokens for the same batch.
+    torch.manual_seed(config.seed + start)
+    constraint = ImageSpanLogitsProcessor(
+        session.vocab, max_images=config.max_images, max_new_tokens=config.max_new_tokens
+    )
+    sampling = {"temperature": config.temperature, "top_p": config.top_p} if config.do_sample else {}
+    with torch.no_grad():
+        output = session.model.generate(
+            **inputs,
+            max_new_tokens=config.max_new_tokens,
+            do_sample=config.do_sample,
+            logits_processor=LogitsProcessorList([*session.logits_processors, constraint]),
+            pad_token_id=collator.pad_token_id,
+            eos_token_id=eos_token_id,
+            **sampling,
+        )
+    completion_ids = [_until_eos(ids, eos_token_id) for ids in output[:, inputs["input_ids"].shape[1] :]]
+    prompt_ids = [ids[mask.bool()].tolist() for ids, mask in zip(inputs["input_ids"], inputs["attention_mask"])]
+    return prompt_ids, completion_ids
+
+
+def _batch_records(
+    session: _EvalSession,
+    rows: list[Mapping[str, Any]],
+    indices: list[int],
+    done: set[int],
+    prompt_ids: list[list[int]],
+    completion_ids: list[list[int]],
+    out: Path,
+) -> list[dict[str, Any]]:
+    """Scores a generated batch, saves its images and returns the records of the rows not finished before."""
+    from ..rewards.accuracy import extract_answer
+
+    config = session.config
+    prompt_texts = [session.restorer(ids) for ids in prompt_ids]
+    completion_texts = [session.restorer(ids) for ids in completion_ids]
+    golds = [row.get(config.answer_column) for row in rows]
+    scores = session.reward(
+        prompts=prompt_texts, completions=completion_texts, completion_ids=completion_ids,
+        **{config.answer_column: golds},
+    )  # fmt: skip
+    segments = session.vocab.parse_segments(completion_ids).per_row(len(rows)) if completion_ids else []
+    image_paths = _save_images(segments, indices, session.decoder, out, config.save_images)
+    records = []
+    for position, (index, row) in enumerate(zip(indices, rows)):
+        if index in done:
+            continue  # finished before an interruption inside this batch
+        source, source_values = _row_source(row, config.source_columns)
+        complete = [segment for segment in segments[position] if segment.complete]
+        records.append(
+            {
+                "index": index,
+                "id": row.get(config.id_column, str(index)),
+                "source": source,
+                "group": task_group_of(source_values, config.task_groups),
+                "prompt": prompt_texts[position],
+                "completion": completion_texts[position],
+                "extracted_answer": extract_answer(completion_texts[position], session.tags, config.answer_style),
+                "gold": golds[position],
+                "score": scores[position],
+                "num_images": len(complete),
+                "num_incomplete_images": len(segments[position]) - len(complete),
+                "image_paths": image_paths[position],
+                "completion_ids": completion_ids[position],
+            }
+        )
+    return records
+
+
+def _summarize(
+    records: list[dict[str, Any]], processor: Any, session: _EvalSession, out: Path, num_generated: int
+) -> EvalResult:
+    """Writes `metrics.json`, `results.md` and `report.html` from every record, and prints the table if asked."""
+    config = session.config
+    records.sort(key=lambda record: record["index"])
+    metrics = accuracy_table(records)
+    table = format_table(metrics)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    (out / "results.md").write_text(table + "\n")
+    report = write_report(
+        records, metrics, table, processor, session.vocab, session.decoder, out / "report.html", config
+    )
+    if config.print_table:
+        print(table)
+    return EvalResult(
+        metrics=metrics,
+        table=table,
+        predictions_path=str(out / PREDICTIONS_FILE),
+        metrics_path=str(out / "metrics.json"),
+        report_path=str(report),
+        num_generated=num_generated,
+    )
+
+
+def evaluate(
+    model: Any,
+    processor: Any,
+    dataset: Any,
+    config: EvalConfig,
+    *,
+    decoder: Any | None = None,
+    dataset_format: str = "auto",
+    image_root: str | None = None,
+    logits_processors: Sequence[Any] = (),
+) -> EvalResult:
+    """Generates answers for `dataset` with constrained image spans, scores them and writes predictions + report.
+
+    Prompts are laid out by [`InterleavedDataCollator.encode_prompt_batch`] (`config.template`); generation goes
+    through [`ImageSpanLogitsProcessor`] (`max_images`, `max_new_tokens`); answers are scored by
+    [`~trl_omni.rewards.make_accuracy_reward`] with the processor, so special-token answer tags are read. Finished
+    rows are never recomputed: the JSONL is appended and flushed per batch, and a second call with the same
+    arguments (checked through a hash stored in `eval_state.json`) continues where the first stopped.
+
+    Args:
+        model: A Chameleon / Anole model (image generation enabled, e.g. from [`load_omni_model`]).
+        processor: Its processor.
+        dataset: A `datasets.Dataset` (or list of rows) in Omni-Bench format (`question`, base64 `image`, `answer`,
+            source fields) or in the interleaved schema; images are encoded into codes once.
+        config: The [`EvalConfig`].
+        decoder: Object with `decode(codes) -> list[PIL.Image]` for saved / rendered images (e.g.
+            `VQImageDecoder(load_vq_decoder(model), vocab)`); defaults to the weight-free [`FalseColorDecoder`].
+        dataset_format: `"auto"`, `"omni_bench"`, `"interleaved"`, ... (see `trl-omni eval --help`).
+        image_root: Directory that image `path` parts are read from.
+        logits_processors: Extra `LogitsProcessor`s, applied before the image-span constraint (which therefore
+            always has the last word on image spans).
+
+    Returns:
+        An [`EvalResult`].
+
+    Example:
+        ```python
+        >>> from trl_omni.evaluation import EvalConfig, evaluate
+        >>> result = evaluate(model, processor, omni_bench, EvalConfig(output_dir="eval", max_new_tokens=2048))
+        >>> print(result.table)
+        ```
+    """
+    from datasets import Dataset
+
+    from ..data.loading import to_interleaved
+    from ..models import ImageVocabulary
+
+    if not isinstance(dataset, Dataset):
+        dataset = Dataset.from_list(list(dataset))
+    if config.max_samples is not None:
+        dataset = dataset.select(range(min(config.max_samples, len(dataset))))
+    vocab = ImageVocabulary.from_model(model, processor)
+    dataset = to_interleaved(dataset, dataset_format, model, processor, image_root=image_root)
+    state = _state_for(config, model, dataset, {"dataset_format": dataset_format, "template": config.template})
+    records = _prepare_output_dir(config, state)
+    done = {record["index"] for record in records}
+    out = Path(config.output_dir)
+    (out / "images").mkdir(exist_ok=True)
+
+    session = _open_session(model, processor, vocab, config, decoder, logits_processors)
+    was_training = model.training
+    model.eval()
+
+    progress = None
+    if config.progress:
+        from tqdm.auto import tqdm
+
+        progress = tqdm(total=len(dataset), initial=len(done), desc="Evaluating", unit="row")
+    generated = 0
+    with open(out / PREDICTIONS_FILE, "a", encoding="utf-8") as handle:
+        for start in range(0, len(dataset), config.batch_size):
+            indices = list(range(start, min(start + config.batch_size, len(dataset))))
+            if all(index in done for index in indices):
+                continue
+            rows = [dataset[index] for index in indices]
+            prompt_ids, completion_ids = _generate_batch(session, rows, start)
+            new_records = _batch_records(session, rows, indices, done, prompt_ids, completion_ids, out)
+            handle.writelines(json.dumps(record) + "\n" for record in new_records)
+            records.extend(new_records)
+            generated += len(new_records)
+            handle.flush()
+            os.fsync(handle.fileno())
+            if progress is not None:
+                progress.update(sum(index not in done for index in indices))
+    if progress is not None:
+        progress.close()
+    if was_training:
+        model.train()
+    return _summarize(records, processor, session, out, generated)
+
+
+def _until_eos(ids: torch.Tensor, eos_token_id: int) -> list[int]:
+    ids = ids.tolist()
+    return ids[: ids.index(eos_token_id)] if eos_token_id in ids else ids
+
+
+def _save_images(segments: list, indices: list[int], decoder: Any, out: Path, save: bool) -> list[list[str]]:
+    paths: list[list[str]] = [[] for _ in indices]
+    if not save:
+        return paths
+    wanted = [(position, segment) for position, row in enumerate(segments) for segment in row if segment.complete]
+    if not wanted:
+        return paths
+    # One decode call for every image of the batch.
+    images = decoder.decode(torch.stack([torch.as_tensor(segment.codes) for _, segment in wanted]))
+    for (position, _), image in zip(wanted, images):
+        name = f"images/{indices[position]:06d}_{len(paths[position])}.png"
+        image.save(out / name)
+        paths[position].append(name)
+    return paths
