@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from .image_vocabulary import ImageVocabulary, _chameleon_backbone
+from .precision import exact_float32_convolutions
 
 
 def to_rgb(image: Any, background: tuple[int, int, int] = (255, 255, 255)) -> Any:
@@ -46,17 +47,18 @@ def to_rgb(image: Any, background: tuple[int, int, int] = (255, 255, 255)) -> An
 class ImageEncoder:
     """Batched image -> VQ code encoder built on a unified-token model's own VQ tokenizer.
 
-    The VQ model runs in `dtype`: by default float32 on CPU whatever dtype the model was loaded in (a bfloat16 VQ
-    encoder on CPU is two orders of magnitude slower than float32 there, see docs/benchmarks.md), and the VQ model's
-    own dtype on accelerators (the checkpoint's, as the model's own image path uses). When it differs from the
-    model's, a private copy of the VQ model is made once; the model is never changed.
+    The VQ model runs in `dtype`, float32 by default whatever dtype the model was loaded in, on every device, and on
+    GPUs without TF32 convolutions: the exact choice, and on CPU also the fastest (a bfloat16 encoder there is two
+    orders of magnitude slower). On an H100, bfloat16 encodes ~2.6x faster but changes about half of the codes of a
+    randomly initialised encoder; pass `dtype=torch.bfloat16` to trade exactness for speed (docs/benchmarks.md).
+    When `dtype` differs from the model's, a private copy of the VQ model is made once; the model is never changed.
 
     Args:
         model: A Chameleon / Anole model (possibly PEFT / accelerate wrapped). Only its VQ model is used.
         processor: The model's `ChameleonProcessor` (or its image processor).
         image_vocabulary: The model's [`ImageVocabulary`]; built from `model` when omitted.
         batch_size: Images per VQ forward.
-        dtype: Dtype the VQ encoder computes in (see above); `None` picks it per device.
+        dtype: Dtype the VQ encoder computes in (see above); `None` means float32.
 
     Example:
         ```python
@@ -91,12 +93,10 @@ class ImageEncoder:
         self.num_images_encoded = 0
         vq_parameter = next(self.backbone.vqmodel.parameters())
         self.device = vq_parameter.device
-        if dtype is None:
-            dtype = torch.float32 if vq_parameter.device.type == "cpu" else vq_parameter.dtype
-        self.dtype = dtype
+        self.dtype = dtype or torch.float32
         self._vqmodel = self.backbone.vqmodel
-        if vq_parameter.dtype != dtype:
-            self._vqmodel = copy.deepcopy(self.backbone.vqmodel).to(dtype=dtype).eval().requires_grad_(False)
+        if vq_parameter.dtype != self.dtype:
+            self._vqmodel = copy.deepcopy(self.backbone.vqmodel).to(dtype=self.dtype).eval().requires_grad_(False)
 
     def pixel_values(self, images: Sequence[Any]) -> torch.Tensor:
         """Preprocesses PIL images (any mode, any size) with the model's image processor."""
@@ -121,7 +121,8 @@ class ImageEncoder:
             pixels = pixels.to(device=self.device, dtype=self.dtype)
             # The quantizer's indices are the codes (the model's `get_image_tokens` maps them to ids, which
             # `ImageVocabulary` would map back).
-            indices = self._vqmodel.encode(pixels, return_dict=True).image_tokens
+            with exact_float32_convolutions(self.device):
+                indices = self._vqmodel.encode(pixels, return_dict=True).image_tokens
             chunks.append(indices.reshape(pixels.shape[0], -1).long().cpu())
         codes = torch.cat(chunks)
         if codes.shape[1] != tokens_per_image or int(codes.min()) < 0 or int(codes.max()) >= self.vocab.num_codes:
