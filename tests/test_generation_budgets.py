@@ -67,3 +67,19 @@ def test_perpo_refuses_a_completion_budget_without_room_for_one_image(anole_copy
     with pytest.raises(ValueError, match=r"max_completion_length=512 cannot hold one image: .* takes 1026 tokens"):
         PeRPOTrainer(model, reward_funcs=lambda completions, **kw: [0.0] * len(completions), args=args,
                      train_dataset=prompts, processing_class=processor)  # fmt: skip
+
+
+def test_eval_budget_holds_images_of_the_model_or_is_refused(anole, vocab, tmp_path):
+    from trl_omni.evaluation import EvalConfig, evaluate
+
+    anole_vocab = ImageVocabulary.from_model(anole.model, anole.processor)
+    assert EvalConfig().max_new_tokens is None
+    assert EvalConfig().generation_budget(anole_vocab) == 2 * 1026 + 512  # room for two Anole images + text
+    assert EvalConfig().generation_budget(vocab) == 2 * vocab.span_length + 512  # the tiny model's own spans
+    assert EvalConfig(max_images=3).generation_budget(anole_vocab) == 3 * 1026 + 512
+    assert EvalConfig(max_images=0, max_new_tokens=100).generation_budget(anole_vocab) == 100  # text only
+    # The old default (1,024) cannot hold one Anole image: refused before any row is generated.
+    config = EvalConfig(output_dir=str(tmp_path), max_new_tokens=1024, progress=False)
+    with pytest.raises(ValueError, match=r"max_new_tokens=1024 cannot hold one image .* 1026 tokens .* max_images=0"):
+        evaluate(anole.model, anole.processor, [{"question": "Q?", "answer": "A"}], config)
+    assert not (tmp_path / "predictions.jsonl").exists()

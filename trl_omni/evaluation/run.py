@@ -31,6 +31,7 @@ class _EvalSession:
     decoder: Any
     device: torch.device
     logits_processors: Sequence[Any]
+    max_new_tokens: int  # the generation budget, `config.generation_budget(vocab)`
 
 
 def _row_source(row: Mapping[str, Any], source_columns: Sequence[str]) -> tuple[str, list[Any]]:
@@ -72,6 +73,7 @@ def _open_session(
         decoder=_resolve_decoder(decoder, vocab),
         device=next(model.parameters()).device,
         logits_processors=logits_processors,
+        max_new_tokens=config.generation_budget(vocab),
     )
 
 
@@ -90,13 +92,13 @@ def _generate_batch(
     # Seeded per batch: an uninterrupted run and a resumed one sample the same tokens for the same batch.
     torch.manual_seed(config.seed + start)
     constraint = ImageSpanLogitsProcessor(
-        session.vocab, max_images=config.max_images, max_new_tokens=config.max_new_tokens
+        session.vocab, max_images=config.max_images, max_new_tokens=session.max_new_tokens
     )
     sampling = {"temperature": config.temperature, "top_p": config.top_p} if config.do_sample else {}
     with torch.no_grad():
         output = session.model.generate(
             **inputs,
-            max_new_tokens=config.max_new_tokens,
+            max_new_tokens=session.max_new_tokens,
             do_sample=config.do_sample,
             logits_processor=LogitsProcessorList([*session.logits_processors, constraint]),
             pad_token_id=collator.pad_token_id,
@@ -219,7 +221,7 @@ def evaluate(
     Example:
         ```python
         >>> from trl_omni.evaluation import EvalConfig, evaluate
-        >>> result = evaluate(model, processor, omni_bench, EvalConfig(output_dir="eval", max_new_tokens=2048))
+        >>> result = evaluate(model, processor, omni_bench, EvalConfig(output_dir="eval"))  # budget: 2 images + text
         >>> print(result.table)
         ```
     """
@@ -233,8 +235,11 @@ def evaluate(
     if config.max_samples is not None:
         dataset = dataset.select(range(min(config.max_samples, len(dataset))))
     vocab = ImageVocabulary.from_model(model, processor)
+    budget = config.generation_budget(vocab)  # refused here, before any work, when it cannot hold an image
     dataset = to_interleaved(dataset, dataset_format, model, processor, image_root=image_root)
-    state = _state_for(config, model, dataset, {"dataset_format": dataset_format, "template": config.template})
+    # The effective budget (derived when unset) is what shapes the predictions, so it is what a resume compares.
+    extra = {"dataset_format": dataset_format, "template": config.template, "max_new_tokens": budget}
+    state = _state_for(config, model, dataset, extra)
     records = _prepare_output_dir(config, state)
     done = {record["index"] for record in records}
     out = Path(config.output_dir)
