@@ -160,12 +160,16 @@ def _load_adapter(path: str, adapter_config: dict, *, is_trainable: bool, load_p
             "the adapter was trained on (a Hub id or a local directory)."
         )
     if read_adapter_config(base_path) is not None:
-        raise ValueError(f"The base model {base_path!r} of the adapter {path!r} is itself an adapter directory.")
+        raise ValueError(
+            f"The base model {base_path!r} of the adapter {path!r} is itself an adapter directory. Merge that adapter "
+            "into its base (`merge_and_unload()` + `save_pretrained`) and point `base_model_name_or_path` at the result."
+        )
     model, processor = load_omni_model(base_path, load_processor=load_processor, **kwargs)
     if load_processor and os.path.isfile(os.path.join(path, "processor_config.json")):
         from transformers import ChameleonProcessor
 
         processor = ChameleonProcessor.from_pretrained(path, **(kwargs.get("processor_kwargs") or {}))
+        _align_special_ids(model, processor.tokenizer)
     if PERCEPTION_HEAD_NAME in (adapter_config.get("modules_to_save") or []) and not hasattr(
         model, PERCEPTION_HEAD_NAME
     ):

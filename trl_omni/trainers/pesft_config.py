@@ -58,9 +58,10 @@ class PeSFTConfig(SFTConfig):
             `"drop"` or `"truncate"` (at an image boundary) for interleaved rows longer than `max_length`.
 
     > [!NOTE]
-    > `max_length` defaults to `5100` (the authors' limit) instead of `1024`: one 512x512 image alone is 1,026
-    > tokens. Pre-tokenized rows longer than `max_length` are *dropped* (counted and logged), never truncated,
-    > since a cut would slice an image.
+    > `max_length` defaults to `5100` (the authors' limit: four 1,026-token Anole images plus text) instead of
+    > `1024`. Rows that do not fit are dropped (counted and logged) once per dataset, before batching, so no batch is
+    > ever left empty, at any batch size: pre-tokenized rows longer than `max_length` (never truncated, since a cut
+    > would slice an image) and interleaved rows the collator's `length_policy` would drop.
 
     Example:
         ```python
@@ -82,8 +83,8 @@ class PeSFTConfig(SFTConfig):
     max_length: int | None = field(
         default=5100,
         metadata={
-            "help": "Maximum sequence length. Pre-tokenized rows longer than this are dropped (counted and logged), "
-            "never truncated, because a cut would slice an image. Defaults to the Omni-R1 authors' limit."
+            "help": "Maximum sequence length. Rows longer than this are dropped (counted and logged) before "
+            "batching, never cut inside an image. Defaults to the Omni-R1 authors' limit (4 Anole images + text)."
         },
     )
     perception_loss_weight: float = field(
@@ -140,8 +141,8 @@ class PeSFTConfig(SFTConfig):
     length_policy: str = field(
         default="drop",
         metadata={
-            "help": "What the default collator does with an interleaved row longer than `max_length`: 'drop' it "
-            "(counted and logged, as the authors did) or 'truncate' it at an image boundary."
+            "help": "What happens to an interleaved row longer than `max_length`: 'drop' it (counted and logged "
+            "before batching, as the authors did) or 'truncate' it at an image boundary."
         },
     )
 

@@ -14,6 +14,7 @@ from trl import SFTTrainer
 from trl.models.utils import unwrap_model_for_generation
 
 from ..collators import InterleavedDataCollator
+from ..data.lengths import drop_overlong_rows
 from ..models import ImageSpanLogitsProcessor, ImageVocabulary, freeze_vq_model, load_omni_model, unwrap_model
 from ..visualization import RenderedTrajectoriesCallback
 from .perception import PERCEPTION_HEAD_NAME, add_perception_head, get_perception_head
@@ -58,7 +59,8 @@ class PeSFTTrainer(SFTTrainer):
         data_collator: Any collator returning `input_ids`, `attention_mask` and `labels` (`-100` on prompt, prompt
             images and padding). Without one, pre-tokenized datasets (`input_ids` + `completion_mask`, TRL's
             format) use TRL's language-modeling collator.
-        train_dataset: Training rows. Pre-tokenized rows longer than `args.max_length` are dropped, never cut.
+        train_dataset: Training rows. Rows that cannot be trained within `args.max_length` are dropped (counted,
+            logged) before batching, never cut inside an image (see [`~trl_omni.data.drop_overlong_rows`]).
         eval_dataset: Evaluation rows.
         processing_class: The `ChameleonProcessor` (or its tokenizer). Loaded with the model when `model` is a path.
         peft_config: Optional PEFT config; `"perception_head"` is added to its `modules_to_save`.
@@ -133,11 +135,17 @@ class PeSFTTrainer(SFTTrainer):
             args.completion_only_loss = True
         if data_collator is None:
             data_collator = self._default_data_collator(sample, args, processing_class)
-        train_dataset = self._drop_overlong_rows(train_dataset, args, "train")
+        # The dataset-level length pass: over-long rows go before batching, so no batch (of any size) is left empty
+        # and TRL never truncates pre-tokenized rows (which could cut an image).
+        length_collator = data_collator if isinstance(data_collator, InterleavedDataCollator) else None
+        train_dataset = drop_overlong_rows(train_dataset, args.max_length, length_collator, "train")
         if isinstance(eval_dataset, dict):
-            eval_dataset = {name: self._drop_overlong_rows(ds, args, name) for name, ds in eval_dataset.items()}
+            eval_dataset = {
+                name: drop_overlong_rows(ds, args.max_length, length_collator, name)
+                for name, ds in eval_dataset.items()
+            }
         elif eval_dataset is not None:
-            eval_dataset = self._drop_overlong_rows(eval_dataset, args, "eval")
+            eval_dataset = drop_overlong_rows(eval_dataset, args.max_length, length_collator, "eval")
 
         if get_perception_head(model) is None:
             if unwrap_model(model) is not model and hasattr(model, "peft_config"):
@@ -225,32 +233,6 @@ class PeSFTTrainer(SFTTrainer):
                 "log_rendered_trajectories=0."
             )
         return budget
-
-    @staticmethod
-    def _drop_overlong_rows(dataset: Any, args: PeSFTConfig, name: str) -> Any:
-        """Drops pre-tokenized rows longer than `max_length` so TRL never truncates (and so never cuts an image)."""
-        if args.max_length is None or not isinstance(dataset, Dataset | IterableDataset):
-            return dataset
-        if "input_ids" not in (dataset.column_names or []):
-            return dataset
-        max_length = args.max_length
-        kept = dataset.filter(lambda row: len(row["input_ids"]) <= max_length)
-        if isinstance(dataset, Dataset):
-            dropped = len(dataset) - len(kept)
-            if dropped:
-                logger.warning(
-                    "Dropped %d of %d %s rows longer than max_length=%d (PeSFT never truncates: a cut could slice an "
-                    "image). Raise `max_length` to keep them.",
-                    dropped,
-                    len(dataset),
-                    name,
-                    max_length,
-                )
-            if len(kept) == 0:
-                raise ValueError(
-                    f"Every {name} row is longer than max_length={max_length}; raise `max_length` in PeSFTConfig."
-                )
-        return kept
 
     # ------------------------------------------------------------------ evaluation
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"):

@@ -124,6 +124,9 @@ def _empty_counts() -> dict[str, int]:
             "steps_without_image",
             "prompt_images_encoded",
             "samples_skipped_bad_input",
+            "rows_shortened",
+            "images_skipped_for_length",
+            "samples_too_long",
         ),
         0,
     )
@@ -142,7 +145,9 @@ def _readme(config: BootstrapConfig, manifest: Mapping[str, Any]) -> str:
         f'# PeSFTConfig(..., interleaved_template="{config.template}")\n```\n\n'
         f"Rows: {counts.get('rows_written', 0)} from {counts.get('input_rows', 0)} input rows; images kept "
         f"{counts.get('images_kept', 0)} of {counts.get('images_drawn', 0)} drawn ({counts.get('redraws', 0)} "
-        f"redraws). See `manifest.json`.\n"
+        f"redraws). Budget: max_length={config.max_length} tokens; {counts.get('rows_shortened', 0)} rows drew "
+        f"fewer images to fit ({counts.get('images_skipped_for_length', 0)} images skipped), "
+        f"{counts.get('samples_too_long', 0)} were too long even as text. See `manifest.json`.\n"
     )
 
 
