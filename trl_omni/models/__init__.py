@@ -9,6 +9,7 @@ from .generation import (
 )
 from .image_vocabulary import ImageSegment, ImageSegments, ImageVocabulary, unwrap_model
 from .loading import freeze_vq_model, load_omni_model
+from .precision import exact_float32_convolutions
 from .vq_decoder import (
     ChameleonVQDecoder,
     MissingVQDecoderWeightsError,
@@ -36,6 +37,7 @@ __all__ = [
     "disable_image_generation",
     "enable_image_generation",
     "encode_images",
+    "exact_float32_convolutions",
     "freeze_vq_model",
     "is_image_generation_enabled",
     "load_omni_model",
