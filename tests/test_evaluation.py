@@ -206,7 +206,8 @@ def test_interleaved_rows_with_custom_groups(tmp_path):
     for i, row in enumerate(rows):
         row["source"] = ["synthetic-a", "synthetic-b"][i % 2]
     config = EvalConfig(
-        output_dir=str(tmp_path), template="plain", batch_size=2, max_new_tokens=4, max_images=0, source_columns=["source"],
+        output_dir=str(tmp_path), template="plain", batch_size=2, max_new_tokens=4, max_images=0,
+        source_columns=["source"],
         task_groups={"first": ["synthetic-a"]}, progress=False, print_table=False,
     )  # fmt: skip
     result = evaluate(model, processor, rows, config, dataset_format="interleaved")

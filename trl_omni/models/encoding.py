@@ -2,8 +2,9 @@
 
 Images go through `processor.image_processor` (resize, crop, normalise exactly as the model was trained) and the
 model's VQ encoder, whose quantizer indices are the codes (the model's `get_image_tokens` is the same computation
-followed by the code -> id mapping), so no id arithmetic happens here. Codes are what the interleaved schema stores (`codes` of an image part); the collator
-turns them back into an in-sequence span with [`ImageVocabulary.image_span_ids`].
+followed by the code -> id mapping), so no id arithmetic happens here. Codes are what the interleaved schema stores
+(`codes` of an image part); the collator turns them back into an in-sequence span with
+[`ImageVocabulary.image_span_ids`].
 """
 
 from __future__ import annotations

@@ -156,13 +156,14 @@ def _load_adapter(path: str, adapter_config: dict, *, is_trainable: bool, load_p
     base_path = adapter_config.get("base_model_name_or_path")
     if not base_path:
         raise ValueError(
-            f"{os.path.join(path, ADAPTER_CONFIG_NAME)} has no `base_model_name_or_path`: set it to the base checkpoint "
-            "the adapter was trained on (a Hub id or a local directory)."
+            f"{os.path.join(path, ADAPTER_CONFIG_NAME)} has no `base_model_name_or_path`: set it to the base "
+            "checkpoint the adapter was trained on (a Hub id or a local directory)."
         )
     if read_adapter_config(base_path) is not None:
         raise ValueError(
-            f"The base model {base_path!r} of the adapter {path!r} is itself an adapter directory. Merge that adapter "
-            "into its base (`merge_and_unload()` + `save_pretrained`) and point `base_model_name_or_path` at the result."
+            f"The base model {base_path!r} of the adapter {path!r} is itself an adapter directory. Merge that "
+            "adapter into its base (`merge_and_unload()` + `save_pretrained`) and point `base_model_name_or_path` at "
+            "the result."
         )
     model, processor = load_omni_model(base_path, load_processor=load_processor, **kwargs)
     if load_processor and os.path.isfile(os.path.join(path, "processor_config.json")):
@@ -202,9 +203,9 @@ def _checkpoint_holds_perception_head(path: str | os.PathLike) -> bool:
     return False
 
 
-# Anole checkpoints carry the VQGAN decoder (`model.vqmodel.decoder.*`), which transformers' Chameleon has no module for,
-# and PeSFT full fine-tunes a perception head: trl-omni reads both itself (`load_vq_decoder`, `add_perception_head`),
-# so transformers must not report them as unexpected.
+# Anole checkpoints carry the VQGAN decoder (`model.vqmodel.decoder.*`), which transformers' Chameleon has no module
+# for, and PeSFT full fine-tunes a perception head: trl-omni reads both itself (`load_vq_decoder`,
+# `add_perception_head`), so transformers must not report them as unexpected.
 _KEYS_READ_BY_TRL_OMNI = rf"(model\.vqmodel\.decoder\.)|(^{PERCEPTION_HEAD_NAME}\.)"
 
 

@@ -218,7 +218,7 @@ class ChameleonVQDecoder(nn.Module):
         self.requires_grad_(False)
 
     def forward(self, latents: torch.Tensor) -> torch.Tensor:
-        """`(N, embed_dim, H, W)` codebook embeddings -> `(N, C, H * f, W * f)` pixels in the model's normalised space."""
+        """`(N, embed_dim, H, W)` codebook embeddings -> `(N, C, H * f, W * f)` pixels, in the normalised space."""
         # Contiguous on purpose: see the module docstring (GroupNorm accuracy on channels_last).
         return self.decoder(self.post_quant_conv(latents.contiguous()))
 
