@@ -5,7 +5,9 @@ __version__ = "0.1.0.dev0"
 from .collators import InterleavedDataCollator
 from .data import (
     BootstrapConfig,
+    DatasetFormatError,
     InterleavedDataError,
+    SkipReport,
     bootstrap_dataset,
     convert_m3cot,
     convert_omni_bench,
@@ -20,6 +22,7 @@ from .data import (
 )
 from .evaluation import EvalConfig, EvalResult, evaluate
 from .models import (
+    CheckpointError,
     ImageEncoder,
     ImageSegment,
     ImageSegments,
@@ -61,6 +64,8 @@ from .visualization import (
 
 __all__ = [
     "BootstrapConfig",
+    "CheckpointError",
+    "DatasetFormatError",
     "EvalConfig",
     "EvalResult",
     "FalseColorDecoder",
@@ -82,6 +87,7 @@ __all__ = [
     "PerceptionReward",
     "RenderedTrajectoriesCallback",
     "RewardError",
+    "SkipReport",
     "TrajectoryLogger",
     "__version__",
     "accuracy_reward",

@@ -17,7 +17,12 @@ logger = logging.getLogger(__name__)
 
 
 def drop_overlong_rows(
-    dataset: Any, max_length: int | None, collator: Any = None, name: str = "train", batch_size: int = 512
+    dataset: Any,
+    max_length: int | None,
+    collator: Any = None,
+    name: str = "train",
+    batch_size: int = 512,
+    skip_report: Any = None,
 ) -> Any:
     """Returns `dataset` without the rows that cannot be trained within `max_length`.
 
@@ -32,6 +37,8 @@ def drop_overlong_rows(
         collator: An [`InterleavedDataCollator`] for interleaved rows (or anything with `keeps(rows)`).
         name: The dataset's name in messages (`"train"`, `"eval"`, ...).
         batch_size: Rows measured per collator call.
+        skip_report: Optional [`~trl_omni.data.report.SkipReport`] that records the dropped rows (stage
+            `"<name> rows"`), for the end-of-run summary.
 
     Example:
         ```python
@@ -74,7 +81,10 @@ def drop_overlong_rows(
             f"Every {name} row ({len(dataset)}) is longer than max_length={limit}: nothing left to train. Raise "
             "`max_length` (the Omni-R1 authors used 5100: four 1,026-token Anole images plus text)."
         )
-    ids = dataset.select(dropped[:5])["id"] if "id" in columns else dropped[:5]
+    ids = dataset.select(dropped[:20])["id"] if "id" in columns else dropped[:20]
+    if skip_report is not None:
+        reason = f"longer than max_length={limit}, length policy {policy}"
+        skip_report.add(f"{name} rows", len(dropped), len(dataset), reason, rows=ids, log=False)
     logger.warning(
         "Dropped %d of %d %s rows longer than max_length=%d before batching (length policy %s), e.g. %s. Raise "
         "`max_length` to keep them.",
@@ -83,6 +93,6 @@ def drop_overlong_rows(
         name,
         limit,
         policy,
-        ", ".join(map(str, ids)),
+        ", ".join(map(str, ids[:5])),
     )
     return dataset.select([index for index, kept in enumerate(mask) if kept])

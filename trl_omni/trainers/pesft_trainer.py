@@ -15,6 +15,11 @@ from trl.models.utils import unwrap_model_for_generation
 
 from ..collators import InterleavedDataCollator
 from ..data.lengths import drop_overlong_rows
+from ..data.loading import check_not_empty
+from ..data.pretokenize import check_interleaved_storage
+from ..data.pretokenized import validate_pretokenized_rows
+from ..data.report import SkipReport, SkipReportCallback
+from ..data.schema import DatasetFormatError
 from ..models import ImageSpanLogitsProcessor, ImageVocabulary, freeze_vq_model, load_omni_model, unwrap_model
 from ..visualization import RenderedTrajectoriesCallback
 from .perception import PERCEPTION_HEAD_NAME, add_perception_head, get_perception_head
@@ -59,9 +64,12 @@ class PeSFTTrainer(SFTTrainer):
         data_collator: Any collator returning `input_ids`, `attention_mask` and `labels` (`-100` on prompt, prompt
             images and padding). Without one, pre-tokenized datasets (`input_ids` + `completion_mask`, TRL's
             format) use TRL's language-modeling collator.
-        train_dataset: Training rows. Rows that cannot be trained within `args.max_length` are dropped (counted,
-            logged) before batching, never cut inside an image (see [`~trl_omni.data.drop_overlong_rows`]).
-        eval_dataset: Evaluation rows.
+        train_dataset: Training rows. Pre-tokenized rows are checked once ([`validate_pretokenized_rows`]: cut
+            image spans, stray image tokens, mask lengths, ids out of range) and refused, or dropped and counted
+            under `args.on_error="skip"`. Rows that cannot be trained within `args.max_length` (pre-tokenized or
+            interleaved) are dropped, counted and logged before batching, never cut inside an image (see
+            [`~trl_omni.data.drop_overlong_rows`]), so any batch size trains.
+        eval_dataset: Evaluation rows (checked the same way).
         processing_class: The `ChameleonProcessor` (or its tokenizer). Loaded with the model when `model` is a path.
         peft_config: Optional PEFT config; `"perception_head"` is added to its `modules_to_save`.
         image_vocabulary: The model's [`~trl_omni.ImageVocabulary`]; read from the model when not given.
@@ -114,6 +122,7 @@ class PeSFTTrainer(SFTTrainer):
             processing_class = processing_class or loaded_processor
         if train_dataset is None:
             raise ValueError("`train_dataset` is required")
+        check_not_empty(train_dataset, "the train dataset")
 
         # Read image-token facts and the codebook before any wrapping: under FSDP2 / ZeRO-3 the VQ weights would be
         # shards afterwards.
@@ -121,7 +130,9 @@ class PeSFTTrainer(SFTTrainer):
         self.image_vocabulary = image_vocabulary or ImageVocabulary.from_model(model, processor)
         freeze_vq_model(model)
 
-        sample = next(iter(train_dataset))
+        sample = next(iter(train_dataset), None)
+        if sample is None:
+            raise DatasetFormatError("The train dataset yields no rows. Fix: check the file, split and filters.")
         if "image" in sample or "images" in sample:
             raise ValueError(
                 "The training dataset has an 'image'/'images' column, which switches SFTTrainer to its vision path "
@@ -135,17 +146,19 @@ class PeSFTTrainer(SFTTrainer):
             args.completion_only_loss = True
         if data_collator is None:
             data_collator = self._default_data_collator(sample, args, processing_class)
-        # The dataset-level length pass: over-long rows go before batching, so no batch (of any size) is left empty
-        # and TRL never truncates pre-tokenized rows (which could cut an image).
+        # Rows skipped before training (conversion under `on_error="skip"`, bad pre-tokenized rows, rows too long for
+        # `max_length`), summarised with the collator's length drops at the end of training. `trl-omni sft` merges
+        # its own into it. Over-long rows go here, once per dataset, so no batch (of any size) is left empty and TRL
+        # never truncates pre-tokenized rows (which could cut an image).
+        self.skip_report = SkipReport()
         length_collator = data_collator if isinstance(data_collator, InterleavedDataCollator) else None
-        train_dataset = drop_overlong_rows(train_dataset, args.max_length, length_collator, "train")
+        train_dataset = self._prepare_dataset(train_dataset, args, "train", length_collator)
         if isinstance(eval_dataset, dict):
             eval_dataset = {
-                name: drop_overlong_rows(ds, args.max_length, length_collator, name)
-                for name, ds in eval_dataset.items()
+                name: self._prepare_dataset(ds, args, name, length_collator) for name, ds in eval_dataset.items()
             }
         elif eval_dataset is not None:
-            eval_dataset = drop_overlong_rows(eval_dataset, args.max_length, length_collator, "eval")
+            eval_dataset = self._prepare_dataset(eval_dataset, args, "eval", length_collator)
 
         if get_perception_head(model) is None:
             if unwrap_model(model) is not model and hasattr(model, "peft_config"):
@@ -174,6 +187,7 @@ class PeSFTTrainer(SFTTrainer):
             peft_config=peft_config,
             **kwargs,
         )
+        self.add_callback(SkipReportCallback(self.skip_report, self.data_collator))
         if args.log_rendered_trajectories > 0 and RenderedTrajectoriesCallback.find(self) is None:
             self.add_callback(
                 RenderedTrajectoriesCallback(
@@ -217,6 +231,19 @@ class PeSFTTrainer(SFTTrainer):
             image_root=args.image_root,
             seed=args.seed,
         )
+
+    def _prepare_dataset(self, dataset: Any, args: PeSFTConfig, name: str, collator: Any) -> Any:
+        """Checks pre-tokenized rows (refused, or dropped and counted under `on_error="skip"`; interleaved datasets get
+        the checks their column types allow, the collator checks each row), then drops the rows that cannot be trained
+        within `max_length` (see [`~trl_omni.data.drop_overlong_rows`])."""
+        columns = getattr(dataset, "column_names", None) or []
+        if "input_ids" in columns:
+            dataset = validate_pretokenized_rows(
+                dataset, self.image_vocabulary, on_error=args.on_error, what=name, skip_report=self.skip_report
+            )
+        elif isinstance(dataset, Dataset) and "prompt" in columns:
+            check_interleaved_storage(dataset)
+        return drop_overlong_rows(dataset, args.max_length, collator, name, skip_report=self.skip_report)
 
     @staticmethod
     def _rendered_answer_budget(args: PeSFTConfig, vocab: ImageVocabulary) -> int:
