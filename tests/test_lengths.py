@@ -11,6 +11,7 @@ from trl_omni import ImageVocabulary, load_omni_model
 from trl_omni.collators import InterleavedDataCollator
 from trl_omni.data import drop_overlong_rows, image_part, text_part
 from trl_omni.data.bootstrap import BootstrapConfig, load_bootstrapped, run_bootstrap
+from trl_omni.data.schema import DatasetFormatError
 from trl_omni.testing import tiny_chameleon
 from trl_omni.testing_data import interleaved_rows, m3cot_rows
 from trl_omni.trainers import PeSFTConfig, PeSFTTrainer
@@ -80,9 +81,12 @@ def test_bootstrap_draws_only_what_fits_the_sft_budget(tmp_path):
     assert "1 rows drew fewer images" in (out / "README.md").read_text()
     assert json.loads((out / "manifest.json").read_text())["counts"]["rows_shortened"] == 1
 
+    # A row too long even without drawings is dropped and counted; with nothing written, the run names why.
     text_only = length - 3 * vocab.span_length
-    dropped = run_bootstrap(BootstrapConfig(output_dir=str(tmp_path / "drop"), max_length=text_only - 1, **common),
-                            model, processor, rows)["counts"]  # fmt: skip
+    with pytest.raises(DatasetFormatError, match=r"1 were longer than --max_length=\d+ tokens even without drawings"):
+        run_bootstrap(BootstrapConfig(output_dir=str(tmp_path / "drop"), max_length=text_only - 1, **common),
+                      model, processor, rows)  # fmt: skip
+    dropped = json.loads((tmp_path / "drop" / "manifest.json").read_text())["counts"]
     assert (dropped["samples_too_long"], dropped["rows_written"], dropped["images_drawn"]) == (1, 0, 0)
 
 

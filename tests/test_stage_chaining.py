@@ -123,6 +123,16 @@ def test_full_fine_tuning_from_a_lora_output_merges_it_and_keeps_the_head(tmp_pa
     peft_model.save_pretrained(tmp_path / "adapter")
     expected = {name: p.detach().clone() for name, p in peft_model.merge_and_unload().named_parameters()}
 
+    # The pre-launch check accepts the adapter (and checks its base), and names what an adapter directory lacks.
+    from trl_omni.models import CheckpointError, check_checkpoint
+
+    check_checkpoint(tmp_path / "adapter", load_processor=False)
+    broken = tmp_path / "broken-adapter"
+    broken.mkdir()
+    (broken / "adapter_config.json").write_text((tmp_path / "adapter" / "adapter_config.json").read_text())
+    with pytest.raises(CheckpointError, match="no adapter weights"):
+        check_checkpoint(broken)
+
     merged, _ = load_model_and_processor(ModelConfig(model_name_or_path=str(tmp_path / "adapter"), dtype="float32"))
     assert not isinstance(merged, PeftModel)
     actual = dict(merged.named_parameters())

@@ -101,7 +101,7 @@ def check_checkpoint(model_name_or_path: str | os.PathLike, load_processor: bool
     def missing(what: str, fix: str) -> CheckpointError:
         return CheckpointError(f"The checkpoint directory {name!r} has no {what} {listing}. Fix: {fix}")
 
-    if ADAPTER_CONFIG_NAME in files and "config.json" not in files:
+    if ADAPTER_CONFIG_NAME in files:  # load_omni_model loads it as an adapter on its base
         _check_adapter(path, name, files, listing, load_processor)
         return
     if "config.json" not in files:

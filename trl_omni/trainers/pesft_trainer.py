@@ -152,13 +152,13 @@ class PeSFTTrainer(SFTTrainer):
         # never truncates pre-tokenized rows (which could cut an image).
         self.skip_report = SkipReport()
         length_collator = data_collator if isinstance(data_collator, InterleavedDataCollator) else None
-        train_dataset = self._prepare_dataset(train_dataset, args, "train", length_collator)
+        train_dataset = self._check_and_bound_rows(train_dataset, args, "train", length_collator)
         if isinstance(eval_dataset, dict):
             eval_dataset = {
-                name: self._prepare_dataset(ds, args, name, length_collator) for name, ds in eval_dataset.items()
+                name: self._check_and_bound_rows(ds, args, name, length_collator) for name, ds in eval_dataset.items()
             }
         elif eval_dataset is not None:
-            eval_dataset = self._prepare_dataset(eval_dataset, args, "eval", length_collator)
+            eval_dataset = self._check_and_bound_rows(eval_dataset, args, "eval", length_collator)
 
         if get_perception_head(model) is None:
             if unwrap_model(model) is not model and hasattr(model, "peft_config"):
@@ -232,7 +232,7 @@ class PeSFTTrainer(SFTTrainer):
             seed=args.seed,
         )
 
-    def _prepare_dataset(self, dataset: Any, args: PeSFTConfig, name: str, collator: Any) -> Any:
+    def _check_and_bound_rows(self, dataset: Any, args: PeSFTConfig, name: str, collator: Any) -> Any:
         """Checks pre-tokenized rows (refused, or dropped and counted under `on_error="skip"`; interleaved datasets get
         the checks their column types allow, the collator checks each row), then drops the rows that cannot be trained
         within `max_length` (see [`~trl_omni.data.drop_overlong_rows`])."""

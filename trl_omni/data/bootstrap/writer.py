@@ -174,7 +174,8 @@ def no_rows_reason(counts: Mapping[str, int], config: Mapping[str, Any] | None =
     splitter = arguments.get("step_splitter", "auto")
     bad = counts.get("samples_skipped_bad_input", 0)
     no_steps = counts.get("samples_without_steps", 0)
-    low_quality = counts.get("samples_dropped", 0) - bad - no_steps
+    too_long = counts.get("samples_too_long", 0)
+    low_quality = counts.get("samples_dropped", 0) - bad - no_steps - too_long
     reasons = []
     if bad:
         reasons.append(
@@ -186,6 +187,11 @@ def no_rows_reason(counts: Mapping[str, int], config: Mapping[str, Any] | None =
             f"{no_steps} had no reasoning step in their {rationale!r} column (split with --step_splitter "
             f"{splitter!r}; give a text rationale, map the right column with --rationale_column, or choose another "
             "--step_splitter)"
+        )
+    if too_long:
+        reasons.append(
+            f"{too_long} were longer than --max_length={arguments.get('max_length')} tokens even without drawings "
+            "(raise --max_length to the SFT max_length you train with, or shorten the questions / rationales)"
         )
     if low_quality > 0:
         reasons.append(
