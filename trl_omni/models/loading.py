@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import logging
 import os
@@ -21,7 +22,6 @@ logger = logging.getLogger(__name__)
 PERCEPTION_HEAD_NAME = "perception_head"
 """Attribute under which PeSFT registers its perception head on the model (and key prefix in checkpoints)."""
 ADAPTER_CONFIG_NAME = "adapter_config.json"
-
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 _WEIGHT_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
@@ -166,6 +166,7 @@ def load_omni_model(
     model_name_or_path: str | os.PathLike,
     *,
     dtype: torch.dtype | str | None = "auto",
+    device: torch.device | str | None = None,
     quantization_config: Any | None = None,
     load_processor: bool = True,
     processor_kwargs: dict | None = None,
@@ -191,7 +192,11 @@ def load_omni_model(
     Args:
         model_name_or_path: Hub id (e.g. `"leloy/Anole-7b-v0.1-hf"`) or local directory (a checkpoint or a PEFT
             adapter).
-        dtype: Passed to `from_pretrained` (`"auto"` keeps the checkpoint's dtype).
+        dtype: A `torch.dtype` or its name (`"bfloat16"`, `"float32"`, ...); `"auto"` (or None) keeps the
+            checkpoint's dtype.
+        device: Where to put the model once loaded: a device (`"cuda"`, `"cuda:1"`, `"cpu"`), `"auto"` (the
+            accelerator when there is one, else the CPU) or None (where `from_pretrained` put it). Not together with a
+            quantization config or a `device_map`, which place the weights while loading.
         quantization_config: Optional transformers quantization config (bitsandbytes 4-bit / 8-bit, ...).
         load_processor: Also load the `ChameleonProcessor` from the same path.
         processor_kwargs: Extra keyword arguments for the processor's `from_pretrained`.
@@ -222,6 +227,11 @@ def load_omni_model(
     """
     from transformers import ChameleonForConditionalGeneration, ChameleonProcessor
 
+    if device is not None and (quantization_config is not None or "device_map" in from_pretrained_kwargs):
+        raise ValueError(
+            "Pass either `device` or a quantization config / `device_map` to load_omni_model: quantized weights and a "
+            "device map are placed while loading (use device_map={'': index} for one device)."
+        )
     adapter_config = read_adapter_config(model_name_or_path)
     if adapter_config is not None:
         return _load_adapter(
@@ -229,18 +239,19 @@ def load_omni_model(
             adapter_config,
             is_trainable=is_trainable,
             dtype=dtype,
+            device=device,
             quantization_config=quantization_config,
             load_processor=load_processor,
             processor_kwargs=processor_kwargs,
             **from_pretrained_kwargs,
         )
     check_checkpoint(model_name_or_path, load_processor=load_processor)
+    dtype = "auto" if dtype is None else dtype
     if quantization_config is not None:
-        _keep_image_modules_unquantized(quantization_config)
-        from_pretrained_kwargs["quantization_config"] = quantization_config
+        from_pretrained_kwargs["quantization_config"] = _keep_image_modules_unquantized(quantization_config)
     local = os.path.isdir(model_name_or_path)
     try:
-        with _trl_omni_keys_expected(ChameleonForConditionalGeneration):
+        with _vq_decoder_keys_expected(ChameleonForConditionalGeneration):
             model = ChameleonForConditionalGeneration.from_pretrained(
                 model_name_or_path, dtype=dtype, **from_pretrained_kwargs
             )
@@ -257,6 +268,8 @@ def load_omni_model(
             f"Cannot load the checkpoint {os.fspath(model_name_or_path)!r}: {type(error).__name__}: {error}. Fix: "
             "re-save the model and processor there (a truncated or corrupted file?)."
         ) from error
+    if device is not None:
+        model.to(resolve_device(device))
     enable_image_generation(model)
     freeze_vq_model(model)
     if _checkpoint_holds_perception_head(model_name_or_path):
@@ -339,20 +352,34 @@ def _checkpoint_holds_perception_head(path: str | os.PathLike) -> bool:
     return False
 
 
-# Anole checkpoints carry the VQGAN decoder (`model.vqmodel.decoder.*`), which transformers' Chameleon has no module
-# for, and PeSFT full fine-tunes a perception head: trl-omni reads both itself (`load_vq_decoder`,
-# `add_perception_head`), so transformers must not report them as unexpected.
-_KEYS_READ_BY_TRL_OMNI = rf"(model\.vqmodel\.decoder\.)|(^{PERCEPTION_HEAD_NAME}\.)"
+def resolve_device(device: torch.device | str | None = "auto") -> torch.device:
+    """A `torch.device`; `"auto"` or None is the accelerator when there is one (CUDA, XPU, MPS, ...), else the CPU.
+
+    Example:
+        ```python
+        >>> resolve_device("auto")  # device(type='cuda', index=0) on a GPU machine
+        ```
+    """
+    if device is None or device == "auto":
+        accelerator = torch.accelerator.current_accelerator() if torch.accelerator.is_available() else None
+        return accelerator if accelerator is not None else torch.device("cpu")
+    return torch.device(device)
+
+
+# Anole checkpoints carry the VQGAN decoder (`model.vqmodel.decoder.*`), and a full PeSFT checkpoint its perception head
+# (`perception_head.weight`); transformers' Chameleon has no module for either. trl-omni reads them itself
+# (`load_vq_decoder`; `add_perception_head`, which PeSFT calls), so they are expected, not "unexpected".
+_VQ_DECODER_KEYS = rf"(model\.vqmodel\.decoder\.)|(^{PERCEPTION_HEAD_NAME}\.)"
 
 
 @contextlib.contextmanager
-def _trl_omni_keys_expected(model_class: type) -> Iterator[None]:
-    """While loading, lists those keys in the class's documented `_keys_to_ignore_on_load_unexpected`, so
+def _vq_decoder_keys_expected(model_class: type) -> Iterator[None]:
+    """While loading, lists the decoder keys in the class's documented `_keys_to_ignore_on_load_unexpected`, so
     transformers does not print a load report of ~150 "UNEXPECTED" decoder weights for every Anole checkpoint."""
     attribute = "_keys_to_ignore_on_load_unexpected"
     had_own = attribute in model_class.__dict__
     own = model_class.__dict__.get(attribute)
-    setattr(model_class, attribute, [*(getattr(model_class, attribute, None) or []), _KEYS_READ_BY_TRL_OMNI])
+    setattr(model_class, attribute, [*(getattr(model_class, attribute, None) or []), _VQ_DECODER_KEYS])
     try:
         yield
     finally:
@@ -362,12 +389,16 @@ def _trl_omni_keys_expected(model_class: type) -> Iterator[None]:
             delattr(model_class, attribute)
 
 
-def _keep_image_modules_unquantized(quantization_config: Any) -> None:
+def _keep_image_modules_unquantized(quantization_config: Any) -> Any:
+    """A copy of `quantization_config` that leaves the VQ model and `lm_head` in full precision (the caller's config
+    is not changed)."""
     skip_attr = "llm_int8_skip_modules"  # bitsandbytes' name for "modules to leave in full precision"
     if not hasattr(quantization_config, skip_attr):
-        return
+        return quantization_config
     skipped = list(getattr(quantization_config, skip_attr) or [])
-    for name in ("vqmodel", "lm_head"):
-        if name not in skipped:
-            skipped.append(name)
-    setattr(quantization_config, skip_attr, skipped)
+    missing = [name for name in ("vqmodel", "lm_head") if name not in skipped]
+    if not missing:
+        return quantization_config
+    quantization_config = copy.copy(quantization_config)
+    setattr(quantization_config, skip_attr, skipped + missing)
+    return quantization_config

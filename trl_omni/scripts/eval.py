@@ -88,7 +88,6 @@ class EvalModelArguments:
 
 def main(script_args: Any, eval_config: Any, model_args: Any) -> int:
     """Loads the model and data, then runs [`trl_omni.evaluation.evaluate`]."""
-    import torch
 
     from trl_omni.data.loading import load_any_dataset, select_split
     from trl_omni.evaluation import evaluate
@@ -98,11 +97,10 @@ def main(script_args: Any, eval_config: Any, model_args: Any) -> int:
         raise ValueError("--model_name_or_path is required.")
     if not script_args.dataset_name:
         raise ValueError("--dataset_name is required: a Hub dataset, a local json/jsonl/parquet file or a directory.")
-    dtype = model_args.dtype if model_args.dtype == "auto" else getattr(torch, model_args.dtype)
-    device = model_args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     # A full checkpoint or a LoRA / QLoRA output of `trl-omni sft|rl` (base + adapter + perception head).
-    model, processor = load_omni_model(model_args.model_name_or_path, dtype=dtype)
-    model.to(device)
+    model, processor = load_omni_model(
+        model_args.model_name_or_path, dtype=model_args.dtype, device=model_args.device or "auto"
+    )
 
     decoder = None
     if model_args.image_decoder != "false_color":
