@@ -376,8 +376,8 @@ def test_evaluation_rows_without_a_gold_answer_are_counted_and_left_unscored(tmp
     model, processor = tiny
     rows = omni_bench_rows(4)
     rows[1]["answer"], rows[2]["answer"] = None, "  "
-    config = EvalConfig(output_dir=str(tmp_path / "bench"), batch_size=4, max_new_tokens=2, progress=False,
-                        print_table=False)  # fmt: skip
+    config = EvalConfig(output_dir=str(tmp_path / "bench"), batch_size=4, max_new_tokens=2, max_images=0,
+                        progress=False, print_table=False)  # fmt: skip
     with caplog.at_level("WARNING"):
         result = evaluate(model, processor, rows, config, dataset_format="omni_bench")
     assert "2 of 4 rows have no gold answer" in caplog.text
@@ -387,7 +387,7 @@ def test_evaluation_rows_without_a_gold_answer_are_counted_and_left_unscored(tmp
     assert (result.metrics["overall"]["num_rows"], result.metrics["overall"]["num_scored"]) == (4, 2)
     # A gold answer that is not a string is named before anything is generated.
     rows[3]["answer"] = 40.0
-    bad = EvalConfig(output_dir=str(tmp_path / "bad"), batch_size=4, max_new_tokens=2, progress=False)
+    bad = EvalConfig(output_dir=str(tmp_path / "bad"), batch_size=4, max_new_tokens=2, max_images=0, progress=False)
     with pytest.raises(
         InterleavedDataError, match=r"Row 3, field 'answer': the answer must be a string, got float 40\.0"
     ):

@@ -207,7 +207,7 @@ def test_encode_prompt_batch_left_padded_generates(tiny_data):
         **inputs,
         max_new_tokens=4,
         do_sample=False,
-        logits_processor=LogitsProcessorList([ImageSpanLogitsProcessor(vocab)]),
+        logits_processor=LogitsProcessorList([ImageSpanLogitsProcessor(vocab, max_new_tokens=4)]),
         pad_token_id=processor.tokenizer.pad_token_id,
     )
     assert out.shape == (2, inputs["input_ids"].shape[1] + 4)

@@ -206,7 +206,8 @@ def test_interleaved_rows_with_custom_groups(tmp_path):
     for i, row in enumerate(rows):
         row["source"] = ["synthetic-a", "synthetic-b"][i % 2]
     config = EvalConfig(
-        output_dir=str(tmp_path), template="plain", batch_size=2, max_new_tokens=4, source_columns=["source"],
+        output_dir=str(tmp_path), template="plain", batch_size=2, max_new_tokens=4, max_images=0,
+        source_columns=["source"],
         task_groups={"first": ["synthetic-a"]}, progress=False, print_table=False,
     )  # fmt: skip
     result = evaluate(model, processor, rows, config, dataset_format="interleaved")
@@ -225,8 +226,7 @@ def test_eval_loads_a_lora_adapter_directory(tmp_path):
     import torch
     from peft import LoraConfig, get_peft_model
 
-    from trl_omni.models import ImageVocabulary
-    from trl_omni.scripts.eval import load_model_or_adapter
+    from trl_omni.models import ImageVocabulary, load_omni_model
     from trl_omni.testing import tiny_chameleon
     from trl_omni.trainers import add_perception_head, get_perception_head
 
@@ -240,7 +240,7 @@ def test_eval_loads_a_lora_adapter_directory(tmp_path):
     # What the adapter saves: LoRA weights and the trained copy of the head (not PEFT's `original_module`).
     saved = {k: v.clone() for k, v in peft_model.state_dict().items() if "lora_" in k or "modules_to_save" in k}
 
-    loaded, loaded_processor = load_model_or_adapter(str(tmp_path / "adapter"), dtype=torch.float32)
+    loaded, loaded_processor = load_omni_model(str(tmp_path / "adapter"), dtype=torch.float32)
     state = loaded.state_dict()
     assert saved and all(torch.equal(state[k], v) for k, v in saved.items())
     assert get_perception_head(loaded) is not None

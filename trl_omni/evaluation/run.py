@@ -30,6 +30,7 @@ class _EvalSession:
     restorer: Callable
     decoder: Any
     logits_processors: Sequence[Any]
+    max_new_tokens: int  # the generation budget, `config.generation_budget(vocab)`
 
 
 def _row_source(row: Mapping[str, Any], source_columns: Sequence[str]) -> tuple[str, list[Any]]:
@@ -70,6 +71,7 @@ def _open_session(
         restorer=_TagRestorer(processor, tags.control_tags, vocab),
         decoder=_resolve_decoder(decoder, vocab),
         logits_processors=logits_processors,
+        max_new_tokens=config.generation_budget(vocab),
     )
 
 
@@ -88,7 +90,7 @@ def _generate_batch(
         session.model,
         session.vocab,
         **inputs,
-        max_new_tokens=config.max_new_tokens,
+        max_new_tokens=session.max_new_tokens,
         max_images=config.max_images,
         do_sample=config.do_sample,
         logits_processors=session.logits_processors,
@@ -249,7 +251,7 @@ def evaluate(
     Example:
         ```python
         >>> from trl_omni.evaluation import EvalConfig, evaluate
-        >>> result = evaluate(model, processor, omni_bench, EvalConfig(output_dir="eval", max_new_tokens=2048))
+        >>> result = evaluate(model, processor, omni_bench, EvalConfig(output_dir="eval"))  # budget: 2 images + text
         >>> print(result.table)
         ```
     """
@@ -264,9 +266,15 @@ def evaluate(
         keep = min(config.max_samples, len(dataset))
         dataset = dataset[:keep] if isinstance(dataset, list) else dataset.select(range(keep))
     vocab = ImageVocabulary.from_model(model, processor)
+    budget = config.generation_budget(vocab)  # refused here, before any work, when it cannot hold an image
     dataset = to_interleaved(dataset, dataset_format, model, processor, image_root=image_root)
     _check_golds(dataset, config)
-    extra = {"dataset_format": dataset_format, "decoder": type(decoder).__qualname__ if decoder is not None else None}
+    # The effective budget (derived when unset) is what shapes the predictions, so it is what a resume compares.
+    extra = {
+        "dataset_format": dataset_format,
+        "decoder": type(decoder).__qualname__ if decoder is not None else None,
+        "max_new_tokens": budget,
+    }
     records = _open_output_dir(config, _identity(config, model, processor, dataset, extra, logits_processors))
     done = {record["index"] for record in records}
     out = Path(config.output_dir)
