@@ -116,3 +116,38 @@ def test_no_segments(vocab):
     assert len(segs) == 0
     assert segs.complete_codes.shape == (0, 8, 8)
     assert segs.stray_image_tokens.tolist() == [0, 0]
+
+
+def test_completion_segments_continue_an_image_opened_by_the_prompt(vocab):
+    """One parse for completions: an image the prompt opened (ending with BOI, or BOI and some codes) and the
+    completion finished is the completion's first image, at a negative start; the prompt's closed images are not."""
+    boi, eoi = vocab.boi_token_id, vocab.eoi_token_id
+    c1, i1 = _img(vocab, 1)
+    c2, i2 = _img(vocab, 2)
+    prompts = [
+        T + [boi],  # "draw now"
+        T + [boi, *i1[:10]],  # the prompt holds the first codes
+        T + [boi, *i2, eoi],  # a closed problem image: not part of the completion
+        T + [boi, *i1, eoi] + T,  # text after the image: the prompt opens nothing
+    ]
+    completions = [
+        [*i1, eoi] + T + [boi, *i2, eoi],
+        [*i1[10:], eoi] + T,
+        T + [boi, *i1, eoi],
+        [*i1, eoi],  # image tokens the prompt did not open: stray
+    ]
+    assert [vocab.open_image_prefix(p) for p in prompts] == [[boi], [boi, *i1[:10]], [], []]
+    segs = vocab.parse_completion_segments(completions, prompts)
+    assert segs.batch_index.tolist() == [0, 0, 1, 2]
+    assert segs.start.tolist() == [-1, 68, -11, 3] and segs.end.tolist() == [65, 134, 55, 69]
+    assert segs.complete.all() and segs.stray_image_tokens.tolist() == [0, 0, 0, 64]
+    torch.testing.assert_close(segs.complete_codes.reshape(4, -1), torch.stack([c1, c2, c1, c1]))
+    rows = segs.per_row(4)
+    torch.testing.assert_close(rows[1][0].codes, c1)  # the prompt's ten codes and the completion's 54
+    assert (rows[0][0].start, rows[0][0].end) == (-1, 65) and rows[3] == []
+
+    # The prompt part alone never makes an image complete; without prompts it is plain parse_segments.
+    cut = vocab.parse_completion_segments([i1[:20]], [T + [boi]])
+    assert cut.start.tolist() == [-1] and not cut.complete.any() and cut[0].codes.numel() == 20
+    plain = vocab.parse_completion_segments(completions)
+    assert plain.start.tolist() == vocab.parse_segments(completions).start.tolist()

@@ -102,6 +102,9 @@ class ImageSegments:
         complete_codes: `(M, H, W)` codes of the `M` complete segments, in segment order.
         complete_batch_index: `(M,)` row of each complete segment.
         stray_image_tokens: `(B,)` image tokens found outside any segment, per row.
+
+    From [`ImageVocabulary.parse_completion_segments`], positions are relative to each completion's first token, so
+    an image opened by the prompt has a negative `start`.
     """
 
     batch_index: torch.Tensor
@@ -114,6 +117,9 @@ class ImageSegments:
     stray_image_tokens: torch.Tensor
     _ids: torch.Tensor = field(repr=False)
     _codes: torch.Tensor = field(repr=False)
+    # Per row, how many positions `start` / `end` are shifted from the parsed rows (prompt tokens put before a
+    # completion by `parse_completion_segments`).
+    _offsets: torch.Tensor | None = field(default=None, repr=False)
 
     def __len__(self) -> int:
         return int(self.batch_index.numel())
@@ -124,7 +130,8 @@ class ImageSegments:
 
     def __getitem__(self, i: int) -> ImageSegment:
         row, start, end = int(self.batch_index[i]), int(self.start[i]), int(self.end[i])
-        inner = self._codes[row, start + 1 : end]
+        offset = 0 if self._offsets is None else int(self._offsets[row])
+        inner = self._codes[row, start + offset + 1 : end + offset]
         return ImageSegment(row, start, end, inner[inner >= 0], bool(self.complete[i]))
 
     def per_row(self, num_rows: int) -> list[list[ImageSegment]]:
@@ -413,6 +420,63 @@ class ImageVocabulary:
             _ids=ids,
             _codes=codes,
         )
+
+    def open_image_prefix(self, prompt_ids: Sequence[int]) -> list[int]:
+        """The end of a prompt that opens an image for its completion to finish, or `[]`.
+
+        A prompt opens an image when it ends inside an image segment: its last BOI is followed by image tokens only
+        (none, when the prompt ends with BOI, which is how a model is asked to draw). Constrained generation
+        ([`ImageSpanLogitsProcessor`]) continues such a segment, so the completion holds the rest of the image.
+
+        Returns:
+            The prompt's tokens from that BOI to its end (`[BOI]` for a prompt ending with BOI), or `[]`.
+        """
+        tail = [int(token) for token in prompt_ids[-(self.span_length - 1) :]]  # an open segment is shorter
+        if self.boi_token_id not in tail:
+            return []
+        start = len(tail) - 1 - tail[::-1].index(self.boi_token_id)
+        inside = torch.tensor(tail[start + 1 :], dtype=torch.long)
+        return tail[start:] if bool(self.is_image_token(inside).all()) else []
+
+    def parse_completion_segments(
+        self,
+        completion_ids: Sequence[Sequence[int]],
+        prompt_ids: Sequence[Sequence[int]] | None = None,
+    ) -> ImageSegments:
+        """[`parse_segments`] of completions, each read as the continuation of its prompt.
+
+        An image opened by the prompt (see [`open_image_prefix`]) and finished by the completion is *the
+        completion's first image*: it is parsed together with its prompt part, so it is complete when the two parts
+        together hold a whole image, and its `start` is negative (the BOI's position before the completion's first
+        token). Every user of completions (rewards, PeRPO's metrics, rendering, evaluation) parses them here, so an
+        image the prompt opened counts the same everywhere. Other images of the prompt are not included.
+
+        Args:
+            completion_ids: One list of ids per completion (padding removed).
+            prompt_ids: The prompt of each completion (padding removed), or None when no prompt opens an image.
+
+        Returns:
+            [`ImageSegments`] with positions relative to each completion's first token.
+
+        Example:
+            ```python
+            >>> prompt = [*question_ids, vocab.boi_token_id]  # "draw now"
+            >>> segments = vocab.parse_completion_segments([completion], [prompt])
+            >>> segments[0].start, segments[0].complete  # the drawing, opened by the prompt
+            (-1, True)
+            ```
+        """
+        completion_ids = [list(ids) for ids in completion_ids]
+        if prompt_ids is None:
+            return self.parse_segments(completion_ids)
+        if len(prompt_ids) != len(completion_ids):
+            raise ValueError(f"Got {len(prompt_ids)} prompts for {len(completion_ids)} completions.")
+        prefixes = [self.open_image_prefix(ids) for ids in prompt_ids]
+        parsed = self.parse_segments([prefix + ids for prefix, ids in zip(prefixes, completion_ids)])
+        offsets = torch.tensor([len(prefix) for prefix in prefixes], dtype=torch.long, device=parsed.start.device)
+        shift = offsets[parsed.batch_index]
+        parsed.start, parsed.end, parsed._offsets = parsed.start - shift, parsed.end - shift, offsets
+        return parsed
 
     def __repr__(self) -> str:
         return (
