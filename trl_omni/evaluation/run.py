@@ -78,7 +78,11 @@ def _open_session(
 def _generate_batch(
     session: _EvalSession, rows: list[Mapping[str, Any]], start: int
 ) -> tuple[list[list[int]], list[list[int]]]:
-    """Prompt ids (padding removed) and completion ids (cut at EOS) of one batch, image spans constrained."""
+    """Prompt ids (padding removed) and completion ids (cut at EOS) of one batch, image spans constrained.
+
+    With `open_with_image`, every prompt ends with BOI (the model is asked to draw first): the constrained generation
+    finishes that image, which is then the answer's first image (`ImageVocabulary.parse_completion_segments`).
+    """
     from transformers import LogitsProcessorList
 
     from ..models import ImageSpanLogitsProcessor
@@ -86,12 +90,19 @@ def _generate_batch(
     config, collator = session.config, session.collator
     eos_token_id = collator.tokenizer.eos_token_id
     inputs = collator.encode_prompt_batch(rows, padding_side="left")
+    max_images = config.max_images
+    if config.open_with_image:  # left padded: every prompt ends in the last column
+        boi = torch.full((len(rows), 1), session.vocab.boi_token_id, dtype=torch.long)
+        inputs = {
+            "input_ids": torch.cat([inputs["input_ids"], boi], dim=1),
+            "attention_mask": torch.cat([inputs["attention_mask"], torch.ones_like(boi)], dim=1),
+        }
+        # The constraint counts the images the completion opens; the one the prompt opened is the first.
+        max_images = None if max_images is None else max_images - 1
     inputs = {key: value.to(session.device) for key, value in inputs.items()}
     # Seeded per batch: an uninterrupted run and a resumed one sample the same tokens for the same batch.
     torch.manual_seed(config.seed + start)
-    constraint = ImageSpanLogitsProcessor(
-        session.vocab, max_images=config.max_images, max_new_tokens=config.max_new_tokens
-    )
+    constraint = ImageSpanLogitsProcessor(session.vocab, max_images=max_images, max_new_tokens=config.max_new_tokens)
     sampling = {"temperature": config.temperature, "top_p": config.top_p} if config.do_sample else {}
     with torch.no_grad():
         output = session.model.generate(
@@ -128,7 +139,7 @@ def _batch_records(
         prompts=prompt_texts, completions=completion_texts, completion_ids=completion_ids,
         **{config.answer_column: golds},
     )  # fmt: skip
-    segments = session.vocab.parse_segments(completion_ids).per_row(len(rows)) if completion_ids else []
+    segments = session.vocab.parse_completion_segments(completion_ids, prompt_ids).per_row(len(rows))
     image_paths = _save_images(segments, indices, session.decoder, out, config.save_images)
     records = []
     for position, (index, row) in enumerate(zip(indices, rows)):
@@ -142,6 +153,7 @@ def _batch_records(
                 "id": row.get(config.id_column, str(index)),
                 "source": source,
                 "group": task_group_of(source_values, config.task_groups),
+                "question": _question_text(row, session.collator.prompt_column),
                 "prompt": prompt_texts[position],
                 "completion": completion_texts[position],
                 "extracted_answer": extract_answer(completion_texts[position], session.tags, config.answer_style),
@@ -151,6 +163,7 @@ def _batch_records(
                 "num_incomplete_images": len(segments[position]) - len(complete),
                 "image_paths": image_paths[position],
                 "completion_ids": completion_ids[position],
+                "prompt_ids": prompt_ids[position],
             }
         )
     return records
@@ -200,6 +213,9 @@ def evaluate(
     rows are never recomputed: the JSONL is appended and flushed per batch, and a second call with the same
     arguments (checked through a hash stored in `eval_state.json`) continues where the first stopped.
 
+    With `config.open_with_image`, each prompt ends with BOI and the answer starts with the drawing the model
+    finishes; that drawing is the answer's first image everywhere (`num_images`, saved images, the report).
+
     Args:
         model: A Chameleon / Anole model (image generation enabled, e.g. from [`load_omni_model`]).
         processor: Its processor.
@@ -233,6 +249,12 @@ def evaluate(
     if config.max_samples is not None:
         dataset = dataset.select(range(min(config.max_samples, len(dataset))))
     vocab = ImageVocabulary.from_model(model, processor)
+    if config.open_with_image and config.max_new_tokens < vocab.tokens_per_image + 1:
+        raise ValueError(
+            f"open_with_image=True opens each answer with an image, which needs {vocab.tokens_per_image + 1} new "
+            f"tokens ({vocab.tokens_per_image} codes and EOI) on this model, but max_new_tokens="
+            f"{config.max_new_tokens}. Set max_new_tokens >= {vocab.tokens_per_image + 1}."
+        )
     dataset = to_interleaved(dataset, dataset_format, model, processor, image_root=image_root)
     state = _state_for(config, model, dataset, {"dataset_format": dataset_format, "template": config.template})
     records = _prepare_output_dir(config, state)
@@ -270,6 +292,13 @@ def evaluate(
     if was_training:
         model.train()
     return _summarize(records, processor, session, out, generated)
+
+
+def _question_text(row: Mapping[str, Any], prompt_column: str) -> str:
+    """The row's question as the user wrote it: the prompt's text parts, without the template around them."""
+    parts = row.get(prompt_column) or []
+    texts = [part.get("text") or "" for part in parts if isinstance(part, Mapping) and part.get("type") == "text"]
+    return "\n".join(text.strip() for text in texts if text.strip())
 
 
 def _until_eos(ids: torch.Tensor, eos_token_id: int) -> list[int]:
