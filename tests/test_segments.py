@@ -118,36 +118,30 @@ def test_no_segments(vocab):
     assert segs.stray_image_tokens.tolist() == [0, 0]
 
 
-def test_completion_segments_continue_an_image_opened_by_the_prompt(vocab):
-    """One parse for completions: an image the prompt opened (ending with BOI, or BOI and some codes) and the
-    completion finished is the completion's first image, at a negative start; the prompt's closed images are not."""
-    boi, eoi = vocab.boi_token_id, vocab.eoi_token_id
+def test_completions_continue_an_image_opened_by_the_prompt(vocab):
+    """One parse for completions: a completion that begins with image codes finishes the image its prompt opened
+    (a prompt ending with BOI): that image is its first segment, at start -1, complete with all its codes."""
+    boi, eoi, pad = vocab.boi_token_id, vocab.eoi_token_id, 1
     c1, i1 = _img(vocab, 1)
     c2, i2 = _img(vocab, 2)
-    prompts = [
-        T + [boi],  # "draw now"
-        T + [boi, *i1[:10]],  # the prompt holds the first codes
-        T + [boi, *i2, eoi],  # a closed problem image: not part of the completion
-        T + [boi, *i1, eoi] + T,  # text after the image: the prompt opens nothing
-    ]
     completions = [
-        [*i1, eoi] + T + [boi, *i2, eoi],
-        [*i1[10:], eoi] + T,
-        T + [boi, *i1, eoi],
-        [*i1, eoi],  # image tokens the prompt did not open: stray
+        [*i1, eoi] + T + [boi, *i2, eoi],  # the opened image, then one of its own
+        [*i2[:20]],  # cut by the budget
+        T + [boi, *i1, eoi],  # the prompt opened nothing
+        [],
     ]
-    assert [vocab.open_image_prefix(p) for p in prompts] == [[boi], [boi, *i1[:10]], [], []]
-    segs = vocab.parse_completion_segments(completions, prompts)
+    segs = vocab.parse_completions(completions)
     assert segs.batch_index.tolist() == [0, 0, 1, 2]
-    assert segs.start.tolist() == [-1, 68, -11, 3] and segs.end.tolist() == [65, 134, 55, 69]
-    assert segs.complete.all() and segs.stray_image_tokens.tolist() == [0, 0, 0, 64]
-    torch.testing.assert_close(segs.complete_codes.reshape(4, -1), torch.stack([c1, c2, c1, c1]))
+    assert segs.start.tolist() == [-1, 68, -1, 3] and segs.end.tolist() == [65, 134, 20, 69]
+    assert segs.complete.tolist() == [True, True, False, True] and segs.stray_image_tokens.tolist() == [0] * 4
+    torch.testing.assert_close(segs.complete_codes.reshape(3, -1), torch.stack([c1, c2, c1]))
     rows = segs.per_row(4)
-    torch.testing.assert_close(rows[1][0].codes, c1)  # the prompt's ten codes and the completion's 54
-    assert (rows[0][0].start, rows[0][0].end) == (-1, 65) and rows[3] == []
-
-    # The prompt part alone never makes an image complete; without prompts it is plain parse_segments.
-    cut = vocab.parse_completion_segments([i1[:20]], [T + [boi]])
-    assert cut.start.tolist() == [-1] and not cut.complete.any() and cut[0].codes.numel() == 20
-    plain = vocab.parse_completion_segments(completions)
-    assert plain.start.tolist() == vocab.parse_segments(completions).start.tolist()
+    torch.testing.assert_close(rows[0][0].codes, c1)
+    torch.testing.assert_close(rows[1][0].codes, c2[:20])
+    assert rows[3] == []
+    # A right-padded tensor reads the same; plain parse_segments counts the leading codes as stray.
+    width = max(len(row) for row in completions)
+    padded = torch.tensor([row + [pad] * (width - len(row)) for row in completions])
+    from_tensor = vocab.parse_completions(padded)
+    assert from_tensor.start.tolist()[:2] == [-1, 68] and from_tensor.complete_codes.shape == (3, 8, 8)
+    assert vocab.parse_segments(completions).stray_image_tokens.tolist() == [64, 20, 0, 0]

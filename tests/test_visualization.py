@@ -375,7 +375,7 @@ def test_prompt_images_are_shown_and_an_image_the_prompt_opened_is_the_first_dra
     with_prompt = render_trajectory(
         completion, processor, vocab, palette_decoder, prompt_ids=prompt, image_display_size=64
     )
-    assert [p.kind for p in without_prompt.pieces] == ["text"] and without_prompt.pieces[0].num_image_tokens == 64
+    assert without_prompt.num_images == 1 and without_prompt.prompt_images == []  # the drawing needs no prompt
     assert with_prompt.to_png().height > without_prompt.to_png().height + 64
 
 

@@ -81,7 +81,7 @@ def _generate_batch(
     """Prompt ids (padding removed) and completion ids (cut at EOS) of one batch, image spans constrained.
 
     With `open_with_image`, every prompt ends with BOI (the model is asked to draw first): the constrained generation
-    finishes that image, which is then the answer's first image (`ImageVocabulary.parse_completion_segments`).
+    finishes that image, which is then the answer's first image (`ImageVocabulary.parse_completions`).
     """
     from transformers import LogitsProcessorList
 
@@ -139,7 +139,7 @@ def _batch_records(
         prompts=prompt_texts, completions=completion_texts, completion_ids=completion_ids,
         **{config.answer_column: golds},
     )  # fmt: skip
-    segments = session.vocab.parse_completion_segments(completion_ids, prompt_ids).per_row(len(rows))
+    segments = session.vocab.parse_completions(completion_ids).per_row(len(rows))
     image_paths = _save_images(segments, indices, session.decoder, out, config.save_images)
     records = []
     for position, (index, row) in enumerate(zip(indices, rows)):

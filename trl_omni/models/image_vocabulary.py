@@ -102,9 +102,6 @@ class ImageSegments:
         complete_codes: `(M, H, W)` codes of the `M` complete segments, in segment order.
         complete_batch_index: `(M,)` row of each complete segment.
         stray_image_tokens: `(B,)` image tokens found outside any segment, per row.
-
-    From [`ImageVocabulary.parse_completion_segments`], positions are relative to each completion's first token, so
-    an image opened by the prompt has a negative `start`.
     """
 
     batch_index: torch.Tensor
@@ -117,9 +114,6 @@ class ImageSegments:
     stray_image_tokens: torch.Tensor
     _ids: torch.Tensor = field(repr=False)
     _codes: torch.Tensor = field(repr=False)
-    # Per row, how many positions `start` / `end` are shifted from the parsed rows (prompt tokens put before a
-    # completion by `parse_completion_segments`).
-    _offsets: torch.Tensor | None = field(default=None, repr=False)
 
     def __len__(self) -> int:
         return int(self.batch_index.numel())
@@ -130,8 +124,7 @@ class ImageSegments:
 
     def __getitem__(self, i: int) -> ImageSegment:
         row, start, end = int(self.batch_index[i]), int(self.start[i]), int(self.end[i])
-        offset = 0 if self._offsets is None else int(self._offsets[row])
-        inner = self._codes[row, start + offset + 1 : end + offset]
+        inner = self._codes[row, start + 1 : end]
         return ImageSegment(row, start, end, inner[inner >= 0], bool(self.complete[i]))
 
     def per_row(self, num_rows: int) -> list[list[ImageSegment]]:
@@ -421,61 +414,42 @@ class ImageVocabulary:
             _codes=codes,
         )
 
-    def open_image_prefix(self, prompt_ids: Sequence[int]) -> list[int]:
-        """The end of a prompt that opens an image for its completion to finish, or `[]`.
+    def parse_completions(self, completion_ids: Sequence[Sequence[int]] | torch.Tensor) -> ImageSegments:
+        """The image segments of generated completions: the one parse that rewards, metrics, rendering and evaluation
+        share.
 
-        A prompt opens an image when it ends inside an image segment: its last BOI is followed by image tokens only
-        (none, when the prompt ends with BOI, which is how a model is asked to draw). Constrained generation
-        ([`ImageSpanLogitsProcessor`]) continues such a segment, so the completion holds the rest of the image.
-
-        Returns:
-            The prompt's tokens from that BOI to its end (`[BOI]` for a prompt ending with BOI), or `[]`.
-        """
-        tail = [int(token) for token in prompt_ids[-(self.span_length - 1) :]]  # an open segment is shorter
-        if self.boi_token_id not in tail:
-            return []
-        start = len(tail) - 1 - tail[::-1].index(self.boi_token_id)
-        inside = torch.tensor(tail[start + 1 :], dtype=torch.long)
-        return tail[start:] if bool(self.is_image_token(inside).all()) else []
-
-    def parse_completion_segments(
-        self,
-        completion_ids: Sequence[Sequence[int]],
-        prompt_ids: Sequence[Sequence[int]] | None = None,
-    ) -> ImageSegments:
-        """[`parse_segments`] of completions, each read as the continuation of its prompt.
-
-        An image opened by the prompt (see [`open_image_prefix`]) and finished by the completion is *the
-        completion's first image*: it is parsed together with its prompt part, so it is complete when the two parts
-        together hold a whole image, and its `start` is negative (the BOI's position before the completion's first
-        token). Every user of completions (rewards, PeRPO's metrics, rendering, evaluation) parses them here, so an
-        image the prompt opened counts the same everywhere. Other images of the prompt are not included.
+        A completion is read as generated after its prompt. A prompt may end with BOI to ask for a drawing, and under
+        the image-span constraint ([`ImageSpanLogitsProcessor`]) a completion can only begin with image codes when it
+        continues the image its prompt opened: that image is the completion's first segment, with `start == -1`
+        (the prompt's BOI), complete when the completion closes it with EOI after exactly `tokens_per_image` codes.
 
         Args:
-            completion_ids: One list of ids per completion (padding removed).
-            prompt_ids: The prompt of each completion (padding removed), or None when no prompt opens an image.
+            completion_ids: A list of completion id lists (padding removed), or a right-padded `(B, L)` tensor.
 
         Returns:
             [`ImageSegments`] with positions relative to each completion's first token.
 
         Example:
             ```python
-            >>> prompt = [*question_ids, vocab.boi_token_id]  # "draw now"
-            >>> segments = vocab.parse_completion_segments([completion], [prompt])
-            >>> segments[0].start, segments[0].complete  # the drawing, opened by the prompt
-            (-1, True)
+            >>> segments = vocab.parse_completions(completion_ids)  # e.g. inside a reward function
+            >>> per_completion = segments.per_row(len(completion_ids))  # lists of ImageSegment
             ```
         """
-        completion_ids = [list(ids) for ids in completion_ids]
-        if prompt_ids is None:
-            return self.parse_segments(completion_ids)
-        if len(prompt_ids) != len(completion_ids):
-            raise ValueError(f"Got {len(prompt_ids)} prompts for {len(completion_ids)} completions.")
-        prefixes = [self.open_image_prefix(ids) for ids in prompt_ids]
-        parsed = self.parse_segments([prefix + ids for prefix, ids in zip(prefixes, completion_ids)])
-        offsets = torch.tensor([len(prefix) for prefix in prefixes], dtype=torch.long, device=parsed.start.device)
-        shift = offsets[parsed.batch_index]
-        parsed.start, parsed.end, parsed._offsets = parsed.start - shift, parsed.end - shift, offsets
+        if isinstance(completion_ids, torch.Tensor):
+            ids = completion_ids.long().reshape(-1, completion_ids.shape[-1])
+            valid = torch.ones_like(ids, dtype=torch.bool)
+        else:
+            ids, valid = _pack_rows(completion_ids)
+        # Put the prompt's BOI back (at position -1) before every completion that begins inside an image.
+        if ids.shape[1]:
+            opened = valid[:, :1] & self.is_image_token(ids[:, :1])
+        else:
+            opened = torch.zeros(ids.shape[0], 1, dtype=torch.bool, device=ids.device)
+        boi = torch.full((ids.shape[0], 1), self.boi_token_id, dtype=ids.dtype, device=ids.device)
+        parsed = self.parse_segments(torch.cat([boi, ids], dim=1), torch.cat([opened, valid], dim=1))
+        parsed.start, parsed.end = parsed.start - 1, parsed.end - 1
+        # `ImageSegments.__getitem__` reads a segment's codes from `start + 1`: index the completion's own positions.
+        parsed._ids, parsed._codes = parsed._ids[:, 1:], parsed._codes[:, 1:]
         return parsed
 
     def __repr__(self) -> str:

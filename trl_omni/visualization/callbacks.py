@@ -104,7 +104,7 @@ class RenderedTrajectoriesCallback(TrainerCallback):
             metadata: Optional dict per completion (e.g. `{"reward": 0.8}`), shown with the trajectory.
             attention_mask: Optional mask for a padded tensor of ids (0 = padding, dropped).
             prompt_ids: Optional prompt of each completion (padding removed): its images (the problem image) are
-                shown, and an image it opened is the completion's first image (see [`render_trajectories`]).
+                shown with the completion (see [`render_trajectories`]).
         """
         rows = _rows_of(completion_ids, attention_mask)
         for i, row in enumerate(rows):

@@ -327,15 +327,15 @@ def render_trajectories(
 ) -> list[RenderedTrajectory]:
     """Renders a batch of token sequences (completions or full sequences) as interleaved text and images.
 
-    The core's `ImageVocabulary.parse_completion_segments` finds every image; all images of the batch (prompt
+    The core's `ImageVocabulary.parse_completions` finds every image; all images of the batch (prompt
     images included) are decoded in one `decoder.decode` call. Text between images is decoded with the tokenizer after
     removing image spans (stray image tokens outside any segment are dropped from the text and counted in the piece).
     Incomplete images become placeholders with their token count.
 
-    With `prompt_ids`, each trajectory also shows its prompt's images (the problem image: `prompt_images`), and an
-    image the prompt opened (a prompt ending with BOI, as when a model is asked to draw) is shown as the
-    completion's first image. The prompt's *text* is not rendered (it holds the template's system text): put the
-    question in `titles` or `metadata`.
+    A completion that begins with image codes finishes the image its prompt opened (a prompt ending with BOI, as when
+    a model is asked to draw): that image is shown as the completion's first. With `prompt_ids`, each trajectory also
+    shows its prompt's images (the problem image: `prompt_images`). The prompt's *text* is not rendered (it holds the
+    template's system text): put the question in `titles` or `metadata`.
 
     Args:
         ids: `(B, L)` tensor (with `attention_mask` for padding) or a list of id lists.
@@ -366,7 +366,7 @@ def render_trajectories(
         prompt_ids = [[int(token) for token in prompt] for prompt in prompt_ids]
         if len(prompt_ids) != len(rows):
             raise ValueError(f"Got {len(prompt_ids)} prompts for {len(rows)} sequences.")
-    segments = image_vocabulary.parse_completion_segments(rows, prompt_ids)
+    segments = image_vocabulary.parse_completions(rows)
     codes = segments.complete_codes
     prompt_image_rows: list[int] = []
     if prompt_ids is not None and rows:
@@ -451,7 +451,7 @@ def render_trajectory(
     """Renders one token sequence (a completion or a full sequence) as interleaved text and images.
 
     See [`render_trajectories`] for the arguments; `ids` is one sequence (list or 1-D tensor) and `prompt_ids` its
-    prompt (its images are shown first, and an image it opened is the completion's first image).
+    prompt (its images are shown first).
 
     Example:
         ```python
