@@ -153,7 +153,7 @@ def _batch_records(
                 "id": row.get(config.id_column, str(index)),
                 "source": source,
                 "group": task_group_of(source_values, config.task_groups),
-                "question": _question_text(row, session.collator.prompt_column),
+                "question": session.collator.question_text(row),
                 "prompt": prompt_texts[position],
                 "completion": completion_texts[position],
                 "extracted_answer": extract_answer(completion_texts[position], session.tags, config.answer_style),
@@ -292,13 +292,6 @@ def evaluate(
     if was_training:
         model.train()
     return _summarize(records, processor, session, out, generated)
-
-
-def _question_text(row: Mapping[str, Any], prompt_column: str) -> str:
-    """The row's question as the user wrote it: the prompt's text parts, without the template around them."""
-    parts = row.get(prompt_column) or []
-    texts = [part.get("text") or "" for part in parts if isinstance(part, Mapping) and part.get("type") == "text"]
-    return "\n".join(text.strip() for text in texts if text.strip())
 
 
 def _until_eos(ids: torch.Tensor, eos_token_id: int) -> list[int]:

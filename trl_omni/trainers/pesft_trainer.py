@@ -273,11 +273,16 @@ class PeSFTTrainer(SFTTrainer):
         if self.accelerator.is_main_process:
             completions = output[:, inputs["input_ids"].shape[1] :].cpu()
             pad = collator.pad_token_id
+            # Shown with the question as written and the prompt's images (the template's text left out).
+            prompt_ids = [
+                ids[mask.bool()].tolist() for ids, mask in zip(inputs["input_ids"], inputs["attention_mask"])
+            ]
             callback.submit(
                 completions,
-                titles=[f"eval row {row.get('id', i)}" for i, row in enumerate(rows)],
+                titles=[f"eval row {row.get('id', i)}: {collator.question_text(row)}" for i, row in enumerate(rows)],
                 metadata=[{"answer": row.get("answer")} for row in rows],
                 attention_mask=(completions != pad).long() if pad is not None else None,
+                prompt_ids=prompt_ids,
             )
 
     # ------------------------------------------------------------------ hooks
