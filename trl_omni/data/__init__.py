@@ -10,10 +10,24 @@ from .converters import (
     zebra_cot_row_to_interleaved,
 )
 from .images import load_image, resolve_image_path
-from .loading import DATASET_FORMATS, detect_format, load_any_dataset, select_split, to_interleaved
+from .loading import (
+    DATASET_FORMATS,
+    FORMAT_COLUMNS,
+    check_dataset_source,
+    check_format_columns,
+    detect_format,
+    load_any_dataset,
+    select_split,
+    to_interleaved,
+)
 from .pretokenize import pretokenize_images
+from .pretokenized import validate_pretokenized_rows
+from .report import SkipReport
 from .schema import (
+    DatasetFormatError,
     InterleavedDataError,
+    check_answer,
+    check_codes,
     check_column_names,
     image_part,
     interleaved_features,
@@ -26,9 +40,16 @@ from .schema import (
 __all__ = [
     "BootstrapConfig",
     "DATASET_FORMATS",
+    "FORMAT_COLUMNS",
+    "DatasetFormatError",
     "InterleavedDataError",
+    "SkipReport",
     "bootstrap_dataset",
+    "check_answer",
+    "check_codes",
     "check_column_names",
+    "check_dataset_source",
+    "check_format_columns",
     "convert_m3cot",
     "convert_omni_bench",
     "convert_zebra_cot",
@@ -49,5 +70,6 @@ __all__ = [
     "split_steps",
     "text_part",
     "to_interleaved",
+    "validate_pretokenized_rows",
     "zebra_cot_row_to_interleaved",
 ]

@@ -322,7 +322,15 @@ class ImageVocabulary:
         Args:
             codes: `H*W` codes in row-major order (flat or `(H, W)`).
         """
-        codes = torch.as_tensor(codes, dtype=torch.long).flatten()
+        codes = torch.as_tensor(codes)
+        if codes.dtype.is_floating_point or codes.dtype.is_complex or codes.dtype == torch.bool:
+            raise TypeError(f"Image codes must be integers, got {codes.dtype} (a float or bool is never a code).")
+        if codes.dim() > 1 and tuple(codes.shape) != tuple(self.grid_size):
+            raise ValueError(
+                f"Image codes must be flat ({self.tokens_per_image}) or shaped like the grid {tuple(self.grid_size)}; "
+                f"got shape {tuple(codes.shape)}."
+            )
+        codes = codes.long().flatten()
         if codes.numel() != self.tokens_per_image:
             raise ValueError(
                 f"An image needs exactly {self.tokens_per_image} codes ({self.grid_size[0]}x{self.grid_size[1]}); "
