@@ -19,6 +19,7 @@ REQUIRED = [
     "peft>=0.17",
     "pillow>=10.0",
     "safetensors>=0.4",
+    "xxhash>=3.0",  # content fingerprints (also what `datasets` hashes with)
     "math-verify>=0.8",
 ]
 EXTRAS = {
@@ -48,6 +49,7 @@ setup(
             "format_thought = trl_omni.rewards.format:format_thought_reward",
             "perception = trl_omni.rewards.perception:PerceptionReward",
             "perception_calibrated = trl_omni.rewards.calibrated:PerceptionCalibratedReward",
+            "reference_image = trl_omni.rewards.reference:ReferenceImageReward",
             "model_reward = trl_omni.rewards.model_reward:ModelReward",
         ],
     },

@@ -391,3 +391,16 @@ def test_callback_renders_submitted_prompts(tiny, vocab, palette_decoder, tmp_pa
     callback.on_log(args, TrainerState(global_step=1), TrainerControl())
     page = open(tmp_path / "step_00000001" / "trajectory_00.html", encoding="utf-8").read()
     assert 'alt="prompt image 1"' in page and 'alt="image 1"' in page and "stray" not in page
+
+
+def test_callback_checks_its_log_budget_when_made():
+    import pytest
+
+    from trl_omni.visualization import RenderedTrajectoriesCallback
+
+    callback = RenderedTrajectoriesCallback(max_per_step=3, max_bytes_per_item=1000)
+    assert callback.log_budget == {
+        "max_per_step": 3, "max_bytes_per_step": 4 * 2**20, "max_bytes_per_item": 1000, "png_width": 512,
+    }  # fmt: skip
+    with pytest.raises(ValueError, match="max_bytes_per_item=0"):
+        RenderedTrajectoriesCallback(max_bytes_per_item=0)

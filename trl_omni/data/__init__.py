@@ -22,6 +22,7 @@ from .loading import (
 )
 from .pretokenize import pretokenize_images
 from .pretokenized import validate_pretokenized_rows
+from .references import REFERENCE_COLUMN, add_reference_images, reference_images_from_completion
 from .report import SkipReport
 from .schema import (
     DatasetFormatError,
@@ -43,7 +44,9 @@ __all__ = [
     "FORMAT_COLUMNS",
     "DatasetFormatError",
     "InterleavedDataError",
+    "REFERENCE_COLUMN",
     "SkipReport",
+    "add_reference_images",
     "bootstrap_dataset",
     "check_answer",
     "check_codes",
@@ -64,6 +67,7 @@ __all__ = [
     "omni_bench_row_to_interleaved",
     "part_list_feature",
     "pretokenize_images",
+    "reference_images_from_completion",
     "resolve_image_path",
     "run_bootstrap",
     "select_split",

@@ -23,7 +23,7 @@ from ..models import (
     freeze_vq_model,
     load_omni_model,
 )
-from ..rewards import PerceptionCalibratedReward, PerceptionReward
+from ..rewards import PerceptionCalibratedReward, PerceptionReward, ReferenceImageReward, safe_reward_funcs
 from ..visualization import RenderedTrajectoriesCallback
 from .perpo_config import PeRPOConfig
 
@@ -47,6 +47,9 @@ class PeRPOTrainer(GRPOTrainer):
     - reward functions receive, besides TRL's arguments, `completions` decoded with image spans removed,
       `completion_ids`, and `image_segments` (per completion, a list of [`~trl_omni.ImageSegment`] with positions
       relative to the completion; a segment opened by the prompt has a negative `start`);
+    - every reward is wrapped by [`~trl_omni.rewards.safe_reward`]: its output is validated (one finite float or
+      None per completion; NaN, strings, a None instead of a list raise a `RewardError` naming the reward and the
+      sample), and an exception names the sample that raises it;
     - prompts may be text (the `prompt` column) or token ids (a `prompt_ids` column whose images were built with
       [`~trl_omni.ImageVocabulary.image_span_ids`]); see [`PeRPOTrainer.encode_prompts`];
     - modality-aware metrics: `images/token_share`, `images/per_completion`, `images/complete_rate`,
@@ -160,6 +163,10 @@ class PeRPOTrainer(GRPOTrainer):
             )
             self._perception_scorer = PerceptionReward(vocab, **perception)
 
+        # Every reward's output is validated (one finite float or None per completion); failures name the reward and
+        # the sample (`trl_omni.rewards.validation`).
+        reward_funcs = safe_reward_funcs(reward_funcs)
+
         # Per-batch state handed between TRL's hooks (set and cleared within one generation round).
         self._pending_prompt_ids: list[list[int]] | None = None
         self._rollout_image_segments: list[list[ImageSegment]] | None = None
@@ -194,11 +201,13 @@ class PeRPOTrainer(GRPOTrainer):
                 self.reward_func_names[i] = func.name
             if self._perception_scorer is None and callable(getattr(func, "score", None)):
                 # A reward exposing `score(completion_ids)` (as PerceptionReward does) feeds the perception metrics.
-                self._perception_scorer = func
+                self._perception_scorer = getattr(func, "__wrapped__", func)
 
-        # The perception terms score on the trainer's device, known only now.
-        for scorer in (self._perception_scorer, *(getattr(f, "perception", None) for f in self.reward_funcs)):
-            if isinstance(scorer, PerceptionReward) and scorer.device is None:
+        # The image-scoring terms score on the trainer's device, known only now.
+        rewards = [getattr(f, "__wrapped__", f) for f in self.reward_funcs]
+        parts = [getattr(r, term, None) for r in rewards for term in ("perception", "reference")]
+        for scorer in (self._perception_scorer, *rewards, *parts):
+            if isinstance(scorer, (PerceptionReward, ReferenceImageReward)) and scorer.device is None:
                 scorer.device = self.accelerator.device
 
         if args.log_rendered_trajectories > 0 and RenderedTrajectoriesCallback.find(self) is None:
