@@ -306,5 +306,5 @@ def test_open_with_image_needs_room_for_an_image(tmp_path):
         EvalConfig(output_dir=str(tmp_path), open_with_image=True, max_images=0)
     model, processor = tiny_chameleon(seed=0)
     config = EvalConfig(output_dir=str(tmp_path), open_with_image=True, max_new_tokens=64, progress=False)
-    with pytest.raises(ValueError, match=r"needs 65 new tokens \(64 codes and EOI\).*max_new_tokens=64"):
+    with pytest.raises(ValueError, match=r"max_new_tokens=64"):  # no room for the image the answer opens with
         evaluate(model, processor, rows(2), config, dataset_format="omni_bench")
