@@ -45,6 +45,12 @@ class _TemplateLayout:
         row_id = row.get(self.id_column) if isinstance(row, Mapping) else None
         return f"{position} (id={row_id!r})" if row_id is not None else f"{position} (of the batch)"
 
+    def question_text(self, row: Mapping[str, Any]) -> str:
+        """The row's question as written: the text parts of its prompt, without the template's system text and
+        instruction, and without its images (for reports and renderings, which show the images themselves)."""
+        parts = normalize_parts(row.get(self.prompt_column), self._row_name(row, 0), self.prompt_column)
+        return "\n".join(part["text"].strip() for part in parts if part["type"] == "text" and part["text"].strip())
+
     def _parts_to_chunks(self, parts: list[dict], column: str, trained: bool) -> list[tuple]:
         return [
             (_TEXT, part["text"], trained, f"{column}[{i}].text")

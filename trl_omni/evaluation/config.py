@@ -42,6 +42,11 @@ class EvalConfig:
             whose images are 1,026 tokens. A value that cannot hold one image while images are allowed is refused.
         max_images (`int` or `None`, *optional*):
             Cap on images drawn per completion (`None`: no cap, `0`: text only).
+        open_with_image (`bool`, *optional*, defaults to `False`):
+            Open every answer with an image, like the authors' `--append-boi`: BOI is appended to each prompt, so the
+            model starts by drawing (continued by the constrained generation up to a whole image). That drawing is the
+            answer's first image: it counts towards `max_images` and `num_images`, is saved and shown in the report.
+            Needs `max_new_tokens` of at least one image (`tokens_per_image + 1`: the codes and EOI).
         do_sample (`bool`, *optional*, defaults to `False`):
             Sample instead of greedy decoding (seeded per batch, so results are reproducible and resumable).
         temperature (`float`, *optional*, defaults to `1.0`), top_p (`float`, *optional*, defaults to `1.0`):
@@ -86,6 +91,13 @@ class EvalConfig:
         },
     )
     max_images: int | None = field(default=None, metadata={"help": "Cap on images per completion (0: text only)."})
+    open_with_image: bool = field(
+        default=False,
+        metadata={
+            "help": "Open every answer with an image (the authors' --append-boi): BOI ends each prompt and the model "
+            "starts by drawing; that drawing is the answer's first image (counted in max_images and num_images)."
+        },
+    )
     do_sample: bool = field(default=False, metadata={"help": "Sample (seeded per batch) instead of greedy decoding."})
     temperature: float = field(default=1.0, metadata={"help": "Sampling temperature."})
     top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling threshold."})
@@ -132,6 +144,11 @@ class EvalConfig:
             raise ValueError("batch_size and max_new_tokens must be >= 1.")
         if self.max_images is not None and self.max_images < 0:
             raise ValueError(f"max_images must be None (no cap) or >= 0, got {self.max_images}.")
+        if self.open_with_image and self.max_images == 0:
+            raise ValueError(
+                "open_with_image=True opens every answer with an image, but max_images=0 allows none: set max_images "
+                ">= 1 (or None), or drop open_with_image."
+            )
 
     def generation_budget(self, image_vocabulary: Any) -> int:
         """`max_new_tokens`, or its default for the model of `image_vocabulary`; checked against the image span.

@@ -123,6 +123,16 @@ class ImageSpanLogitsProcessor(LogitsProcessor):
         self._state: SpanState | None = None
         self._previous: torch.Tensor | None = None  # the previous call's `input_ids`
 
+    @property
+    def max_new_tokens(self) -> int | None:
+        """The `generate` budget this processor was built for."""
+        return self.constraint.max_new_tokens
+
+    @property
+    def max_images(self) -> int | None:
+        """The cap on images opened per completion (`None`: no cap)."""
+        return self.constraint.max_images
+
     def reset(self) -> None:
         """Forgets the current generation (done automatically when a new `generate` call starts)."""
         self._state = None

@@ -459,6 +459,44 @@ class ImageVocabulary:
             _codes=codes,
         )
 
+    def parse_completions(self, completion_ids: Sequence[Sequence[int]] | torch.Tensor) -> ImageSegments:
+        """The image segments of generated completions: the one parse that rewards, metrics, rendering and evaluation
+        share.
+
+        A completion is read as generated after its prompt. A prompt may end with BOI to ask for a drawing, and under
+        the image-span constraint ([`ImageSpanLogitsProcessor`]) a completion can only begin with image codes when it
+        continues the image its prompt opened: that image is the completion's first segment, with `start == -1`
+        (the prompt's BOI), complete when the completion closes it with EOI after exactly `tokens_per_image` codes.
+
+        Args:
+            completion_ids: A list of completion id lists (padding removed), or a right-padded `(B, L)` tensor.
+
+        Returns:
+            [`ImageSegments`] with positions relative to each completion's first token.
+
+        Example:
+            ```python
+            >>> segments = vocab.parse_completions(completion_ids)  # e.g. inside a reward function
+            >>> per_completion = segments.per_row(len(completion_ids))  # lists of ImageSegment
+            ```
+        """
+        if isinstance(completion_ids, torch.Tensor):
+            ids = completion_ids.long().reshape(-1, completion_ids.shape[-1])
+            valid = torch.ones_like(ids, dtype=torch.bool)
+        else:
+            ids, valid = _pack_rows(completion_ids)
+        # Put the prompt's BOI back (at position -1) before every completion that begins inside an image.
+        if ids.shape[1]:
+            opened = valid[:, :1] & self.is_image_token(ids[:, :1])
+        else:
+            opened = torch.zeros(ids.shape[0], 1, dtype=torch.bool, device=ids.device)
+        boi = torch.full((ids.shape[0], 1), self.boi_token_id, dtype=ids.dtype, device=ids.device)
+        parsed = self.parse_segments(torch.cat([boi, ids], dim=1), torch.cat([opened, valid], dim=1))
+        parsed.start, parsed.end = parsed.start - 1, parsed.end - 1
+        # `ImageSegments.__getitem__` reads a segment's codes from `start + 1`: index the completion's own positions.
+        parsed._ids, parsed._codes = parsed._ids[:, 1:], parsed._codes[:, 1:]
+        return parsed
+
     def __repr__(self) -> str:
         return (
             f"ImageVocabulary(backend={self.backend!r}, num_codes={self.num_codes}, grid_size={self.grid_size}, "

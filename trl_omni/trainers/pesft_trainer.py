@@ -293,10 +293,15 @@ class PeSFTTrainer(SFTTrainer):
                 pad_token_id=collator.pad_token_id,
             )
         if self.accelerator.is_main_process:
+            # Shown with the question as written and the prompt's images (the template's text left out).
+            prompt_ids = [
+                ids[mask.bool()].tolist() for ids, mask in zip(inputs["input_ids"], inputs["attention_mask"])
+            ]
             callback.submit(
                 completions,
-                titles=[f"eval row {row.get('id', i)}" for i, row in enumerate(rows)],
+                titles=[f"eval row {row.get('id', i)}: {collator.question_text(row)}" for i, row in enumerate(rows)],
                 metadata=[{"answer": row.get("answer")} for row in rows],
+                prompt_ids=prompt_ids,
             )
 
     # ------------------------------------------------------------------ hooks
