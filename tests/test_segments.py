@@ -116,3 +116,32 @@ def test_no_segments(vocab):
     assert len(segs) == 0
     assert segs.complete_codes.shape == (0, 8, 8)
     assert segs.stray_image_tokens.tolist() == [0, 0]
+
+
+def test_completions_continue_an_image_opened_by_the_prompt(vocab):
+    """One parse for completions: a completion that begins with image codes finishes the image its prompt opened
+    (a prompt ending with BOI): that image is its first segment, at start -1, complete with all its codes."""
+    boi, eoi, pad = vocab.boi_token_id, vocab.eoi_token_id, 1
+    c1, i1 = _img(vocab, 1)
+    c2, i2 = _img(vocab, 2)
+    completions = [
+        [*i1, eoi] + T + [boi, *i2, eoi],  # the opened image, then one of its own
+        [*i2[:20]],  # cut by the budget
+        T + [boi, *i1, eoi],  # the prompt opened nothing
+        [],
+    ]
+    segs = vocab.parse_completions(completions)
+    assert segs.batch_index.tolist() == [0, 0, 1, 2]
+    assert segs.start.tolist() == [-1, 68, -1, 3] and segs.end.tolist() == [65, 134, 20, 69]
+    assert segs.complete.tolist() == [True, True, False, True] and segs.stray_image_tokens.tolist() == [0] * 4
+    torch.testing.assert_close(segs.complete_codes.reshape(3, -1), torch.stack([c1, c2, c1]))
+    rows = segs.per_row(4)
+    torch.testing.assert_close(rows[0][0].codes, c1)
+    torch.testing.assert_close(rows[1][0].codes, c2[:20])
+    assert rows[3] == []
+    # A right-padded tensor reads the same; plain parse_segments counts the leading codes as stray.
+    width = max(len(row) for row in completions)
+    padded = torch.tensor([row + [pad] * (width - len(row)) for row in completions])
+    from_tensor = vocab.parse_completions(padded)
+    assert from_tensor.start.tolist()[:2] == [-1, 68] and from_tensor.complete_codes.shape == (3, 8, 8)
+    assert vocab.parse_segments(completions).stray_image_tokens.tolist() == [64, 20, 0, 0]

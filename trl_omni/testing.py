@@ -51,10 +51,24 @@ def _image_token_name(code: int) -> str:
     return "IMGIMG" + "".join(chr(ord("A") + int(digit)) for digit in str(code)) + "Z"
 
 
+def _wrap_tokenizer(backend: Any) -> Any:
+    """A `tokenizers.Tokenizer` as the `PreTrainedTokenizerFast` of a Chameleon checkpoint (its special tokens)."""
+    from transformers import PreTrainedTokenizerFast
+
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        bos_token=BOS,
+        eos_token=EOS,
+        unk_token=UNK,
+        pad_token=PAD,
+        sep_token=SEP,
+        extra_special_tokens=[IMAGE_PLACEHOLDER, BOI, EOI, REASONING_OPEN, REASONING_CLOSE, ANSWER_OPEN, ANSWER_CLOSE],
+    )
+
+
 def tiny_chameleon_tokenizer(num_codes: int = 64, seed: int = 0, bpe_vocab_size: int = 400) -> Any:
     """A `PreTrainedTokenizerFast` with Chameleon's special tokens and one IMGIMG token per VQ code."""
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
 
     backend = Tokenizer(models.BPE(unk_token=UNK))
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -68,16 +82,7 @@ def tiny_chameleon_tokenizer(num_codes: int = 64, seed: int = 0, bpe_vocab_size:
     backend.train_from_iterator([line for line in _CORPUS.splitlines() if line], trainer=trainer)
     order = torch.randperm(num_codes, generator=torch.Generator().manual_seed(seed + 1)).tolist()
     backend.add_tokens([AddedToken(_image_token_name(code), normalized=False) for code in order])
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        bos_token=BOS,
-        eos_token=EOS,
-        unk_token=UNK,
-        pad_token=PAD,
-        sep_token=SEP,
-        extra_special_tokens=[IMAGE_PLACEHOLDER, BOI, EOI, REASONING_OPEN, REASONING_CLOSE, ANSWER_OPEN, ANSWER_CLOSE],
-    )
-    return tokenizer
+    return _wrap_tokenizer(backend)
 
 
 def tiny_chameleon(
@@ -181,8 +186,9 @@ def tiny_chameleon(
 # - ids 0..3 are `<s>` (BOS), `<pad>`, `</s>` (EOS), `<unk>`; the image tokens `IMGIMG<code in letters>Z` follow at ids
 #   4..8195 (id = code + 4, monotonic), then EOI `<eoss>` = 8196 and BOI `<racm3:break>` = 8197; every
 #   `<reservedNNNNN>` sits at id NNNNN + 4, so the separator `<reserved08706>` is 8710 and `<image>` is 8711;
-# - the tokenizer's pad is `<pad>` (1) and its sep `<reserved08706>`; the *config* keeps ChameleonConfig's defaults
-#   (bos_token_id=1, eos_token_id=2, pad_token_id=None), since the scripts do not set them;
+# - the tokenizer's pad is `<pad>` (1) and its sep `<reserved08706>`; the saved *config* keeps ChameleonConfig's
+#   defaults (bos_token_id=1, eos_token_id=2, pad_token_id=None), since the scripts do not set them (`load_omni_model`
+#   then takes the tokenizer's ids);
 # - the VQGAN (ChameleonVQVAEConfig's defaults, from the released vqgan.yaml): 512-pixel input, channel multipliers
 #   [1, 1, 2, 2, 4] (16x downsampling, so a 32x32 code grid), 128 base channels, 2 res blocks, 256 latent channels and
 #   an 8,192 x 256 codebook; the LM: hidden 4,096, 32 layers and heads, intermediate 11,008.
@@ -302,7 +308,6 @@ def anole_layout_tokenizer() -> Any:
     `<reserved08706>`. Builds in about a second.
     """
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
 
     layout = _anole_layout_names()
     backend = Tokenizer(models.BPE(vocab=anole_layout_vocabulary(), merges=list(_anole_text_bpe()[1]), unk_token=UNK))
@@ -315,15 +320,7 @@ def anole_layout_tokenizer() -> Any:
     backend.post_processor = processors.TemplateProcessing(
         single=f"{BOS} $A", pair=f"{BOS} $A {BOS} $B", special_tokens=[(BOS, layout.index(BOS))]
     )
-    return PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        bos_token=BOS,
-        eos_token=EOS,
-        unk_token=UNK,
-        pad_token=PAD,
-        sep_token=SEP,
-        extra_special_tokens=[IMAGE_PLACEHOLDER, BOI, EOI, REASONING_OPEN, REASONING_CLOSE, ANSWER_OPEN, ANSWER_CLOSE],
-    )
+    return _wrap_tokenizer(backend)
 
 
 def anole_layout_processor() -> Any:

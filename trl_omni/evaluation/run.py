@@ -14,7 +14,7 @@ import torch
 from .config import EvalConfig, EvalResult
 from .metrics import accuracy_table, format_table, task_group_of
 from .report import write_report
-from .state import PREDICTIONS_FILE, _prepare_output_dir, _state_for
+from .state import PREDICTIONS_FILE, _identity, _open_output_dir
 
 
 @dataclass
@@ -29,8 +29,8 @@ class _EvalSession:
     tags: Any
     restorer: Callable
     decoder: Any
-    device: torch.device
     logits_processors: Sequence[Any]
+    max_new_tokens: int  # the generation budget, `config.generation_budget(vocab)`
     drawing_check: Callable | None = None
 
 
@@ -78,21 +78,17 @@ def _open_session(
         tags=tags,
         restorer=_TagRestorer(processor, tags.control_tags, vocab),
         decoder=_resolve_decoder(decoder, vocab),
-        device=next(model.parameters()).device,
         logits_processors=logits_processors,
+        max_new_tokens=config.generation_budget(vocab),
         drawing_check=drawing_check,
     )
 
 
-def _callable_name(function: Callable) -> str:
-    """How a user callable is recorded in `eval_state.json` (so a resume with another one is refused)."""
-    owner = function if hasattr(function, "__qualname__") else type(function)
-    return f"{owner.__module__}:{owner.__qualname__}"
-
-
-def _drawing_score(check: Callable, row: Mapping[str, Any], images: list[torch.Tensor], name: Any) -> float | None:
-    """Runs the user's drawing check on one row; its result must be None, a bool or a number in [0, 1]."""
-    value = check(row, images)
+def _drawing_score(session: _EvalSession, row: Mapping[str, Any], segments: Sequence[Any], name: Any) -> float | None:
+    """Runs the user's drawing check on one row's complete images; its result must be None, a bool or a number in
+    [0, 1]."""
+    images = [segment.codes.reshape(session.vocab.grid_size) for segment in segments if segment.complete]
+    value = session.drawing_check(row, images)
     if value is None:
         return None
     if isinstance(value, bool):
@@ -105,35 +101,63 @@ def _drawing_score(check: Callable, row: Mapping[str, Any], images: list[torch.T
     )
 
 
+def _rescore_drawings(session: _EvalSession, dataset: Any, records: list[dict[str, Any]], out: Path) -> None:
+    """Scores the drawings of rows finished by an earlier call with this call's drawing check (none: their scores are
+    dropped) and rewrites the predictions when that changes them, so a resume never mixes two checks.
+
+    A drawing score is a function of the row and its completion ids only: nothing is generated again, and a finished
+    evaluation can be scored with a new check by calling `evaluate` again in the same directory.
+    """
+    if session.drawing_check is None:
+        rescored = [{key: value for key, value in record.items() if key != "drawing_score"} for record in records]
+    else:
+        segments = session.vocab.parse_completions([record["completion_ids"] for record in records])
+        rescored = [
+            {**record, "drawing_score": _drawing_score(session, dataset[record["index"]], row_segments, record["id"])}
+            for record, row_segments in zip(records, segments.per_row(len(records)))
+        ]
+    if rescored != records:
+        records[:] = rescored
+        with open(out / PREDICTIONS_FILE, "w", encoding="utf-8") as handle:
+            handle.writelines(json.dumps(record) + "\n" for record in records)
+
+
 def _generate_batch(
     session: _EvalSession, rows: list[Mapping[str, Any]], start: int
 ) -> tuple[list[list[int]], list[list[int]]]:
-    """Prompt ids (padding removed) and completion ids (cut at EOS) of one batch, image spans constrained."""
-    from transformers import LogitsProcessorList
+    """Prompt ids (padding removed) and completion ids (cut at EOS) of one batch, image spans constrained.
 
-    from ..models import ImageSpanLogitsProcessor
+    With `open_with_image`, every prompt ends with BOI (the model is asked to draw first): the constrained generation
+    finishes that image, which is then the answer's first image (`ImageVocabulary.parse_completions`).
+    """
+    from ..models import generate_with_images
 
     config, collator = session.config, session.collator
-    eos_token_id = collator.tokenizer.eos_token_id
     inputs = collator.encode_prompt_batch(rows, padding_side="left")
-    inputs = {key: value.to(session.device) for key, value in inputs.items()}
+    max_images = config.max_images
+    if config.open_with_image:  # left padded: every prompt ends in the last column
+        boi = torch.full((len(rows), 1), session.vocab.boi_token_id, dtype=torch.long)
+        inputs = {
+            "input_ids": torch.cat([inputs["input_ids"], boi], dim=1),
+            "attention_mask": torch.cat([inputs["attention_mask"], torch.ones_like(boi)], dim=1),
+        }
+        # The constraint counts the images the completion opens; the one the prompt opened is the first.
+        max_images = None if max_images is None else max_images - 1
     # Seeded per batch: an uninterrupted run and a resumed one sample the same tokens for the same batch.
     torch.manual_seed(config.seed + start)
-    constraint = ImageSpanLogitsProcessor(
-        session.vocab, max_images=config.max_images, max_new_tokens=config.max_new_tokens
-    )
     sampling = {"temperature": config.temperature, "top_p": config.top_p} if config.do_sample else {}
-    with torch.no_grad():
-        output = session.model.generate(
-            **inputs,
-            max_new_tokens=config.max_new_tokens,
-            do_sample=config.do_sample,
-            logits_processor=LogitsProcessorList([*session.logits_processors, constraint]),
-            pad_token_id=collator.pad_token_id,
-            eos_token_id=eos_token_id,
-            **sampling,
-        )
-    completion_ids = [_until_eos(ids, eos_token_id) for ids in output[:, inputs["input_ids"].shape[1] :]]
+    completion_ids = generate_with_images(
+        session.model,
+        session.vocab,
+        **inputs,
+        max_new_tokens=session.max_new_tokens,
+        max_images=max_images,
+        do_sample=config.do_sample,
+        logits_processors=session.logits_processors,
+        eos_token_id=collator.tokenizer.eos_token_id,
+        pad_token_id=collator.pad_token_id,
+        **sampling,
+    )
     prompt_ids = [ids[mask.bool()].tolist() for ids, mask in zip(inputs["input_ids"], inputs["attention_mask"])]
     return prompt_ids, completion_ids
 
@@ -158,7 +182,7 @@ def _batch_records(
         prompts=prompt_texts, completions=completion_texts, completion_ids=completion_ids,
         **{config.answer_column: golds},
     )  # fmt: skip
-    segments = session.vocab.parse_segments(completion_ids).per_row(len(rows)) if completion_ids else []
+    segments = session.vocab.parse_completions(completion_ids).per_row(len(rows))
     image_paths = _save_images(segments, indices, session.decoder, out, config.save_images)
     records = []
     for position, (index, row) in enumerate(zip(indices, rows)):
@@ -171,6 +195,7 @@ def _batch_records(
             "id": row.get(config.id_column, str(index)),
             "source": source,
             "group": task_group_of(source_values, config.task_groups),
+            "question": session.collator.question_text(row),
             "prompt": prompt_texts[position],
             "completion": completion_texts[position],
             "extracted_answer": extract_answer(completion_texts[position], session.tags, config.answer_style),
@@ -180,10 +205,10 @@ def _batch_records(
             "num_incomplete_images": len(segments[position]) - len(complete),
             "image_paths": image_paths[position],
             "completion_ids": completion_ids[position],
+            "prompt_ids": prompt_ids[position],
         }
         if session.drawing_check is not None:
-            images = [segment.codes.reshape(session.vocab.grid_size) for segment in complete]
-            record["drawing_score"] = _drawing_score(session.drawing_check, row, images, record["id"])
+            record["drawing_score"] = _drawing_score(session, row, complete, record["id"])
         records.append(record)
     return records
 
@@ -271,6 +296,9 @@ def evaluate(
     rows are never recomputed: the JSONL is appended and flushed per batch, and a second call with the same
     arguments (checked through a hash stored in `eval_state.json`) continues where the first stopped.
 
+    With `config.open_with_image`, each prompt ends with BOI and the answer starts with the drawing the model
+    finishes; that drawing is the answer's first image everywhere (`num_images`, saved images, the report).
+
     Args:
         model: A Chameleon / Anole model (image generation enabled, e.g. from [`load_omni_model`]).
         processor: Its processor.
@@ -287,8 +315,9 @@ def evaluate(
             `row` is the dataset row (all its columns), `images` the completion's complete images as `(H, W)` code
             grids, in order. Its value (1 / True: the drawing is right; a number in [0, 1]; None: not scored) is
             stored as `drawing_score`, and the tables gain a complete-image rate and a correct-drawing rate per task
-            group, source and overall. It is recorded by name in `eval_state.json` (a resume with another check is
-            refused). [`~trl_omni.demo.check_drawing`] is the Uni-Skills suite's.
+            group, source and overall. A resume scores the rows finished before with the check given now (no check:
+            their scores are dropped), so one output directory never mixes two checks; nothing is generated again.
+            [`~trl_omni.demo.check_drawing`] is the Uni-Skills suite's.
 
     Returns:
         An [`EvalResult`].
@@ -296,7 +325,7 @@ def evaluate(
     Example:
         ```python
         >>> from trl_omni.evaluation import EvalConfig, evaluate
-        >>> result = evaluate(model, processor, omni_bench, EvalConfig(output_dir="eval", max_new_tokens=2048))
+        >>> result = evaluate(model, processor, omni_bench, EvalConfig(output_dir="eval"))  # budget: 2 images + text
         >>> print(result.table)
         ```
     """
@@ -311,20 +340,24 @@ def evaluate(
         keep = min(config.max_samples, len(dataset))
         dataset = dataset[:keep] if isinstance(dataset, list) else dataset.select(range(keep))
     vocab = ImageVocabulary.from_model(model, processor)
+    budget = config.generation_budget(vocab)  # refused here, before any work, when it cannot hold an image
     dataset = to_interleaved(dataset, dataset_format, model, processor, image_root=image_root)
     _check_golds(dataset, config)
-    extra = {"dataset_format": dataset_format, "template": config.template}
-    if drawing_check is not None:  # absent otherwise: earlier output directories keep resuming
-        extra["drawing_check"] = _callable_name(drawing_check)
-    state = _state_for(config, model, dataset, extra)
-    records = _prepare_output_dir(config, state)
+    # The effective budget (derived when unset) is what shapes the predictions, so it is what a resume compares.
+    # A drawing check is not part of the identity: finished rows are re-scored with the check given now.
+    extra = {
+        "dataset_format": dataset_format,
+        "decoder": type(decoder).__qualname__ if decoder is not None else None,
+        "max_new_tokens": budget,
+    }
+    records = _open_output_dir(config, _identity(config, model, processor, dataset, extra, logits_processors))
     done = {record["index"] for record in records}
     out = Path(config.output_dir)
     (out / "images").mkdir(exist_ok=True)
 
     session = _open_session(model, processor, vocab, config, decoder, logits_processors, drawing_check)
-    was_training = model.training
-    model.eval()
+    if records:
+        _rescore_drawings(session, dataset, records, out)
 
     progress = None
     if config.progress:
@@ -349,14 +382,7 @@ def evaluate(
                 progress.update(sum(index not in done for index in indices))
     if progress is not None:
         progress.close()
-    if was_training:
-        model.train()
     return _summarize(records, processor, session, out, generated)
-
-
-def _until_eos(ids: torch.Tensor, eos_token_id: int) -> list[int]:
-    ids = ids.tolist()
-    return ids[: ids.index(eos_token_id)] if eos_token_id in ids else ids
 
 
 def _save_images(segments: list, indices: list[int], decoder: Any, out: Path, save: bool) -> list[list[str]]:

@@ -265,6 +265,22 @@ class ImageVocabulary:
         """Length of one full image span in a sequence (BOI + image tokens + EOI)."""
         return self.tokens_per_image + 2
 
+    def generation_budget(self, num_images: int, text_tokens: int) -> int:
+        """Generation budget (`max_new_tokens`) with room for `num_images` complete images and `text_tokens` of text.
+
+        Budgets in trl-omni are sized with this, never with a fixed number: one image is `span_length` tokens, 1,026
+        on Anole but 66 on the tiny test model.
+
+        Example:
+            ```python
+            >>> vocab.generation_budget(num_images=2, text_tokens=512)  # Anole: 2 * 1026 + 512
+            2564
+            ```
+        """
+        if num_images < 0 or text_tokens < 0:
+            raise ValueError(f"num_images and text_tokens must be >= 0, got {num_images} and {text_tokens}.")
+        return num_images * self.span_length + text_tokens
+
     def _on(self, name: str, tensor: torch.Tensor, device: torch.device | str) -> torch.Tensor:
         key = (name, str(torch.device(device)))
         cached = self._device_cache.get(key)
@@ -442,6 +458,44 @@ class ImageVocabulary:
             _ids=ids,
             _codes=codes,
         )
+
+    def parse_completions(self, completion_ids: Sequence[Sequence[int]] | torch.Tensor) -> ImageSegments:
+        """The image segments of generated completions: the one parse that rewards, metrics, rendering and evaluation
+        share.
+
+        A completion is read as generated after its prompt. A prompt may end with BOI to ask for a drawing, and under
+        the image-span constraint ([`ImageSpanLogitsProcessor`]) a completion can only begin with image codes when it
+        continues the image its prompt opened: that image is the completion's first segment, with `start == -1`
+        (the prompt's BOI), complete when the completion closes it with EOI after exactly `tokens_per_image` codes.
+
+        Args:
+            completion_ids: A list of completion id lists (padding removed), or a right-padded `(B, L)` tensor.
+
+        Returns:
+            [`ImageSegments`] with positions relative to each completion's first token.
+
+        Example:
+            ```python
+            >>> segments = vocab.parse_completions(completion_ids)  # e.g. inside a reward function
+            >>> per_completion = segments.per_row(len(completion_ids))  # lists of ImageSegment
+            ```
+        """
+        if isinstance(completion_ids, torch.Tensor):
+            ids = completion_ids.long().reshape(-1, completion_ids.shape[-1])
+            valid = torch.ones_like(ids, dtype=torch.bool)
+        else:
+            ids, valid = _pack_rows(completion_ids)
+        # Put the prompt's BOI back (at position -1) before every completion that begins inside an image.
+        if ids.shape[1]:
+            opened = valid[:, :1] & self.is_image_token(ids[:, :1])
+        else:
+            opened = torch.zeros(ids.shape[0], 1, dtype=torch.bool, device=ids.device)
+        boi = torch.full((ids.shape[0], 1), self.boi_token_id, dtype=ids.dtype, device=ids.device)
+        parsed = self.parse_segments(torch.cat([boi, ids], dim=1), torch.cat([opened, valid], dim=1))
+        parsed.start, parsed.end = parsed.start - 1, parsed.end - 1
+        # `ImageSegments.__getitem__` reads a segment's codes from `start + 1`: index the completion's own positions.
+        parsed._ids, parsed._codes = parsed._ids[:, 1:], parsed._codes[:, 1:]
+        return parsed
 
     def __repr__(self) -> str:
         return (
