@@ -9,7 +9,7 @@ import re
 import numpy as np
 import pytest
 
-from trl_omni.data import m3cot_row_to_interleaved
+from trl_omni.data.converters import question_row_to_interleaved
 from trl_omni.demo import SKILLS, make_uniskills, row_images
 from trl_omni.demo.ablation import ARMS, AblationConfig
 from trl_omni.demo.ablation_report import CLAIMS, METRICS, aggregate, compare
@@ -19,19 +19,21 @@ from trl_omni.demo.zero import GENERIC_TASKS, check_generic_drawing, make_generi
 GRID = (6, 6)
 
 
+# One seed, two steps per stage, a tiny suite.
+SMOKE = [
+    "--seeds", "3", "--base_steps", "2", "--sft_steps", "2", "--rl_steps", "1", "--num_train", "8", "--num_test", "4",
+    "--num_generic", "8", "--hidden_size", "64", "--rl_batch_size", "4", "--num_generations", "2",
+    "--num_report_samples", "2",
+]  # fmt: skip
+
+
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
-    """The whole ablation through the `trl-omni` dispatcher: one seed, two steps per stage, a tiny suite, the arms
-    in two worker processes (the default path)."""
+    """The whole ablation through the `trl-omni` dispatcher, in this process (worker processes: see below)."""
     from trl_omni.cli import main
 
     out = tmp_path_factory.mktemp("ablation")
-    argv = [
-        "ablate", "--output_dir", str(out), "--seeds", "3", "--base_steps", "2", "--sft_steps", "2",
-        "--rl_steps", "1", "--num_train", "8", "--num_test", "4", "--num_generic", "8", "--hidden_size", "64",
-        "--rl_batch_size", "4", "--num_generations", "2", "--num_report_samples", "2", "--num_workers", "2",
-    ]  # fmt: skip
-    assert main(argv) == 0
+    assert main(["ablate", "--output_dir", str(out), *SMOKE, "--num_workers", "1"]) == 0
     with open(out / "results.json") as handle:
         return out, json.load(handle)
 
@@ -84,6 +86,23 @@ def test_smoke_run_table_and_every_arm_trained(smoke, capsys):
         assert len(re.findall(rf"(?<!\w){arm}: uniskills-test-", page)) == 2
     assert page.count("Zero training trace (bootstrapped by the base model)") == 2
     assert os.path.isdir(out / "eval" / "seed-3" / "pesft")  # the library evaluation's files per arm
+
+
+@pytest.mark.slow  # ~20 s: a spawned worker imports torch and TRL
+def test_worker_processes_give_the_same_results(smoke, tmp_path):
+    """The default path runs each seed's chains of arms in spawned worker processes: an arm trained there (from the
+    base model saved by the main process) gives the numbers it gives in the main process."""
+    from trl_omni.cli import main
+
+    _, in_process = smoke
+    assert main(["ablate", "--output_dir", str(tmp_path), *SMOKE, "--arms", "sft", "--num_workers", "2"]) == 0
+    with open(tmp_path / "results.json") as handle:
+        in_worker = json.load(handle)
+    assert list(in_worker["runs"]) == ["sft"] and in_worker["config"]["num_workers"] == 2
+    assert in_worker["runs"]["sft"]["3"]["metrics"] == in_process["runs"]["sft"]["3"]["metrics"]
+    (stage,), (expected,) = in_worker["runs"]["sft"]["3"]["stages"], in_process["runs"]["sft"]["3"]["stages"]
+    for key in ("steps", "first_loss", "last_loss", "parameter_change"):
+        assert stage[key] == pytest.approx(expected[key], rel=1e-5)
 
 
 def _runs(values):
@@ -163,8 +182,8 @@ def test_zero_data_is_generic_drawing_and_text_only_cot():
         assert text_row["rationale"] == " ".join(p["text"] for p in row["completion"] if p["type"] == "text")
         assert text_row["rationale"].startswith("THOUGHT 0:") and "THOUGHT 1:" in text_row["rationale"]
         assert (text_row["answer"], text_row["skill"]) == (row["answer"], row["skill"])
-        # The bootstrap's M3CoT input takes the problem image as its codes (no VQ encoder needed).
-        converted = m3cot_row_to_interleaved(text_row, 0)
+        # The bootstrap's free-form question input takes the problem image as its codes (no VQ encoder needed).
+        converted = question_row_to_interleaved(text_row, 0, multiple_choice=False)
         assert [part["codes"] for part in converted["prompt"] if part["type"] == "image"] == [
             text_row["image"]["codes"]
         ]

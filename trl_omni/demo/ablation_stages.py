@@ -229,7 +229,8 @@ def train_base_model(config: AblationConfig, progress: Progress) -> tuple[Any, A
     record = _stage_record(result, before, generic_rows=config.num_generic)
     check = EvalConfig(
         output_dir=os.path.join(config.output_dir, "eval", "base-generic-drawing"), overwrite=True, template="plain",
-        batch_size=config.eval_batch_size, max_new_tokens=vocab.span_length + 2, max_images=1,
+        batch_size=config.eval_batch_size, max_new_tokens=vocab.generation_budget(num_images=1, text_tokens=2),
+        max_images=1,
         source_columns=["task"], task_groups={task: [task] for task in GENERIC_TASKS}, save_images=False,
         report_max_rows=0, progress=False, print_table=False,
     )  # fmt: skip
@@ -265,7 +266,8 @@ def make_context(config: AblationConfig, base: Any, processor: Any, vocab: Any, 
     return _Context(
         config, processor, vocab, base, train_rows, test_rows,
         # Room for every image a completion may draw (bootstrapped traces draw one per reasoning step).
-        max_new_tokens=budget + (config.max_images - 1) * vocab.span_length, progress=progress,
+        max_new_tokens=budget + vocab.generation_budget(num_images=config.max_images - 1, text_tokens=0),
+        progress=progress,
         report_rows=list(range(min(config.num_report_samples, len(test_rows)))),
     )  # fmt: skip
 

@@ -125,21 +125,18 @@ def evaluate_uniskills(
         0.354
         ```
     """
-    from ..collators import InterleavedDataCollator
     from ..evaluation import evaluate, read_predictions
-    from ..models import ImageVocabulary
 
     config = uniskills_eval_config(output_dir, max_new_tokens, batch_size, **config_overrides)
     result = evaluate(model, processor, rows, config, dataset_format="interleaved", drawing_check=check_drawing)
     records = read_predictions(result.predictions_path)
     tokenizer = getattr(processor, "tokenizer", processor)
-    collator = InterleavedDataCollator(processor, ImageVocabulary.from_model(model, processor), template="plain")
     sequences = []
-    for prompt, record in zip(collator.encode_prompts(rows), records):
+    for record in records:
         completion = record["completion_ids"]
         # The evaluation stores completions cut before EOS: one shorter than the budget stopped at its EOS.
         stopped = len(completion) < config.max_new_tokens
-        sequences.append(prompt + completion + ([tokenizer.eos_token_id] if stopped else []))
+        sequences.append(record["prompt_ids"] + completion + ([tokenizer.eos_token_id] if stopped else []))
     scores = [
         {
             "accuracy": float(record["score"] or 0.0),
