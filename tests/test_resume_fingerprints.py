@@ -37,8 +37,8 @@ def test_model_and_processor_fingerprints_name_what_changed(tiny):
 
     from trl_omni.testing import tiny_chameleon
 
-    model, processor = tiny
-    base = fingerprint_model(model)
+    processor = tiny[1]
+    base = fingerprint_model(tiny_chameleon(seed=0)[0])  # not the shared model: its identity is what is compared
     assert set(base) == {"name_or_path", "class", "dtype", "quantization", "adapters", "generation_config", "weights"}
     assert fingerprint_model(tiny_chameleon(seed=0)[0]) == base  # same content, same identity
     assert fingerprint_model(tiny_chameleon(seed=1)[0])["weights"] != base["weights"]
