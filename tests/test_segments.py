@@ -116,3 +116,51 @@ def test_no_segments(vocab):
     assert len(segs) == 0
     assert segs.complete_codes.shape == (0, 8, 8)
     assert segs.stray_image_tokens.tolist() == [0, 0]
+
+
+def test_completions_continue_an_image_their_prompt_opened(vocab):
+    """`parse_completions`: leading image codes finish the image a prompt opened with BOI (start -1)."""
+    boi, eoi = vocab.boi_token_id, vocab.eoi_token_id
+    c1, i1 = _img(vocab, 1)
+    c2, i2 = _img(vocab, 2)
+    _, partial = _img(vocab, 3, n=30)
+    completions = [
+        [*i1, eoi, *T, boi, *i2, eoi],  # finishes the prompt's image, then draws one more
+        [*partial],  # the length limit cut the prompt's image
+        T + [boi, *i2, eoi],  # an ordinary completion
+        [],
+    ]
+    segments = vocab.parse_completions(completions)
+    assert segments.batch_index.tolist() == [0, 0, 1, 2]
+    assert segments.start.tolist() == [-1, 68, -1, 3]
+    assert segments.end.tolist() == [65, 134, 30, 69]
+    assert segments.complete.tolist() == [True, True, False, True]
+    torch.testing.assert_close(segments[0].codes, c1)
+    assert segments[2].codes.numel() == 30
+    torch.testing.assert_close(segments.complete_codes.reshape(3, -1), torch.stack([c1, c2, c2]))
+    assert segments.stray_image_tokens.tolist() == [0, 0, 0, 0]
+    # Read strictly (e.g. to validate training rows), the same leading codes are stray tokens.
+    strict = vocab.parse_segments(completions)
+    assert strict.stray_image_tokens.tolist() == [64, 30, 0, 0] and strict.start.tolist() == [68, 3]
+    # A right-padded tensor reads the same.
+    padded = torch.full((4, 134), 1)
+    mask = torch.zeros(4, 134, dtype=torch.long)
+    for row, ids in enumerate(completions):
+        padded[row, : len(ids)], mask[row, : len(ids)] = torch.tensor(ids, dtype=torch.long), 1
+    tensor_parse = vocab.parse_segments(padded, attention_mask=mask, continue_open_image=True)
+    assert tensor_parse.start.tolist() == segments.start.tolist()
+    assert tensor_parse.complete.tolist() == segments.complete.tolist()
+
+
+def test_parse_completions_is_cached_by_identity(vocab):
+    """One parse per batch object: TRL hands the same `completion_ids` list to every reward of a step."""
+    _, ids = _img(vocab, 4)
+    batch = [[*ids, vocab.eoi_token_id], T]
+    first = vocab.parse_completions(batch)
+    assert vocab.parse_completions(batch) is first
+    equal_copy = [list(row) for row in batch]
+    again = vocab.parse_completions(equal_copy)
+    assert again is not first and again.start.tolist() == first.start.tolist() == [-1]
+    for _ in range(8):  # older batches leave the small cache
+        vocab.parse_completions([list(T)])
+    assert vocab.parse_completions(batch) is not first

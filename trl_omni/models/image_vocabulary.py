@@ -7,6 +7,7 @@ decoding ask an [`ImageVocabulary`]; none of them computes ids, offsets or grid 
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import chain
@@ -14,6 +15,11 @@ from typing import Any
 
 import numpy as np
 import torch
+
+
+# Batches of completions whose parse `ImageVocabulary.parse_completions` keeps (a step's rewards, metrics and
+# rendering read one batch; a few more cover evaluation interleaved with training).
+_PARSE_CACHE_SIZE = 4
 
 
 def unwrap_model(model: Any) -> Any:
@@ -173,6 +179,7 @@ class ImageVocabulary:
     backend: str = "chameleon"
     _id_to_code: torch.Tensor = field(init=False, repr=False)
     _device_cache: dict = field(init=False, repr=False, default_factory=dict)
+    _parse_cache: OrderedDict = field(init=False, repr=False, default_factory=OrderedDict, compare=False)
 
     def __post_init__(self) -> None:
         self.image_token_ids = self.image_token_ids.long().cpu()
@@ -202,7 +209,7 @@ class ImageVocabulary:
         config = unwrap_model(model).config
         mapping = backbone.vocabulary_mapping
         vocab_map = config.vocabulary_map or {}
-        # bpe2img is cached before `enable_image_generation` empties `image_tokens`, so it stays complete.
+        # With image generation enabled, the mapping's mask list is empty but its tables are the stock, complete ones.
         bpe2img: dict[int, int] = mapping.bpe2img
         if not bpe2img:
             raise ValueError("The model's vocabulary_map holds no image tokens (names starting with 'IMGIMG').")
@@ -338,6 +345,8 @@ class ImageVocabulary:
         self,
         ids: torch.Tensor | Sequence[Sequence[int]],
         attention_mask: torch.Tensor | None = None,
+        *,
+        continue_open_image: bool = False,
     ) -> ImageSegments:
         """Finds every image segment in a batch of token sequences, without a per-token Python loop.
 
@@ -347,8 +356,13 @@ class ImageVocabulary:
         every segment are counted as stray, per row. EOI tokens outside a segment are ignored.
 
         Args:
-            ids: `(B, L)` LongTensor (right or left padded) or a list of id lists of any lengths.
+            ids: `(B, L)` LongTensor (right padded when rows may begin with image codes, see below; else right or
+                left padded) or a list of id lists of any lengths.
             attention_mask: Optional `(B, L)` mask; positions where it is 0 are treated as absent.
+            continue_open_image: Read each row as the continuation of a sequence that ended with BOI: a row whose
+                first token is an image code continues the image opened just before it, a segment with `start == -1`
+                (its codes are the row's leading codes). This is how generated completions are read (see
+                [`parse_completions`]); leave it off to count leading image codes as stray (e.g. to validate rows).
 
         Returns:
             [`ImageSegments`].
@@ -358,6 +372,8 @@ class ImageVocabulary:
         ids = ids.long()
         if ids.dim() == 1:
             ids = ids.unsqueeze(0)
+        if continue_open_image:
+            return self._parse_after_open_image(ids, attention_mask)
         device = ids.device
         batch, length = ids.shape
         valid = torch.ones_like(ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
@@ -413,6 +429,62 @@ class ImageVocabulary:
             _ids=ids,
             _codes=codes,
         )
+
+    def _parse_after_open_image(self, ids: torch.Tensor, attention_mask: torch.Tensor | None) -> ImageSegments:
+        """`parse_segments` of rows that continue an open image: a BOI is put before each row that begins with an
+        image code, the rows are parsed, and positions are shifted back (that BOI sits at position -1)."""
+        batch = ids.shape[0]
+        valid = torch.ones_like(ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
+        if ids.shape[1]:
+            opened = valid[:, :1] & self.is_image_token(ids[:, :1])
+        else:
+            opened = torch.zeros(batch, 1, dtype=torch.bool, device=ids.device)
+        boi = torch.full((batch, 1), self.boi_token_id, dtype=ids.dtype, device=ids.device)
+        parsed = self.parse_segments(torch.cat([boi, ids], dim=1), torch.cat([opened, valid], dim=1))
+        parsed.start = parsed.start - 1
+        parsed.end = parsed.end - 1
+        # `ImageSegments.__getitem__` reads codes from `start + 1`: the row's own positions.
+        parsed._ids = parsed._ids[:, 1:]
+        parsed._codes = parsed._codes[:, 1:]
+        return parsed
+
+    def parse_completions(self, completion_ids: Sequence[Sequence[int]] | torch.Tensor) -> ImageSegments:
+        """The image segments of generated completions: the one parse that rewards, metrics and rendering share.
+
+        Completions are read as generated after their prompt (`parse_segments(..., continue_open_image=True)`): a
+        prompt may end with BOI to ask for a drawing, and with the image-span constraint on
+        ([`ImageSpanLogitsProcessor`]) a completion can only begin with image codes when it continues the image its
+        prompt opened. That segment has `start == -1` and is complete when the completion closes it with EOI after
+        exactly `tokens_per_image` codes, so a reward, a metric and a rendering see the same image.
+
+        The last few results are cached by the identity of `completion_ids`: TRL hands one `completion_ids` list to
+        every reward function of a step, so the step parses it once however many rewards, metrics and renderings
+        read it. Do not modify a list in place after parsing it.
+
+        Args:
+            completion_ids: TRL's list of completion id lists (padding removed), or a right-padded `(B, L)` tensor.
+
+        Returns:
+            [`ImageSegments`] with positions relative to each completion's first token.
+
+        Example:
+            ```python
+            >>> segments = vocab.parse_completions(completion_ids)  # e.g. inside a reward function
+            >>> per_completion = segments.per_row(len(completion_ids))  # lists of ImageSegment
+            ```
+        """
+        cache = self._parse_cache
+        key = id(completion_ids)
+        hit = cache.get(key)
+        if hit is not None and hit[0] is completion_ids and hit[1] == len(completion_ids):
+            cache.move_to_end(key)
+            return hit[2]
+        segments = self.parse_segments(completion_ids, continue_open_image=True)
+        # The cache holds the parsed object itself, so its id cannot be reused by another object while cached.
+        cache[key] = (completion_ids, len(completion_ids), segments)
+        while len(cache) > _PARSE_CACHE_SIZE:
+            cache.popitem(last=False)
+        return segments
 
     def __repr__(self) -> str:
         return (

@@ -60,16 +60,17 @@ class PerceptionReward:
     """Perception reward: smoothness of each generated image, measured on its codebook embeddings.
 
     For every complete image segment in a completion (BOI + exactly H*W image tokens + EOI, as parsed by
-    [`~trl_omni.ImageVocabulary.parse_segments`]): `Z = codebook[codes]` of shape `(H, W, D)`,
+    [`~trl_omni.ImageVocabulary.parse_completions`]; an image its prompt opened with BOI counts when the completion
+    finishes it): `Z = codebook[codes]` of shape `(H, W, D)`,
     `E = (TV_x + TV_y) / D` ([`total_variation_energy`]), and the image scores `1 / (1 + E / tau)` (`"inverse"`)
     or `exp(-E / tau)` (`"exp"`). A completion's score aggregates its images' scores with `min` (the authors'
     default), `mean`, `max` or `median` (the mean of the two middle values for an even count). A completion without
     a complete image gets None. Incomplete segments are ignored; their count is reported through `log_metric`
     (`<name>/incomplete_images`) together with `<name>/complete_images`.
 
-    All images of the batch are scored at once: one parse of the padded batch (skipped when the trainer passes the
-    `image_segments` it already parsed, as `PeRPOTrainer` does), one tensor expression for the TV of
-    every image (a lookup of all neighbour pairs in a cached table of squared codebook distances, or a gather of
+    All images of the batch are scored at once: one parse of the batch
+    ([`~trl_omni.ImageVocabulary.parse_completions`], cached by the core and shared with every other reader of the
+    same `completion_ids`), one tensor expression for the TV of every image (a lookup of all neighbour pairs in a cached table of squared codebook distances, or a gather of
     the embeddings, see `method`), and segment reductions per completion. The codebook comes from
     `ImageVocabulary.codebook_on(device)`, cached per device.
 
@@ -125,6 +126,8 @@ class PerceptionReward:
         self.max_table_bytes = int(max_table_bytes)
         self.max_chunk_elements = int(max_chunk_elements)
         self._tables: dict[str, torch.Tensor] = {}
+        # (completion_ids, its length, scores, incomplete, complete) of the last batch scored.
+        self._last_scores: tuple | None = None
         self.name = name
         self.__name__ = name  # TRL names rewards by `__name__`
 
@@ -196,26 +199,6 @@ class PerceptionReward:
         ids[mask] = torch.from_numpy(flat)
         return ids.to(device), mask.to(device)
 
-    def _from_image_segments(self, image_segments: Any, num_rows: int, device: torch.device) -> tuple | None:
-        """Complete codes and rows from already-parsed segments (PeRPO's `image_segments`), or None to re-parse."""
-        if image_segments is None or len(image_segments) != num_rows:
-            return None
-        h, w = self.image_vocabulary.grid_size
-        codes, rows, incomplete = [], [], 0
-        for row, segments in enumerate(image_segments):
-            for segment in segments or ():
-                if not segment.complete:
-                    incomplete += 1
-                    continue
-                if segment.codes.numel() != h * w:
-                    return None  # not what the core produces for this vocabulary: parse the ids instead
-                codes.append(segment.codes)
-                rows.append(row)
-        if not codes:
-            return torch.zeros(0, h, w, dtype=torch.long, device=device), torch.zeros(0, dtype=torch.long), incomplete
-        stacked = torch.stack(codes).to(device=device, dtype=torch.long).view(-1, h, w)
-        return stacked, torch.tensor(rows, dtype=torch.long, device=device), incomplete
-
     def score_tensor(
         self,
         completion_ids: Any,
@@ -225,27 +208,36 @@ class PerceptionReward:
     ) -> torch.Tensor:
         """Per-completion scores as a `(B,)` float tensor, NaN where a completion has no complete image.
 
-        When `image_segments` (per completion, the `ImageSegment`s the core parsed from these same ids, as
-        `PeRPOTrainer` passes them) is given, the codes are taken from it instead of parsing `completion_ids` again.
+        Completions are parsed by [`~trl_omni.ImageVocabulary.parse_completions`] (a completion that begins with
+        image codes finishes the image its prompt opened with BOI), cached per batch by the core. The scores of the
+        last batch are kept too, so a trainer's perception metrics and this reward score a step's images once.
+        `image_segments` is accepted for compatibility and not needed: the core's cached parse gives the same
+        segments.
         """
         num_rows = len(completion_ids)
-        device = self.device or (completion_ids.device if isinstance(completion_ids, torch.Tensor) else "cpu")
-        parsed = self._from_image_segments(image_segments, num_rows, torch.device(device))
-        if parsed is not None:
-            codes, rows, incomplete = parsed
-            complete = int(rows.numel())
+        memo = self._last_scores
+        if attention_mask is None and memo is not None and memo[0] is completion_ids and memo[1] == num_rows:
+            scores, incomplete, complete = memo[2:]
         else:
-            ids, mask = self._to_batch(completion_ids)
-            if attention_mask is not None:
-                mask = attention_mask.to(ids.device)
-            segments = self.image_vocabulary.parse_segments(ids, attention_mask=mask)
-            codes, rows = segments.complete_codes, segments.complete_batch_index
+            device = self.device or (completion_ids.device if isinstance(completion_ids, torch.Tensor) else "cpu")
+            if isinstance(completion_ids, torch.Tensor) or attention_mask is not None:
+                ids, mask = self._to_batch(completion_ids)
+                if attention_mask is not None:
+                    mask = attention_mask.to(ids.device)
+                segments = self.image_vocabulary.parse_segments(ids, attention_mask=mask, continue_open_image=True)
+            else:
+                segments = self.image_vocabulary.parse_completions(completion_ids)
+            codes = segments.complete_codes.to(device)
             incomplete, complete = int((~segments.complete).sum()), int(segments.complete.sum())
+            image_scores = self.image_scores(codes)
+            rows = segments.complete_batch_index.to(image_scores.device)
+            scores = _segment_reduce(image_scores, rows, num_rows, self.aggregation)
+            if attention_mask is None:
+                self._last_scores = (completion_ids, num_rows, scores, incomplete, complete)
         if log_metric is not None:
             log_metric(f"{self.name}/incomplete_images", float(incomplete))
             log_metric(f"{self.name}/complete_images", float(complete))
-        scores = self.image_scores(codes)
-        return _segment_reduce(scores, rows.to(scores.device), num_rows, self.aggregation)
+        return scores.clone()
 
     def score(
         self,
@@ -259,8 +251,7 @@ class PerceptionReward:
             completion_ids: A list of id lists (TRL's `completion_ids`) or a `(B, L)` tensor (no padding inside
                 rows other than at positions that are not BOI/EOI/image tokens).
             log_metric: Optional TRL `log_metric` callable for the image counts.
-            image_segments: Optional per-completion `ImageSegment` lists already parsed from `completion_ids`
-                (passed by `PeRPOTrainer`); saves the parse.
+            image_segments: Accepted for compatibility (see [`score_tensor`]).
         """
         values = self.score_tensor(completion_ids, log_metric=log_metric, image_segments=image_segments).tolist()
         return [None if v != v else float(v) for v in values]

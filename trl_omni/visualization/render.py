@@ -305,8 +305,9 @@ def render_trajectories(
 ) -> list[RenderedTrajectory]:
     """Renders a batch of token sequences (completions or full sequences) as interleaved text and images.
 
-    One vectorised `parse_segments` call finds every image; all complete images of the batch are decoded in one
-    `decoder.decode` call. Text between images is decoded with the tokenizer after removing image spans (stray image
+    One vectorised `parse_segments` call finds every image (a row that begins with image codes finishes the image its
+    prompt opened with BOI, as [`~trl_omni.ImageVocabulary.parse_completions`] reads completions); all complete
+    images of the batch are decoded in one `decoder.decode` call. Text between images is decoded with the tokenizer after removing image spans (stray image
     tokens outside any segment are dropped from the text and counted in the piece). Incomplete images become
     placeholders with their token count.
 
@@ -334,7 +335,8 @@ def render_trajectories(
     rows = _rows_of(ids, attention_mask)
     tokenizer = _tokenizer_of(processing_class)
     decoder = decoder or FalseColorDecoder(image_vocabulary)
-    segments = image_vocabulary.parse_segments(rows)
+    # A row that begins with image codes finishes an image opened before it (a prompt ending with BOI).
+    segments = image_vocabulary.parse_segments(rows, continue_open_image=True)
     complete_images = decoder.decode(segments.complete_codes) if len(segments.complete_codes) else []
     if len(complete_images) != len(segments.complete_codes):
         raise ValueError(
