@@ -1,6 +1,8 @@
 """PeRPOTrainer on the tiny Chameleon: GRPO equivalence, image rollouts, reward inputs, metrics, edge cases."""
 
+import inspect
 import math
+import re
 
 import pytest
 import torch
@@ -59,6 +61,27 @@ class Recorder:
             float(sum(s.complete for s in segments)) + 0.01 * len(text)
             for text, segments in zip(completions, image_segments)
         ]
+
+
+def test_overridden_trl_methods_are_the_documented_ones():
+    """Every GRPOTrainer method PeRPOTrainer overrides is listed, with its reason, in the class docstring: a new
+    override has to be added there (and this list stays the surface to re-check on each TRL release)."""
+    section = PeRPOTrainer.__doc__.split("Overridden TRL methods", 1)[1].split("\n\n    Args:", 1)[0]
+    documented = set(re.findall(r"^    - `(\w+)`", section, flags=re.MULTILINE))
+    overridden = {
+        name
+        for name, value in vars(PeRPOTrainer).items()
+        if not name.startswith("__")
+        and hasattr(GRPOTrainer, name)
+        and (inspect.isfunction(value) or isinstance(value, (staticmethod, classmethod, property)))
+    }
+    assert overridden == documented == {
+        "_generate_single_turn",
+        "_tokenize_prompts",
+        "_generate_and_score_completions",
+        "_calculate_rewards",
+        "compute_loss",
+    }
 
 
 def test_equals_grpo_when_image_constraint_is_off(tmp_path):
