@@ -75,13 +75,14 @@ def test_overridden_trl_methods_are_the_documented_ones():
         and hasattr(GRPOTrainer, name)
         and (inspect.isfunction(value) or isinstance(value, (staticmethod, classmethod, property)))
     }
-    assert overridden == documented == {
+    expected = {
         "_generate_single_turn",
         "_tokenize_prompts",
         "_generate_and_score_completions",
         "_calculate_rewards",
         "compute_loss",
     }
+    assert overridden == documented == expected
 
 
 def test_equals_grpo_when_image_constraint_is_off(tmp_path):
