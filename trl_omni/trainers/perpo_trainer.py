@@ -346,7 +346,9 @@ class PeRPOTrainer(GRPOTrainer):
     def _completion_text(self, completion: Any, ids: list[int], segments: list) -> Any:
         """The completion as rewards read it: re-decoded without image tokens when it holds any."""
         vocab = self.image_vocabulary
-        if not segments and not vocab.is_image_token(torch.as_tensor(ids, dtype=torch.long)).any():
+        tensor = torch.as_tensor(ids, dtype=torch.long)
+        markers = (tensor == vocab.boi_token_id) | (tensor == vocab.eoi_token_id)
+        if not segments and not (vocab.is_image_token(tensor) | markers).any():
             return completion
         text = text_without_images(self._tokenizer, vocab, ids)
         if isinstance(completion, list):  # conversational: [{"role": "assistant", "content": ...}]
