@@ -1,5 +1,6 @@
 """`PeRPOTrainer(reward_funcs=None)` trains with the perception-calibrated reward ."""
 
+import inspect
 import math
 
 import pytest
@@ -96,3 +97,27 @@ def test_reward_settings_are_config_fields_and_cli_flags(tmp_path):
     # A setting that none of the named rewards takes is an error, not silently ignored.
     with pytest.raises(ValueError, match=r"format_style set, but none of the rewards \['accuracy'\]"):
         build_reward_funcs(["accuracy"], processor, vocab, {"format_style": "thought"})
+
+
+@pytest.mark.skipif(
+    "rules" not in inspect.signature(PerceptionCalibratedReward).parameters,
+    reason="the accuracy rules (issue 13 item 1) have not landed: `PerceptionCalibratedReward(rules=...)`",
+)
+def test_accuracy_rules_reach_the_default_reward(tmp_path):
+    """`accuracy_rules="omni_r1"` gives the default reward the authors' cascade: equal number lists score 1 whatever
+    the words there ("12 cats" for "12 birds"), while `default` refuses the answer."""
+    model, processor = tiny_chameleon(seed=0)
+    scores = {}
+    for rules in ("default", "omni_r1"):
+        args = PeRPOConfig(
+            output_dir=str(tmp_path / rules), bf16=False, use_cpu=True, report_to="none", max_completion_length=80,
+            num_generations=2, per_device_train_batch_size=2, accuracy_rules=rules,
+        )  # fmt: skip
+        trainer = PeRPOTrainer(
+            model, args=args, train_dataset=Dataset.from_dict({"prompt": ["Q"] * 2}), processing_class=processor
+        )
+        accuracy = trainer.reward_funcs[0].accuracy
+        scores[rules] = accuracy(
+            prompts=["Q"], completions=["THOUGHT 0: count. Final Answer: 12 cats"], answer=["12 birds"]
+        )
+    assert scores == {"default": [0.0], "omni_r1": [1.0]}

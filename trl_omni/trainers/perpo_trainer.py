@@ -160,6 +160,8 @@ class PeRPOTrainer(GRPOTrainer):
                 aggregation=args.perception_aggregation,
                 format_style=args.format_style,
                 processing_class=processing_class,
+                # The authors' released accuracy cascade when asked for; the reward's own default otherwise.
+                **({"rules": args.accuracy_rules} if args.accuracy_rules != "default" else {}),
             )
             self.perception_scorer = reward_funcs.perception
         self._degenerate_rows: torch.Tensor | None = None  # found by `_calculate_rewards`, applied just after
