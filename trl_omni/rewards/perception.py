@@ -70,9 +70,10 @@ class PerceptionReward:
 
     All images of the batch are scored at once: one parse of the batch
     ([`~trl_omni.ImageVocabulary.parse_completions`], cached by the core and shared with every other reader of the
-    same `completion_ids`), one tensor expression for the TV of every image (a lookup of all neighbour pairs in a cached table of squared codebook distances, or a gather of
-    the embeddings, see `method`), and segment reductions per completion. The codebook comes from
-    `ImageVocabulary.codebook_on(device)`, cached per device.
+    same `completion_ids`), one tensor expression for the TV of every image (a lookup of all neighbour pairs in a
+    cached table of squared codebook distances, or a gather of the embeddings, see `method`), and segment reductions
+    per completion. The codebook comes from `ImageVocabulary.codebook_on(device)`, cached per device. The scores of
+    the last batch are kept, so a second call on the same `completion_ids` (a trainer's metrics) costs nothing.
 
     Args:
         image_vocabulary: The policy's [`~trl_omni.ImageVocabulary`].

@@ -307,9 +307,9 @@ def render_trajectories(
 
     One vectorised `parse_segments` call finds every image (a row that begins with image codes finishes the image its
     prompt opened with BOI, as [`~trl_omni.ImageVocabulary.parse_completions`] reads completions); all complete
-    images of the batch are decoded in one `decoder.decode` call. Text between images is decoded with the tokenizer after removing image spans (stray image
-    tokens outside any segment are dropped from the text and counted in the piece). Incomplete images become
-    placeholders with their token count.
+    images of the batch are decoded in one `decoder.decode` call. Text between images is decoded with the tokenizer
+    after removing image spans (stray image tokens outside any segment are dropped from the text and counted in the
+    piece). Incomplete images become placeholders with their token count.
 
     Args:
         ids: `(B, L)` tensor (with `attention_mask` for padding) or a list of id lists.
