@@ -119,6 +119,20 @@ def timed(fn, repeats):
     return min(times), result
 
 
+def interleaved(calls, repeats):
+    """Times every call once per repeat, back to back, so the load of a shared machine hits them alike.
+
+    Returns the per-call lists of wall times and the last output of each call."""
+    times = {label: [] for label in calls}
+    outputs = {}
+    for _ in range(repeats):
+        for label, fn in calls.items():
+            start = time.perf_counter()
+            outputs[label] = fn()
+            times[label].append(time.perf_counter() - start)
+    return times, outputs
+
+
 # ---------------------------------------------------------------------------------------------- part 1
 def bench_throughput(repeats: int) -> None:
     vocab = anole_sized_vocabulary()
@@ -158,13 +172,7 @@ def bench_throughput(repeats: int) -> None:
         "gather": fresh("gather"),
         "table+cached parse": cached_parse,
     }
-    times = {label: [] for label in calls}
-    outputs = {}
-    for _ in range(repeats):
-        for label, fn in calls.items():
-            start = time.perf_counter()
-            outputs[label] = fn()
-            times[label].append(time.perf_counter() - start)
+    times, outputs = interleaved(calls, repeats)
 
     print(f"PerceptionReward throughput: {len(completions)} completions, {num_images} images of "
           f"{vocab.grid_size[0]}x{vocab.grid_size[1]} codes, codebook {vocab.num_codes}x{vocab.codebook_dim}, "
@@ -280,13 +288,7 @@ def bench_perpo_step_rewards(repeats: int) -> None:
     }
     for fn in calls.values():
         fn()  # builds the distance tables
-    times = {label: [] for label in calls}
-    outputs = {}
-    for _ in range(repeats):
-        for label, fn in calls.items():
-            start = time.perf_counter()
-            outputs[label] = fn()
-            times[label].append(time.perf_counter() - start)
+    times, outputs = interleaved(calls, repeats)
     assert outputs["before"] == outputs["after"]
     scorers = {"before": (before_reward.perception, before_metrics), "after": (after_reward.perception,)}
     tables = {label: len({id(s.distance_table("cpu")) for s in group}) for label, group in scorers.items()}
