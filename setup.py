@@ -48,6 +48,7 @@ setup(
             "format_thought = trl_omni.rewards.format:format_thought_reward",
             "perception = trl_omni.rewards.perception:PerceptionReward",
             "perception_calibrated = trl_omni.rewards.calibrated:PerceptionCalibratedReward",
+            "reference_image = trl_omni.rewards.reference:ReferenceImageReward",
             "model_reward = trl_omni.rewards.model_reward:ModelReward",
         ],
     },

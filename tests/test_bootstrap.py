@@ -259,7 +259,12 @@ def test_quality_filter_redraws_and_policies(drawer_model, tmp_path):
         out = tmp_path / policy
         config = BootstrapConfig(output_dir=str(out), quality_fn=reject_all, max_redraws=2, on_low_quality=policy,
                                  **kwargs)  # fmt: skip
-        manifest = run_bootstrap(config, model, processor, rows)
+        if rows_left:
+            manifest = run_bootstrap(config, model, processor, rows)
+        else:  # a run that keeps no row fails, naming why; its manifest keeps the counts
+            with pytest.raises(ValueError, match=r"wrote no rows.*4 were dropped because a drawing stayed below"):
+                run_bootstrap(config, model, processor, rows)
+            manifest = json.loads((out / "manifest.json").read_text())
         counts = manifest["counts"]
         assert counts["rows_written"] == rows_left and counts["images_kept"] == images_left
         assert counts["images_drawn"] == 3 * drawings and counts["redraws"] == 2 * drawings

@@ -112,7 +112,7 @@ def test_convert_m3cot_dataset_keeps_metadata():
     assert {"category", "domain", "topic", "split", "image_id"} <= set(dataset.column_names)
     assert "image" not in dataset.column_names
     assert dataset[1]["prompt"][1]["text"].startswith("Question:")  # empty context is left out
-    with pytest.raises(InterleavedDataError, match=r"Row 0, field 'question'"):
+    with pytest.raises(InterleavedDataError, match=r"Row 0 \(id='physical-commonsense-1000'\), field 'question'"):
         m3cot_row_to_interleaved({**m3cot_rows(1)[0], "question": ""}, 0)
 
 

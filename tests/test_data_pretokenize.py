@@ -83,7 +83,9 @@ def test_path_escaping_the_root_is_refused(tiny_pre, tmp_path, path):
     make_image().save(tmp_path / "outside.png")
     (root / "link.png").symlink_to(tmp_path / "outside.png")  # a symbolic link leading out of the root
     rows = [{"id": "x", "prompt": [text_part("Q"), image_part(path=path)], "completion": [], "answer": "A"}]
-    with pytest.raises(InterleavedDataError, match=r"Row 0, field 'prompt\[1\]\.path'.*outside the image root.*Fix:"):
+    with pytest.raises(
+        InterleavedDataError, match=r"Row 0 \(id='x'\), field 'prompt\[1\]\.path'.*outside the image root.*Fix:"
+    ):
         pretokenize_images(_dataset(rows), model, processor, image_root=root)
 
 
@@ -105,11 +107,13 @@ def test_undecodable_bytes_raise_or_are_skipped(tiny_pre, caplog):
         "answer": "A",
     }
     bad_base64 = {"id": "c", "prompt": [image_part(base64="***")], "completion": [], "answer": "A"}
-    with pytest.raises(InterleavedDataError, match=r"Row 1, field 'completion\[0\]\.bytes'.*cannot be decoded.*Fix:"):
+    with pytest.raises(
+        InterleavedDataError, match=r"Row 1 \(id='b'\), field 'completion\[0\]\.bytes'.*cannot be decoded.*Fix:"
+    ):
         pretokenize_images(_dataset([good, bad]), model, processor)
-    with pytest.raises(InterleavedDataError, match=r"Row 0, field 'prompt\[0\]\.bytes'"):
+    with pytest.raises(InterleavedDataError, match=r"Row 0 \(id='t'\), field 'prompt\[0\]\.bytes'"):
         pretokenize_images(_dataset([truncated]), model, processor)
-    with pytest.raises(InterleavedDataError, match=r"Row 0, field 'prompt\[0\]\.base64'.*invalid base64"):
+    with pytest.raises(InterleavedDataError, match=r"Row 0 \(id='c'\), field 'prompt\[0\]\.base64'.*invalid base64"):
         pretokenize_images(_dataset([bad_base64]), model, processor)
     with caplog.at_level(logging.WARNING):
         out = pretokenize_images(_dataset([good, bad, truncated, good]), model, processor, on_error="skip")
@@ -121,8 +125,9 @@ def test_wrong_precomputed_codes_named(tiny_pre):
     model, processor, vocab = tiny_pre
     short = {"id": "s", "prompt": [image_part(codes=[0] * 10)], "completion": [], "answer": "A"}
     out_of_range = {"id": "o", "prompt": [image_part(codes=[vocab.num_codes] * 64)], "completion": [], "answer": "A"}
-    for row in (short, out_of_range):
-        with pytest.raises(InterleavedDataError, match=r"Row 0, field 'prompt\[0\]\.codes'.*exactly 64 codes"):
+    expected = [r"has 10 codes.*needs exactly 64", r"codes lie in \[64, 64\].*in \[0, 64\)"]
+    for row, problem in zip((short, out_of_range), expected):
+        with pytest.raises(InterleavedDataError, match=rf"Row 0 \(id='.'\), field 'prompt\[0\]\.codes'.*{problem}"):
             pretokenize_images(_dataset([row]), model, processor)
     fine = {"id": "f", "prompt": [image_part(codes=list(range(64)))], "completion": [], "answer": "A"}
     assert pretokenize_images(_dataset([fine]), model, processor)[0]["prompt"][0]["codes"] == list(range(64))
@@ -146,7 +151,9 @@ def test_decompression_bomb_is_a_clear_error(tiny_pre, monkeypatch):
     data = image_to_bytes(make_image((100, 100)))
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 10,000 pixels > 2x the limit: refused by PIL
     rows = [{"id": "big", "prompt": [image_part(bytes=data)], "completion": [], "answer": "A"}]
-    with pytest.raises(InterleavedDataError, match=r"Row 0, field 'prompt\[0\]\.bytes'.*too large.*MAX_IMAGE_PIXELS"):
+    with pytest.raises(
+        InterleavedDataError, match=r"Row 0 \(id='big'\), field 'prompt\[0\]\.bytes'.*too large.*MAX_IMAGE_PIXELS"
+    ):
         pretokenize_images(_dataset(rows), model, processor)
 
 

@@ -78,7 +78,7 @@ def test_parser_defaults_and_options():
         parser.parse_args_and_config(["--reward", "nonsense"])
 
 
-@pytest.mark.parametrize("reward", ["calibrated", "accuracy_perception"])
+@pytest.mark.parametrize("reward", ["calibrated", "accuracy_perception", "reference"])
 def test_demo_smoke_run(tmp_path, capsys, reward):
     args = DemoArguments(
         reward=reward,
@@ -124,3 +124,5 @@ def test_demo_smoke_run(tmp_path, capsys, reward):
 def test_demo_rejects_bad_batch(tmp_path):
     with pytest.raises(ValueError, match="multiple of --num_generations"):
         main(DemoArguments(output_dir=str(tmp_path), rl_batch_size=6, num_generations=4))
+    with pytest.raises(ValueError, match="--reference_weight must lie in"):
+        main(DemoArguments(output_dir=str(tmp_path), reward="reference", reference_weight=1.0))

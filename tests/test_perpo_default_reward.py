@@ -38,7 +38,7 @@ def test_default_reward_is_perception_calibrated(tmp_path):
         model=model, reward_funcs=None, args=args, train_dataset=dataset, processing_class=processor
     )
     assert len(trainer.reward_funcs) == 1
-    assert isinstance(trainer.reward_funcs[0], PerceptionCalibratedReward)
+    assert isinstance(trainer.reward_funcs[0].__wrapped__, PerceptionCalibratedReward)  # inside its SafeReward
     trainer.train()
     log = [entry for entry in trainer.state.log_history if "loss" in entry][-1]
     assert math.isfinite(log["loss"])

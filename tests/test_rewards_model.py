@@ -209,6 +209,95 @@ def test_bad_outputs_are_reported():
         safe_reward(lambda prompts, completions, **k: [1.0, math.nan])(["a", "b"], ["x", "y"])
     with pytest.raises(RewardError, match="returned 1 values for 2"):
         safe_reward(lambda prompts, completions, **k: [1.0])(["a", "b"], ["x", "y"])
-    with pytest.raises(RewardError, match="returned 'bad' for sample 0"):
+    with pytest.raises(RewardError, match=r"returned 'bad' \(str\) for sample 0"):
         safe_reward(lambda prompts, completions, **k: ["bad"], name="typo")(["a"], ["x"])
     assert safe_reward(safe_reward(flaky_reward)).fn is flaky_reward
+
+
+# ------------------------------------------------------------------- the docs' recipe: a frozen vision model judges
+def make_drawing_judge(model, processor, vocab, vision, decoder=None):
+    """docs/rewards.md, "Judging drawings with a frozen vision model": drawn codes -> pixels -> vision model."""
+    import numpy as np
+
+    from trl_omni.models import ChameleonVQDecoder, decode_images
+
+    # Real runs: load_vq_decoder(model, checkpoint_dir, ...); the tiny model has no decoder weights: random ones.
+    decoder = decoder or ChameleonVQDecoder(model.config.vq_config, processor.image_processor)
+    size = [side * decoder.upsampling_factor for side in vocab.grid_size]
+
+    def build_inputs(batch: RewardBatch):
+        codes, rows = batch.drawn_images(vocab)  # every complete drawing of the batch, with its completion
+        pictures = decode_images(codes, decoder, vocab)
+        pixels = [torch.from_numpy(np.array(p)).permute(2, 0, 1) for p in pictures]
+        pixel_values = torch.stack(pixels).float() / 255 if pixels else torch.zeros(0, 3, *size)
+        return {"pixel_values": pixel_values, "rows": rows}
+
+    def drawing_quality(outputs, batch):  # the worst drawing of a completion decides
+        return batch.per_completion(outputs.sigmoid().flatten(), batch.inputs["rows"], aggregation="min")
+
+    return ModelReward(
+        vision,
+        build_inputs,
+        scores={"drawing": drawing_quality},
+        forward=lambda model, inputs: model(inputs["pixel_values"]),
+        name="drawing_judge",
+    ), decoder
+
+
+def test_frozen_vision_model_judges_decoded_drawings():
+    import numpy as np
+
+    from trl_omni.models import ImageVocabulary, decode_images
+
+    model, processor = tiny_chameleon(seed=0)
+    vocab = ImageVocabulary.from_model(model, processor)
+    torch.manual_seed(0)
+    vision = torch.nn.Sequential(  # a tiny frozen CNN stands in for a real vision classifier
+        torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+        torch.nn.Linear(4, 1),
+    )  # fmt: skip
+    judge, decoder = make_drawing_judge(model, processor, vocab, vision)
+    assert not any(p.requires_grad for p in vision.parameters())
+    tok = processor.tokenizer
+    generator = torch.Generator().manual_seed(1)
+    grids = [torch.randint(0, vocab.num_codes, vocab.grid_size, generator=generator) for _ in range(3)]
+    text = tok.encode("I draw.", add_special_tokens=False)
+    span = [vocab.image_span_ids(g).tolist() for g in grids]
+    completion_ids = [text + span[0], text, text + span[1] + text + span[2], span[2][:5]]  # last: cut image
+    out = judge(["p"] * 4, ["c"] * 4, completion_ids)
+
+    def alone(grid):  # one drawing decoded and judged on its own
+        pixels = torch.from_numpy(np.array(decode_images(grid, decoder, vocab)[0])).permute(2, 0, 1)
+        with torch.no_grad():
+            return float(vision(pixels[None].float() / 255).sigmoid())
+
+    scores = [alone(g) for g in grids]
+    assert out[0] == pytest.approx(scores[0], abs=1e-5)
+    assert out[1] is None and out[3] is None  # nothing drawn, or only a cut image
+    assert out[2] == pytest.approx(min(scores[1], scores[2]), abs=1e-5)
+    assert len(set(scores)) == 3  # the drawings are told apart
+    assert judge.helper_calls == 1  # one vision pass for the whole batch
+    # PeRPO's pre-parsed segments give the same inputs
+    segments = vocab.parse_segments(completion_ids).per_row(4)
+    again = judge(["p"] * 4, ["c"] * 4, completion_ids, image_segments=segments, trainer_state=None)
+    assert again == pytest.approx(out)
+
+
+def test_drawing_judge_at_anole_layout(anole):
+    from trl_omni.models import ImageVocabulary, load_vq_decoder
+
+    vocab = ImageVocabulary.from_model(anole.model, anole.processor)
+    decoder = load_vq_decoder(anole.model, anole.path, image_processor=anole.processor.image_processor)
+    seen = []
+
+    class Vision(torch.nn.Module):  # records what it is shown: the drawings as 512 x 512 pixels
+        def forward(self, pixel_values):
+            seen.append(tuple(pixel_values.shape))
+            return pixel_values.mean(dim=(1, 2, 3))[:, None]
+
+    judge, _ = make_drawing_judge(anole.model, anole.processor, vocab, Vision(), decoder=decoder)
+    grid = torch.randint(0, vocab.num_codes, vocab.grid_size, generator=torch.Generator().manual_seed(0))
+    text = anole.processor.tokenizer.encode("I draw.", add_special_tokens=False)
+    out = judge(["p", "p"], ["c", "c"], [text + vocab.image_span_ids(grid).tolist(), text])
+    assert seen == [(1, 3, 512, 512)]
+    assert out[1] is None and 0.0 < out[0] < 1.0

@@ -20,6 +20,7 @@ from trl_omni.rewards import (
     ModelReward,
     PerceptionCalibratedReward,
     PerceptionReward,
+    ReferenceImageReward,
     RewardError,
     accuracy_reward,
     format_reward,
@@ -72,6 +73,7 @@ def _recording(reward, records):
     def wrapper(prompts, completions, completion_ids=None, **kwargs):
         out = reward(prompts, completions, completion_ids, **kwargs)
         records.setdefault(wrapper.__name__, []).append((completion_ids, out))
+        records.setdefault(f"{wrapper.__name__}/references", []).append(kwargs.get("reference_images"))
         return out
 
     wrapper.__name__ = getattr(reward, "__name__", type(reward).__name__)
@@ -79,7 +81,16 @@ def _recording(reward, records):
 
 
 def _trainer(model, processor, reward_funcs, output_dir, **extra):
-    dataset = Dataset.from_dict({"prompt": ["What is 1+1?", "How many circles?"] * 4, "answer": ["2", "2"] * 4})
+    # Every row's reference drawing is the scripted one (a constant image of code 7); the last rows have none.
+    vocab = ImageVocabulary.from_model(model, processor)
+    reference = [{"type": "image", "codes": [7] * vocab.tokens_per_image}]
+    dataset = Dataset.from_dict(
+        {
+            "prompt": ["What is 1+1?", "How many circles?"] * 4,
+            "answer": ["2", "2"] * 4,
+            "reference_images": [reference] * 6 + [None] * 2,
+        }
+    )
     settings = dict(
         output_dir=str(output_dir), max_completion_length=MAX_COMPLETION, per_device_train_batch_size=4,
         num_generations=2, max_steps=2, bf16=False, use_cpu=True, report_to="none", logging_steps=1,
@@ -129,6 +140,7 @@ def test_every_reward_inside_grpo_trainer(steered, tmp_path):
         get_reward("format_thought"),  # registry + SafeReward wrapper
         PerceptionReward(vocab),
         PerceptionCalibratedReward(vocab, processing_class=tok),
+        ReferenceImageReward(vocab),
         judge,
         judge.head("fluency"),
     ]
@@ -136,7 +148,8 @@ def test_every_reward_inside_grpo_trainer(steered, tmp_path):
     trainer.train()
 
     names = ["accuracy_ids", "format_ids", "accuracy_reward", "format_reward", "format_thought_reward",
-             "perception_reward", "perception_calibrated", "model_reward", "model_reward_fluency"]  # fmt: skip
+             "perception_reward", "perception_calibrated", "reference_image_reward", "model_reward",
+             "model_reward_fluency"]  # fmt: skip
     logs = [entry for entry in trainer.state.log_history if "reward" in entry]
     assert len(logs) == 2
     for name in names:
@@ -161,6 +174,20 @@ def test_every_reward_inside_grpo_trainer(steered, tmp_path):
     # free rows: images only complete ones (the processor), so perception is None or in (0, 1]
     for _ids, values in records["perception_reward"]:
         assert all(v is None or 0 < v <= 1 for v in values)
+    # the reference reward: 1.0 for the scripted drawing (it is the reference), None for rows without a reference
+    seen = 0
+    for (completion_ids, values), references in zip(
+        records["reference_image_reward"], records["reference_image_reward/references"]
+    ):
+        for ids, value, reference in zip(completion_ids, values, references):
+            if reference is None:
+                assert value is None
+            elif list(ids) == script:
+                assert value == 1.0
+                seen += 1
+            else:
+                assert 0.0 <= value <= 1.0
+    assert seen > 0
     # the ModelReward heads share one helper pass per step
     assert judge.helper_calls == 2
     # free rows hold neither tags nor a final-answer marker: accuracy 0 (not None: the ground truth exists)

@@ -5,7 +5,9 @@ __version__ = "0.1.0.dev0"
 from .collators import InterleavedDataCollator
 from .data import (
     BootstrapConfig,
+    DatasetFormatError,
     InterleavedDataError,
+    SkipReport,
     bootstrap_dataset,
     convert_m3cot,
     convert_omni_bench,
@@ -19,6 +21,7 @@ from .data import (
 )
 from .evaluation import EvalConfig, EvalResult, evaluate
 from .models import (
+    CheckpointError,
     ImageEncoder,
     ImageSegment,
     ImageSegments,
@@ -60,6 +63,8 @@ from .visualization import (
 
 __all__ = [
     "BootstrapConfig",
+    "CheckpointError",
+    "DatasetFormatError",
     "EvalConfig",
     "EvalResult",
     "FalseColorDecoder",
@@ -81,6 +86,7 @@ __all__ = [
     "PerceptionReward",
     "RenderedTrajectoriesCallback",
     "RewardError",
+    "SkipReport",
     "TrajectoryLogger",
     "__version__",
     "accuracy_reward",

@@ -25,8 +25,6 @@ class OmniScriptArguments(ScriptArguments):
             column names).
         max_train_samples (`int` or `None`, *optional*):
             Keep only the first N training rows (quick runs, debugging).
-        on_error (`str`, *optional*, defaults to `"raise"`):
-            Bad rows / images: `"raise"` (error naming the row and field) or `"skip"` (dropped, counted, logged).
         pretokenize_batch_size (`int`, *optional*, defaults to `32`):
             Images per VQ-encoder forward when images are encoded into codes before training.
     """
@@ -41,14 +39,6 @@ class OmniScriptArguments(ScriptArguments):
     )
     max_train_samples: int | None = field(
         default=None, metadata={"help": "Keep only the first N training rows (quick runs, debugging)."}
-    )
-    on_error: str = field(
-        default="raise",
-        metadata={
-            "help": "Bad rows / images: 'raise' (error naming the row and field) or 'skip' (dropped, counted, "
-            "logged).",
-            "choices": ["raise", "skip"],
-        },
     )
     pretokenize_batch_size: int = field(
         default=32, metadata={"help": "Images per VQ-encoder forward when encoding images into codes."}
@@ -90,6 +80,39 @@ def load_model_and_processor(model_args: Any, trust_remote_code: bool = False, *
         quantization_config=quantization_config,
         **load_kwargs,
     )
+
+
+def preflight_training(namespace: Any) -> None:
+    """Checks of a training command's arguments that need no model and no GPU, run by `trl-omni sft|rl` before
+    `accelerate launch` starts any process: the model path is a loadable checkpoint directory (or a Hub id), the
+    dataset exists, parses, has the split and the columns of `--dataset_format`.
+
+    Raises:
+        CheckpointError, DatasetFormatError: naming what is wrong and the fix.
+    """
+    from ..data.loading import check_dataset_source
+    from ..models.loading import check_checkpoint
+
+    if not getattr(namespace, "model_name_or_path", None):
+        raise ValueError("--model_name_or_path is required (a Hub id or a local Chameleon / Anole checkpoint).")
+    check_checkpoint(namespace.model_name_or_path)
+    check_dataset_source(
+        namespace.dataset_name,
+        namespace.dataset_format,
+        config=namespace.dataset_config,
+        split=namespace.dataset_train_split,
+    )
+
+
+def attach_skip_report(trainer: Any, report: Any) -> None:
+    """Makes the rows skipped while preparing the data part of the trainer's end-of-training summary."""
+    from ..data.report import SkipReportCallback
+
+    own = getattr(trainer, "skip_report", None)
+    if own is not None:
+        own.entries[:0] = report.entries  # preparation came first
+    else:
+        trainer.add_callback(SkipReportCallback(report))
 
 
 def train_and_save(trainer: Any, training_args: Any, script_args: Any) -> int:

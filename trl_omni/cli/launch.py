@@ -136,6 +136,40 @@ def unknown_arguments_error(
     )
 
 
+def check_option_values(parser: Any, namespace: Any, prog: str) -> None:
+    """Checks option values that argparse leaves unchecked because they came from the `--config` YAML (argparse
+    validates only command-line strings): a value outside an option's choices, or a non-number for a number.
+
+    Raises:
+        CLIArgumentError: naming the option, the value found and the allowed values.
+    """
+    problems = []
+    for action in parser._actions:
+        if not action.option_strings or action.dest not in vars(namespace):
+            continue
+        value = getattr(namespace, action.dest)
+        takes_list = action.nargs not in (None, 0, "?")
+        if takes_list and value is not None and not isinstance(value, list | tuple):
+            problems.append(f"  - {action.dest}: {value!r} is a single value; this option takes a list (YAML: "
+                            f"`{action.dest}: [{value}]`)")  # fmt: skip
+            continue
+        values = value if takes_list and value is not None else [value]
+        for item in values:
+            if item is None:
+                continue
+            if action.choices is not None and item not in action.choices:
+                problems.append(f"  - {action.dest}: {item!r} is not one of {list(action.choices)}")
+            elif action.type in (int, float) and (isinstance(item, bool) or not isinstance(item, int | float)):
+                problems.append(f"  - {action.dest}: {item!r} is not a number ({action.type.__name__} expected)")
+            elif action.type is int and isinstance(item, float) and not item.is_integer():
+                problems.append(f"  - {action.dest}: {item!r} is not an integer")
+    if problems:
+        raise CLIArgumentError(
+            f"{prog}: invalid option value(s):\n" + "\n".join(problems) + "\nFix them in the --config file or on "
+            "the command line."
+        )
+
+
 def parse_script_args(parser: Any, args: Sequence[str] | None = None, prog: str | None = None) -> tuple:
     """Parses a script's command line (and `--config` YAML) into its dataclasses, strictly.
 

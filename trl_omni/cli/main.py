@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from .launch import (
     CLIArgumentError,
     already_launched,
+    check_option_values,
     launch_module,
     list_accelerate_presets,
     parse_script_args,
@@ -127,24 +128,32 @@ def _run_training(command: CommandSpec, module, args: list[str]) -> int:
     prog = f"trl-omni {command.name}"
     parser = _make_script_parser(module, command.name)
     config_path = args[args.index("--config") + 1] if "--config" in args[:-1] else None
-    config_remaining, cli_remaining = _parse_flags(parser, args)
+    config_remaining, cli_remaining, namespace = _parse_flags(parser, args)
     config_launch, unknown_config = split_launch_args(config_remaining)
     cli_launch, unknown_cli = split_launch_args(cli_remaining)
     if unknown_config or unknown_cli:
         raise unknown_arguments_error(
             unknown_config + unknown_cli, parser, prog, config_path, from_config=unknown_config
         )
+    check_option_values(parser, namespace, prog)
+    preflight = getattr(module, "preflight", None)
+    if preflight is not None:
+        # Everything that can be checked without a model or a GPU fails here, before any process is launched.
+        try:
+            preflight(namespace)
+        except (ValueError, OSError, ImportError) as error:
+            raise CLIArgumentError(f"{prog}: {error}") from error
     launch_args = resolve_accelerate_config_argument(config_launch + cli_launch)
     script_args = _remove_subsequence(args, cli_remaining)
     return launch_module(command.module, launch_args, script_args)
 
 
-def _parse_flags(parser, args: list[str]) -> tuple[list[str], list[str]]:
+def _parse_flags(parser, args: list[str]) -> tuple[list[str], list[str], argparse.Namespace]:
     """Checks the flags and config keys of a training command without building its dataclasses.
 
     Building a `TrainingArguments` sets up devices and, with some settings (e.g. `ddp_backend`), the process group;
     that belongs in the launched ranks, not in the launcher. Returns the strings the parser did not consume, from
-    the config file and from the command line (`--help` prints and exits here).
+    the config file and from the command line (`--help` prints and exits here), and the parsed values.
     """
     import os
 
@@ -166,8 +175,8 @@ def _parse_flags(parser, args: list[str]) -> tuple[list[str], list[str]]:
         for key, value in (config.pop("env", None) or {}).items():
             os.environ[key] = str(value)
         config_remaining = parser.set_defaults_with_config(**config)
-    _, cli_remaining = parser.parse_known_args(args)
-    return config_remaining, cli_remaining
+    namespace, cli_remaining = parser.parse_known_args(args)
+    return config_remaining, cli_remaining, namespace
 
 
 def _remove_subsequence(items: list[str], subsequence: list[str]) -> list[str]:
@@ -226,6 +235,15 @@ def main(argv: list[str] | None = None) -> int:
         return _run_in_process(module, name, args)
     except CLIArgumentError as error:
         print(f"trl-omni: error: {error}", file=sys.stderr)
+        return 2
+    except Exception as error:
+        # Bad data or a bad checkpoint is the user's to fix: the message names it; a traceback would only bury it.
+        from ..data.schema import DatasetFormatError, InterleavedDataError
+        from ..models.loading import CheckpointError
+
+        if not isinstance(error, InterleavedDataError | DatasetFormatError | CheckpointError):
+            raise
+        print(f"trl-omni {name}: error: {type(error).__name__}: {error}", file=sys.stderr)
         return 2
 
 

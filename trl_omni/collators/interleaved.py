@@ -123,6 +123,8 @@ class InterleavedDataCollator(_TemplateLayout, _RowEncoder):
             raise ValueError(f"template must be one of {TEMPLATES}, got {template!r}.")
         if length_policy not in LENGTH_POLICIES:
             raise ValueError(f"length_policy must be one of {LENGTH_POLICIES}, got {length_policy!r}.")
+        if max_length is not None and (isinstance(max_length, bool) or not isinstance(max_length, int)):
+            raise TypeError(f"max_length must be an int or None, got {type(max_length).__name__} {max_length!r}.")
         if max_length is not None and max_length < 2:
             raise ValueError(f"max_length must be >= 2, got {max_length}.")
         if template == "templated" and not lead_phrases:

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from ..data.schema import InterleavedDataError, normalize_parts
+from ..data.schema import InterleavedDataError, check_answer, normalize_parts
 
 
 TEMPLATES = ("plain", "templated", "chat")
@@ -55,7 +55,19 @@ class _TemplateLayout:
     def _row_chunks(self, row: Mapping[str, Any], name: str, with_completion: bool) -> list[tuple]:
         if not isinstance(row, Mapping):
             raise InterleavedDataError(name, "<row>", f"expected a dict, got {type(row).__name__}.", "pass dict rows.")
-        prompt = normalize_parts(row.get(self.prompt_column), name, self.prompt_column)
+        if self.prompt_column not in row:
+            columns = sorted(map(str, row))
+            if "messages" in row or "conversations" in row:
+                found = f"a chat-style row (columns: {columns}), not an interleaved row"
+                fix = "convert each conversation into parts: the user turn -> `prompt`, the assistant turn ->"
+                fix += " `completion` (lists of text_part / image_part), the final answer -> `answer`."
+            else:
+                found = f"no {self.prompt_column!r} column in the row (its columns: {columns})"
+                fix = (
+                    f"rename the column holding the prompt parts to {self.prompt_column!r}, or pass `prompt_column=`."
+                )
+            raise InterleavedDataError(name, self.prompt_column, f"{found}.", f"{fix} See docs/data-formats.md.")
+        prompt = normalize_parts(row[self.prompt_column], name, self.prompt_column)
         if not any(part["type"] == "image" or part["text"].strip() for part in prompt):
             raise InterleavedDataError(
                 name, self.prompt_column, "the prompt (question) is empty.", "give the question text and/or images."
@@ -63,9 +75,7 @@ class _TemplateLayout:
         completion, answer = [], None
         if with_completion:
             completion = normalize_parts(row.get(self.completion_column), name, self.completion_column)
-            answer = row.get(self.answer_column)
-            if answer is not None and not isinstance(answer, str):
-                answer = str(answer)
+            answer = check_answer(row.get(self.answer_column), name, self.answer_column)
             has_completion = any(part["type"] == "image" or part["text"].strip() for part in completion)
             if self.template == "templated" and not (answer and answer.strip()):
                 raise InterleavedDataError(

@@ -10,10 +10,25 @@ from .converters import (
     zebra_cot_row_to_interleaved,
 )
 from .images import load_image, resolve_image_path
-from .loading import DATASET_FORMATS, detect_format, load_any_dataset, select_split, to_interleaved
+from .loading import (
+    DATASET_FORMATS,
+    FORMAT_COLUMNS,
+    check_dataset_source,
+    check_format_columns,
+    detect_format,
+    load_any_dataset,
+    select_split,
+    to_interleaved,
+)
 from .pretokenize import pretokenize_images
+from .pretokenized import validate_pretokenized_rows
+from .references import REFERENCE_COLUMN, add_reference_images, reference_images_from_completion
+from .report import SkipReport
 from .schema import (
+    DatasetFormatError,
     InterleavedDataError,
+    check_answer,
+    check_codes,
     check_column_names,
     image_part,
     interleaved_features,
@@ -26,9 +41,18 @@ from .schema import (
 __all__ = [
     "BootstrapConfig",
     "DATASET_FORMATS",
+    "FORMAT_COLUMNS",
+    "DatasetFormatError",
     "InterleavedDataError",
+    "REFERENCE_COLUMN",
+    "SkipReport",
+    "add_reference_images",
     "bootstrap_dataset",
+    "check_answer",
+    "check_codes",
     "check_column_names",
+    "check_dataset_source",
+    "check_format_columns",
     "convert_m3cot",
     "convert_omni_bench",
     "convert_zebra_cot",
@@ -43,11 +67,13 @@ __all__ = [
     "omni_bench_row_to_interleaved",
     "part_list_feature",
     "pretokenize_images",
+    "reference_images_from_completion",
     "resolve_image_path",
     "run_bootstrap",
     "select_split",
     "split_steps",
     "text_part",
     "to_interleaved",
+    "validate_pretokenized_rows",
     "zebra_cot_row_to_interleaved",
 ]

@@ -19,7 +19,9 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from .schema import InterleavedDataError, image_part, interleaved_features, text_part
+from .loading import check_format_columns, check_not_empty, rows_to_dataset
+from .report import SkipReport
+from .schema import DatasetFormatError, InterleavedDataError, image_part, interleaved_features, row_label, text_part
 
 
 logger = logging.getLogger(__name__)
@@ -49,13 +51,31 @@ def _source_image_part(value: Any, row: Any, field: str, strings: str = "path") 
     )
 
 
-def _required_text(row: Mapping[str, Any], column: str, index: Any, what: str) -> str:
-    value = row.get(column)
+def _check_row(row: Any, index: Any) -> None:
+    if not isinstance(row, Mapping):
+        raise InterleavedDataError(index, "<row>", f"expected a dict, got {type(row).__name__}.", "pass dict rows.")
+
+
+def _text(row: Mapping[str, Any], column: str, index: Any, what: str, required: bool = True) -> str:
+    """The string in `column`: present, a `str` (never converted), and non-blank when `required`."""
+    if column not in row:
+        raise InterleavedDataError(
+            index,
+            column,
+            f"the row has no {column!r} column (its columns: {sorted(map(str, row))}).",
+            f"rename the column holding the {what} to {column!r}, or read the data as its own format.",
+        )
+    value = row[column]
     if value is not None and not isinstance(value, str):
-        value = str(value)
-    if value is None or not value.strip():
+        raise InterleavedDataError(
+            index,
+            column,
+            f"the {what} must be a string, got {type(value).__name__} {value!r:.40}.",
+            f"store the {what} as a string (cast the column to Value('string') after fixing NaN / list values).",
+        )
+    if required and (value is None or not value.strip()):
         raise InterleavedDataError(index, column, f"the {what} is empty.", f"give a non-empty {what} or drop the row.")
-    return value
+    return value or ""
 
 
 def _text_parts(text: str) -> list[dict[str, Any]]:
@@ -71,12 +91,14 @@ def zebra_cot_row_to_interleaved(row: Mapping[str, Any], index: int | None = Non
     reference have no position and are left out (logged).
 
     Raises:
-        InterleavedDataError: empty question / answer, a reference to a missing image, an image referenced twice.
+        InterleavedDataError: a missing column, a question / trace / answer that is empty or not a string, a
+            reference to a missing image, an image referenced twice.
     """
     name = index if index is not None else "?"
-    question = _required_text(row, "Question", name, "question")
-    trace = row.get("Text Reasoning Trace") or ""
-    answer = _required_text(row, "Final Answer", name, "final answer")
+    _check_row(row, name)
+    question = _text(row, "Question", name, "question")
+    trace = _text(row, "Text Reasoning Trace", name, "reasoning trace")
+    answer = _text(row, "Final Answer", name, "final answer")
     used: dict[str, str] = {}
 
     def interleave(text: str, column: str) -> list[dict[str, Any]]:
@@ -143,35 +165,85 @@ def _question_with_image(text: str, image: dict[str, Any] | None, row: Any, fiel
     return [image, *_text_parts(text)]
 
 
+def _m3cot_choices(row: Mapping[str, Any], name: Any) -> list[str]:
+    if "choices" not in row:
+        _text(row, "choices", name, "list of options")  # raises naming the columns present
+    choices = row["choices"]
+    if isinstance(choices, str) or not isinstance(choices, Sequence):
+        found = f"one string ({choices!r:.40})" if isinstance(choices, str) else f"{type(choices).__name__}"
+        raise InterleavedDataError(
+            name,
+            "choices",
+            f"the options must be a list of strings, got {found}.",
+            "store the options as a list (`['the square', 'the circle']`); a JSON string needs `json.loads`.",
+        )
+    if len(choices) < 2 or len(choices) > 26:
+        raise InterleavedDataError(
+            name,
+            "choices",
+            f"{len(choices)} options; a multiple-choice question needs 2 to 26.",
+            "give the question's options, or drop the row (on_error='skip').",
+        )
+    for i, choice in enumerate(choices):
+        if not isinstance(choice, str) or not choice.strip():
+            found = "empty" if isinstance(choice, str) else f"a {type(choice).__name__}"
+            raise InterleavedDataError(
+                name, f"choices[{i}]", f"option {i} is {found}, not a non-empty string.", "fix the option text."
+            )
+    return list(choices)
+
+
 def m3cot_row_to_interleaved(row: Mapping[str, Any], index: int | None = None) -> dict[str, Any]:
     """Converts one M3CoT row: image + context + question + lettered choices -> prompt; rationale -> completion.
 
     The prompt text reads `"{context}\\nQuestion: {question}\\nOptions:\\n(A) ...\\n(B) ..."` (context omitted when
     empty); the image comes first (or at an `<image>` placeholder in the question).
+
+    Raises:
+        InterleavedDataError: a missing column; a question, answer or rationale that is empty or not a string;
+            options that are not a list of 2-26 non-empty strings; an answer that is not the letter of an option.
     """
-    name = index if index is not None else "?"
-    question = _required_text(row, "question", name, "question")
-    answer = _required_text(row, "answer", name, "answer")
-    choices = row.get("choices") or []
-    if isinstance(choices, str):
-        choices = [choices]
-    if len(choices) > 26:
-        raise InterleavedDataError(name, "choices", f"{len(choices)} choices (at most 26).", "shorten the list.")
-    lines = [row["context"].strip()] if (row.get("context") or "").strip() else []
+    return question_row_to_interleaved(row, index, multiple_choice=True)
+
+
+def question_row_to_interleaved(
+    row: Mapping[str, Any], index: int | None = None, multiple_choice: bool = True, source: str = "m3cot"
+) -> dict[str, Any]:
+    """[`m3cot_row_to_interleaved`], also for free-form questions (`multiple_choice=False`: no `choices`, any
+    non-empty answer string), as used by bootstrapping."""
+    index = index if index is not None else "?"
+    _check_row(row, index)
+    row_id = row.get("id")
+    name = row_label(index, row_id)
+    question = _text(row, "question", name, "question")
+    answer = _text(row, "answer", name, "answer").strip()
+    lines = []
+    if "context" in row:
+        context = _text(row, "context", name, "context", required=False).strip()
+        lines += [context] if context else []
     lines.append(f"Question: {question.strip()}")
-    if choices:
+    if multiple_choice:
+        choices = _m3cot_choices(row, name)
+        letters = [chr(ord("A") + i) for i in range(len(choices))]
+        if answer not in letters:
+            raise InterleavedDataError(
+                name,
+                "answer",
+                f"the answer {answer!r} is not the letter of an option ({len(choices)} options: {letters[0]}-"
+                f"{letters[-1]}).",
+                "give the correct option's letter, or drop the row (on_error='skip').",
+            )
         lines.append("Options:")
-        lines += [f"({chr(ord('A') + i)}) {choice}" for i, choice in enumerate(choices)]
+        lines += [f"({letter}) {choice}" for letter, choice in zip(letters, choices)]
+    rationale = _text(row, "rationale", name, "rationale").strip()
     image = row.get("image")
     image = None if image is None else _source_image_part(image, name, "image")
-    rationale = (row.get("rationale") or "").strip()
-    row_id = row.get("id")
     return {
-        "id": str(row_id) if row_id is not None else f"m3cot-{name}",
+        "id": str(row_id) if row_id is not None else f"{source}-{index}",
         "prompt": _question_with_image("\n".join(lines), image, name, "question"),
         "completion": _text_parts(rationale),
-        "answer": answer.strip(),
-        "source": "m3cot",
+        "answer": answer,
+        "source": source,
     }
 
 
@@ -179,20 +251,24 @@ def omni_bench_row_to_interleaved(row: Mapping[str, Any], index: int | None = No
     """Converts one Omni-Bench row: base64 image + question -> prompt; no completion; `answer` kept.
 
     The image is kept as base64 (decoded and checked by `pretokenize_images`, which names the row when it fails).
+    A row without a gold answer (no `answer` column, None or blank) gets `answer=None`: evaluation counts it and
+    leaves it unscored; an answer that is not a string raises.
     """
-    name = index if index is not None else "?"
-    question = _required_text(row, "question", name, "question")
-    answer = _required_text(row, "answer", name, "answer")
+    index = index if index is not None else "?"
+    _check_row(row, index)
+    row_id = row.get("id")
+    name = row_label(index, row_id)
+    question = _text(row, "question", name, "question")
+    answer = _text(row, "answer", name, "answer", required=False) if "answer" in row else ""
     image = row.get("image")
     if image is None or (isinstance(image, str) and not image.strip()):
         raise InterleavedDataError(name, "image", "the row has no image.", "give the base64 image or drop the row.")
     part = _source_image_part(image, name, "image", strings="base64")
-    row_id = row.get("id")
     return {
-        "id": str(row_id) if row_id is not None else f"omni-bench-{name}",
+        "id": str(row_id) if row_id is not None else f"omni-bench-{index}",
         "prompt": _question_with_image(question, part, name, "question"),
         "completion": [],
-        "answer": answer.strip(),
+        "answer": answer.strip() or None,
         "source": "omni-bench",
     }
 
@@ -204,13 +280,25 @@ def _convert(
     on_error: str,
     num_proc: int | None,
     desc: str,
+    dataset_format: str,
+    skip_report: SkipReport | None,
 ):
     from datasets import Dataset, Image, Value
 
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}.")
-    if not isinstance(dataset, Dataset):
-        dataset = Dataset.from_list(list(dataset))
+    what = f"the {dataset_format} dataset"
+    errors: list[tuple[int, str]] = []
+    if isinstance(dataset, Dataset):
+        check_not_empty(dataset, what)
+        check_format_columns(dataset.column_names, dataset_format, what)
+    else:
+        rows = list(dataset)
+        check_not_empty(rows, what)
+        columns = dict.fromkeys(key for row in rows if isinstance(row, Mapping) for key in row)
+        check_format_columns(columns, dataset_format, what)
+        dataset, errors = rows_to_dataset(rows, what, row_fn, on_error)
+    total = len(dataset) + len(errors)
     # Read source images as stored bytes: no decode / re-encode round trip during conversion.
     for column, feature in dataset.features.items():
         if isinstance(feature, Image) and feature.decode:
@@ -240,22 +328,31 @@ def _convert(
         num_proc=num_proc,
         desc=desc,
     )
-    errors = [(i, e) for i, e in enumerate(converted[_ERROR_COLUMN]) if e is not None]
+    errors += [(i, e) for i, e in enumerate(converted[_ERROR_COLUMN]) if e is not None]
     if errors:
-        logger.warning(
-            "%s: skipped %d of %d rows (on_error='skip'). First: %s", desc, len(errors), len(converted), errors[0][1]
-        )
         converted = converted.filter(lambda error: error is None, input_columns=_ERROR_COLUMN, num_proc=num_proc)
+        if len(converted) == 0:
+            raise DatasetFormatError(
+                f"{desc}: every one of the {total} rows is bad and was skipped (on_error='skip'). First: "
+                f"{errors[0][1]}"
+            )
+        (skip_report if skip_report is not None else SkipReport()).add(
+            desc, len(errors), total, "on_error='skip'", [e for _, e in errors], [i for i, _ in errors]
+        )
     return converted.remove_columns(_ERROR_COLUMN)
 
 
-def convert_zebra_cot(dataset: Any, on_error: str = "raise", num_proc: int | None = None):
+def convert_zebra_cot(
+    dataset: Any, on_error: str = "raise", num_proc: int | None = None, skip_report: SkipReport | None = None
+):
     """Converts a Zebra-CoT dataset (or list of rows) to the interleaved schema.
 
     Args:
         dataset: A `datasets.Dataset` (or list of dicts) in the Zebra-CoT schema.
-        on_error: `"raise"` (default) or `"skip"` (bad rows dropped, counted and logged).
+        on_error: `"raise"` (default) or `"skip"` (bad rows dropped, counted and logged). Missing columns and an
+            empty dataset raise a [`DatasetFormatError`] either way, as does a dataset whose every row is bad.
         num_proc: Processes for `datasets.map`.
+        skip_report: A [`SkipReport`] that records the skipped rows (for the end-of-run summary).
 
     Returns:
         A `datasets.Dataset` with `id`, `prompt`, `completion`, `answer`, `source`.
@@ -267,21 +364,42 @@ def convert_zebra_cot(dataset: Any, on_error: str = "raise", num_proc: int | Non
         >>> train = convert_zebra_cot(load_dataset("multimodal-reasoning-lab/Zebra-CoT", split="train"))
         ```
     """
-    return _convert(dataset, zebra_cot_row_to_interleaved, (), on_error, num_proc, "Converting Zebra-CoT")
+    return _convert(
+        dataset, zebra_cot_row_to_interleaved, (), on_error, num_proc, "Converting Zebra-CoT", "zebra_cot", skip_report
+    )
 
 
-def convert_m3cot(dataset: Any, on_error: str = "raise", num_proc: int | None = None):
+def convert_m3cot(
+    dataset: Any, on_error: str = "raise", num_proc: int | None = None, skip_report: SkipReport | None = None
+):
     """Converts an M3CoT dataset (or list of rows) to the interleaved schema; keeps `category, domain, topic, split,
     image_id`. See [`m3cot_row_to_interleaved`] for the prompt layout. Arguments as in [`convert_zebra_cot`]."""
     keep = ("category", "domain", "topic", "split", "image_id")
-    return _convert(dataset, m3cot_row_to_interleaved, keep, on_error, num_proc, "Converting M3CoT")
+    return _convert(
+        dataset, m3cot_row_to_interleaved, keep, on_error, num_proc, "Converting M3CoT", "m3cot", skip_report
+    )
 
 
-def convert_omni_bench(dataset: Any, on_error: str = "raise", num_proc: int | None = None):
+def convert_omni_bench(
+    dataset: Any, on_error: str = "raise", num_proc: int | None = None, skip_report: SkipReport | None = None
+):
     """Converts Omni-Bench (or a list of its rows) to the interleaved schema; every column other than `question`,
     `image` and `answer` (the source / dataset fields) is kept as is. Arguments as in [`convert_zebra_cot`]."""
     from datasets import Dataset
 
-    columns = dataset.column_names if isinstance(dataset, Dataset) else list(dataset[0]) if len(dataset) else []
+    if isinstance(dataset, Dataset):
+        columns = dataset.column_names
+    else:
+        dataset = list(dataset)
+        columns = list(dict.fromkeys(key for row in dataset if isinstance(row, Mapping) for key in row))
     keep = tuple(column for column in columns if column not in ("question", "image", "answer"))
-    return _convert(dataset, omni_bench_row_to_interleaved, keep, on_error, num_proc, "Converting Omni-Bench")
+    return _convert(
+        dataset,
+        omni_bench_row_to_interleaved,
+        keep,
+        on_error,
+        num_proc,
+        "Converting Omni-Bench",
+        "omni_bench",
+        skip_report,
+    )

@@ -91,9 +91,19 @@ def load_image(part: Mapping[str, Any], image_root: str | os.PathLike | None, ro
         )
     data = part.get("bytes")
     if data is not None:
+        if not isinstance(data, bytes | bytearray | memoryview):
+            raise InterleavedDataError(
+                row, f"{field}.bytes", f"`bytes` must hold the image file's bytes, got {type(data).__name__}.",
+                "store the encoded file (PNG / JPEG ...) as bytes, or use `base64` for text.",
+            )  # fmt: skip
         return _decode_bytes(bytes(data), row, f"{field}.bytes")
     text = part.get("base64")
     if text is not None:
+        if not isinstance(text, str):
+            raise InterleavedDataError(
+                row, f"{field}.base64", f"`base64` must be a string, got {type(text).__name__}.",
+                "store the base64 text of the image file (raw bytes go in `bytes`).",
+            )  # fmt: skip
         if text.startswith("data:") and "," in text:
             text = text.split(",", 1)[1]
         try:
@@ -105,6 +115,11 @@ def load_image(part: Mapping[str, Any], image_root: str | os.PathLike | None, ro
         return _decode_bytes(data, row, f"{field}.base64")
     path = part.get("path")
     if path is not None:
+        if not isinstance(path, str | os.PathLike):
+            raise InterleavedDataError(
+                row, f"{field}.path", f"`path` must be a string, got {type(path).__name__}.",
+                "store the image file's path relative to the image root as a string.",
+            )  # fmt: skip
         resolved = resolve_image_path(path, image_root, row, f"{field}.path")
         try:
             with open(resolved, "rb") as handle:

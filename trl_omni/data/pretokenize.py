@@ -9,7 +9,20 @@ from typing import Any
 
 from ..models.encoding import ImageEncoder
 from .images import load_image
-from .schema import IMAGE_SOURCE_KEYS, InterleavedDataError, check_column_names, normalize_parts, part_list_feature
+from .loading import check_not_empty
+from .report import SkipReport
+from .schema import (
+    IMAGE_SOURCE_KEYS,
+    DatasetFormatError,
+    InterleavedDataError,
+    check_answer,
+    check_codes,
+    check_column_names,
+    code_list,
+    normalize_parts,
+    part_list_feature,
+    row_label,
+)
 
 
 logger = logging.getLogger(__name__)
@@ -33,6 +46,9 @@ def pretokenize_images(
     load_from_cache_file: bool | None = None,
     image_encoder: ImageEncoder | None = None,
     desc: str = "Pre-tokenizing images",
+    answer_column: str | None = "answer",
+    id_column: str = "id",
+    skip_report: SkipReport | None = None,
 ):
     """Encodes every image part of `dataset` into VQ codes once, so training never re-encodes an image.
 
@@ -41,7 +57,8 @@ def pretokenize_images(
     batches of `encode_batch_size` through the model's VQ encoder ([`ImageEncoder`]). The result is fingerprinted from
     the input dataset's fingerprint, the VQ weights, the image-processor settings and these arguments, so a dataset
     stored on disk is encoded once and then read from the `datasets` cache (progress is shown by `datasets`).
-    Existing `codes` are checked (count and range) and kept.
+    Existing `codes` are checked (integers, exactly `H*W` of them, in range) and kept; every part is checked
+    ([`normalize_parts`]) and so is the answer (a string or None).
 
     Args:
         dataset: A `datasets.Dataset` in the interleaved schema (see `docs/data-formats.md`).
@@ -51,13 +68,17 @@ def pretokenize_images(
         columns: Columns holding parts.
         batch_size: Rows per `datasets.map` batch.
         encode_batch_size: Images per VQ forward.
-        on_error: `"raise"` (default): a bad image raises an error naming the row, the field and the fix.
-            `"skip"`: rows with a bad image are dropped, counted and logged.
+        on_error: `"raise"` (default): a bad row (image, part, codes, answer) raises an error naming the row, the
+            field and the fix. `"skip"`: such rows are dropped, counted and logged (a dataset whose every row is
+            bad still raises).
         keep_raw_images: Keep the raw image sources next to the codes (default: cleared, to keep the dataset small).
         num_proc: Processes for `datasets.map` (each holds a copy of the model; keep None on one device).
         load_from_cache_file: Passed to `datasets.map`.
         image_encoder: A ready [`ImageEncoder`] (built from `model` / `processor` when omitted).
         desc: Progress-bar label.
+        answer_column: Column holding the answer, checked to be a string or None (None: not checked).
+        id_column: Column naming a row in errors, next to its index.
+        skip_report: A [`SkipReport`] that records the skipped rows (for the end-of-run summary).
 
     Returns:
         The dataset with `codes` set on every image part.
@@ -75,44 +96,44 @@ def pretokenize_images(
         raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}.")
     missing = [column for column in columns if column not in dataset.column_names]
     if missing:
-        raise ValueError(f"Columns {missing} are not in the dataset (columns: {dataset.column_names}).")
+        raise DatasetFormatError(
+            f"pretokenize_images: the dataset lacks the column(s) {missing}; its columns are "
+            f"{dataset.column_names}. Fix: pass `columns=` naming the columns that hold parts, or convert the "
+            "dataset to the interleaved schema first (see docs/data-formats.md)."
+        )
+    check_not_empty(dataset, "the dataset given to pretokenize_images")
     check_column_names(dataset.column_names)
     encoder = image_encoder or ImageEncoder(model, processor, batch_size=encode_batch_size)
     vocab = encoder.vocab
     root = None if image_root is None else os.fspath(image_root)
 
-    def check_codes(codes: Any, row: Any, field: str) -> list[int]:
-        codes = [int(code) for code in codes]
-        if len(codes) != vocab.tokens_per_image or (codes and not 0 <= min(codes) <= max(codes) < vocab.num_codes):
-            raise InterleavedDataError(
-                row,
-                f"{field}.codes",
-                f"pre-tokenized image has {len(codes)} codes in "
-                f"[{min(codes, default=None)}, {max(codes, default=None)}]; this model needs exactly "
-                f"{vocab.tokens_per_image} codes in [0, {vocab.num_codes}).",
-                "drop `codes` (set it to None) so the image is re-encoded from its source, or re-encode it with "
-                "this model's processor.",
-            )
-        return codes
+    _check_codes_storage(dataset, columns, id_column)
+    answer_feature = dataset.features.get(answer_column) if answer_column else None
+    # An Arrow string column holds only strings and None: only other column types need a check per row.
+    check_answers = answer_feature is not None and answer_feature != Value("string")
 
     def encode_batch(batch: dict[str, list], indices: list[int]) -> dict[str, list]:
         rows = len(indices)
         errors: list[str | None] = [None] * rows
         out = {column: [None] * rows for column in columns}
         pending: list[tuple[int, str, int, Any, str]] = []  # (row, column, part, image, field)
+        ids = batch.get(id_column)
         for i, index in enumerate(indices):
             row_pending = []
+            name = row_label(index, ids[i]) if ids is not None else index
             try:
+                if check_answers:
+                    check_answer(batch[answer_column][i], name, answer_column)
                 for column in columns:
-                    parts = normalize_parts(batch[column][i], index, column)
+                    parts = normalize_parts(batch[column][i], name, column)
                     for j, part in enumerate(parts):
                         if part["type"] != "image":
                             continue
                         field = f"{column}[{j}]"
                         if part["codes"] is not None:
-                            part["codes"] = check_codes(part["codes"], index, field)
+                            part["codes"] = check_codes(part["codes"], name, field, vocab)
                         else:
-                            row_pending.append((i, column, j, load_image(part, root, index, field), field))
+                            row_pending.append((i, column, j, load_image(part, root, name, field), field))
                     out[column][i] = parts
             except InterleavedDataError as error:
                 if on_error == "raise":
@@ -121,9 +142,8 @@ def pretokenize_images(
                 continue
             pending += row_pending
 
-        for (i, column, j, _, _), codes in zip(
-            pending, _encode_or_locate(encoder, pending, indices, on_error, errors)
-        ):
+        names = [row_label(index, ids[i]) if ids is not None else index for i, index in enumerate(indices)]
+        for (i, column, j, _, _), codes in zip(pending, _encode_or_locate(encoder, pending, names, on_error, errors)):
             if codes is not None and errors[i] is None:
                 out[column][i][j]["codes"] = codes.tolist()
         for i in range(rows):
@@ -144,7 +164,17 @@ def pretokenize_images(
         features[column] = part_list_feature()
     features[_ERROR_COLUMN] = Value("string")
     fingerprint = Hasher.hash(
-        [dataset._fingerprint, encoder.fingerprint(), root, list(columns), on_error, keep_raw_images, _VERSION]
+        [
+            dataset._fingerprint,
+            encoder.fingerprint(),
+            root,
+            list(columns),
+            on_error,
+            keep_raw_images,
+            answer_column,
+            id_column,
+            _VERSION,
+        ]
     )
     before = encoder.num_images_encoded
     encoded = dataset.map(
@@ -162,18 +192,98 @@ def pretokenize_images(
         logger.info("Encoded %d images into VQ codes.", encoder.num_images_encoded - before)
     errors = [(i, error) for i, error in enumerate(encoded[_ERROR_COLUMN]) if error is not None]
     if errors:
-        logger.warning(
-            "pretokenize_images skipped %d of %d rows with bad images (on_error='skip'): rows %s. First: %s",
+        if len(errors) == len(encoded):
+            raise DatasetFormatError(
+                f"pretokenize_images: every one of the {len(encoded)} rows is bad and was skipped (on_error='skip'). "
+                f"First: {errors[0][1]}"
+            )
+        (skip_report if skip_report is not None else SkipReport()).add(
+            "pretokenize_images",
             len(errors),
             len(encoded),
-            [i for i, _ in errors[:20]],
-            errors[0][1],
+            "on_error='skip'",
+            [e for _, e in errors],
+            [i for i, _ in errors],
         )
         encoded = encoded.filter(lambda error: error is None, input_columns=_ERROR_COLUMN)
     return encoded.remove_columns(_ERROR_COLUMN)
 
 
-def _encode_or_locate(encoder: ImageEncoder, pending: list, indices: list[int], on_error: str, errors: list) -> list:
+def check_interleaved_storage(
+    dataset: Any,
+    columns: Sequence[str] = ("prompt", "completion"),
+    answer_column: str | None = "answer",
+    id_column: str = "id",
+) -> None:
+    """Checks, from the dataset's column types (rows are read only when a type is wrong), that an interleaved
+    dataset stores its codes as integers and its answers as strings; raises naming the first row that shows it.
+
+    Used where a whole dataset enters (`pretokenize_images`, `PeSFTTrainer`), so a type problem fails before
+    training instead of at the step that meets the row.
+    """
+    from datasets import Value
+
+    present = [column for column in columns if column in dataset.column_names]
+    _check_codes_storage(dataset, present, id_column)
+    feature = dataset.features.get(answer_column) if answer_column else None
+    if feature is None or feature == Value("string"):
+        return
+    ids = dataset[id_column] if id_column in dataset.column_names else None
+    for index, answer in enumerate(dataset[answer_column]):
+        check_answer(answer, row_label(index, ids[index] if ids else None), answer_column)
+
+
+def _check_codes_storage(dataset: Any, columns: Sequence[str], id_column: str) -> None:
+    """Refuses a dataset whose stored `codes` are not integers, naming a row that shows why.
+
+    Arrow gives a column one type: one row of float codes stores every row's codes as floats, so the check is on
+    the column, and the row named is the first one holding a non-integral code (else the first with codes).
+    """
+    from datasets import List, Value
+
+    for column in columns:
+        feature = dataset.features[column]
+        part = feature.feature if isinstance(feature, List) else None
+        codes = part.get("codes") if isinstance(part, dict) else None
+        if codes is None or codes == Value("null"):
+            continue
+        inner = codes.feature if isinstance(codes, List) else None
+        if isinstance(inner, Value) and ("int" in inner.dtype or inner.dtype == "null"):
+            continue
+        stored = inner.dtype if isinstance(inner, Value) else "nested lists" if isinstance(inner, List) else codes
+        first_with_codes, culprit = None, None
+        for index, row in enumerate(
+            dataset.select_columns([c for c in (column, id_column) if c in dataset.column_names])
+        ):
+            for j, part_value in enumerate(row[column] or []):
+                values = (part_value or {}).get("codes")
+                if values is None:
+                    continue
+                if first_with_codes is None:
+                    first_with_codes = (index, row.get(id_column), j, values)
+                if any(isinstance(v, float) and not v.is_integer() for v in values):
+                    culprit = (index, row.get(id_column), j, values)
+                    break
+            if culprit is not None:
+                break
+        if first_with_codes is None:
+            continue
+        index, row_id, j, values = culprit or first_with_codes
+        _, problem = code_list(values)
+        if culprit is not None:
+            position, value = next((k, v) for k, v in enumerate(values) if isinstance(v, float) and not v.is_integer())
+            problem = f"codes[{position}] is float {value}, not an integer code."
+        raise InterleavedDataError(
+            row_label(index, row_id),
+            f"{column}[{j}].codes",
+            f"{problem or 'the codes are not integers.'} The dataset stores the codes of every row as {stored} "
+            "(Arrow gives a column one type, so one row of non-integer codes turns all of them into that type).",
+            "store every image's codes as a flat list of integers (fix or drop the rows with float / boolean / "
+            "nested codes), and build the dataset with `features=interleaved_features()`.",
+        )
+
+
+def _encode_or_locate(encoder: ImageEncoder, pending: list, names: list, on_error: str, errors: list) -> list:
     """Encodes all pending images in one go; if that fails, image by image to name the bad row."""
     if not pending:
         return []
@@ -187,7 +297,7 @@ def _encode_or_locate(encoder: ImageEncoder, pending: list, indices: list[int], 
             results.append(encoder.encode([image])[0])
         except Exception as error:  # noqa: BLE001
             wrapped = InterleavedDataError(
-                indices[i],
+                names[i],
                 field,
                 f"the image ({getattr(image, 'mode', '?')}, {getattr(image, 'size', '?')}) cannot be encoded "
                 f"({type(error).__name__}: {error}).",

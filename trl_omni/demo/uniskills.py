@@ -12,7 +12,8 @@ exactly with [`~trl_omni.PaletteDecoder`] and the perception reward's 2D total v
 | `predict`  | a red ball and its magenta trail               | the state after the asked number of steps   | row / column |
 
 Rows follow the interleaved schema (docs/data-formats.md): `prompt` = [problem image, question],
-`completion` = [text, functional image, text stating the answer], plus `answer`, `id` and `skill`. Generation is
+`completion` = [text, functional image, text stating the answer], plus `answer`, `id`, `skill` and
+`reference_images` (the functional image again, as the reference drawing of `ReferenceImageReward`). Generation is
 seeded and deterministic; the test split is drawn first from each skill's stream and training rows that repeat a
 test problem are skipped, so the splits are disjoint and the test split does not depend on `num_train`.
 """
@@ -233,6 +234,8 @@ def _row(skill: str, split: str, index: int, example: tuple) -> dict[str, Any]:
             text_part(f"THOUGHT 1: {statement}"),
         ],
         "answer": answer,
+        # The solver's drawing, for ReferenceImageReward (PeRPO rows keep it when they drop the completion).
+        "reference_images": [image_part(codes=drawing.reshape(-1).tolist())],
     }
 
 
@@ -261,7 +264,8 @@ def make_uniskills(
         skills: Task families to include (a subset of [`SKILLS`]).
 
     Returns:
-        `(train_rows, test_rows)`; each row has `id`, `skill`, `prompt`, `completion` and `answer`.
+        `(train_rows, test_rows)`; each row has `id`, `skill`, `prompt`, `completion`, `answer` and
+        `reference_images` (the completion's functional image, as a one-image list).
 
     Example:
         ```python

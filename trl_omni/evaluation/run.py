@@ -123,7 +123,7 @@ def _batch_records(
     config = session.config
     prompt_texts = [session.restorer(ids) for ids in prompt_ids]
     completion_texts = [session.restorer(ids) for ids in completion_ids]
-    golds = [row.get(config.answer_column) for row in rows]
+    golds = [_gold(row.get(config.answer_column)) for row in rows]
     scores = session.reward(
         prompts=prompt_texts, completions=completion_texts, completion_ids=completion_ids,
         **{config.answer_column: golds},
@@ -154,6 +154,44 @@ def _batch_records(
             }
         )
     return records
+
+
+def _gold(value: Any) -> str | None:
+    """A row's gold answer (checked to be a string or None by `_check_golds`); blank means none."""
+    return value if isinstance(value, str) and value.strip() else None
+
+
+def _check_golds(dataset: Any, config: EvalConfig) -> int:
+    """Checks the gold answers once, before anything is generated; returns how many rows have none.
+
+    A row without a gold answer (no answer column, None or blank) is evaluated, counted in `num_rows` and left
+    unscored (`score` null); a gold answer that is not a string (NaN, a list, a number) raises, naming the row.
+    """
+    import logging
+
+    from datasets import Value
+
+    from ..data.schema import check_answer, row_label
+
+    column = config.answer_column
+    if column not in dataset.column_names:
+        missing = len(dataset)
+    else:
+        golds = dataset[column]
+        if dataset.features[column] != Value("string"):  # an Arrow string column holds only strings and None
+            ids = dataset[config.id_column] if config.id_column in dataset.column_names else [None] * len(golds)
+            for index, (gold, row_id) in enumerate(zip(golds, ids)):
+                check_answer(gold, row_label(index, row_id), column)
+        missing = sum(_gold(gold) is None for gold in golds)
+    if missing:
+        logging.getLogger(__name__).warning(
+            "%d of %d rows have no gold answer (column %r): they are evaluated, counted in num_rows and left "
+            "unscored (score null).",
+            missing,
+            len(dataset),
+            column,
+        )
+    return missing
 
 
 def _summarize(
@@ -229,11 +267,13 @@ def evaluate(
     from ..models import ImageVocabulary
 
     if not isinstance(dataset, Dataset):
-        dataset = Dataset.from_list(list(dataset))
+        dataset = list(dataset)  # converted by `to_interleaved`, which names a row Arrow cannot store
     if config.max_samples is not None:
-        dataset = dataset.select(range(min(config.max_samples, len(dataset))))
+        keep = min(config.max_samples, len(dataset))
+        dataset = dataset[:keep] if isinstance(dataset, list) else dataset.select(range(keep))
     vocab = ImageVocabulary.from_model(model, processor)
     dataset = to_interleaved(dataset, dataset_format, model, processor, image_root=image_root)
+    _check_golds(dataset, config)
     state = _state_for(config, model, dataset, {"dataset_format": dataset_format, "template": config.template})
     records = _prepare_output_dir(config, state)
     done = {record["index"] for record in records}

@@ -8,7 +8,7 @@ from .generation import (
     is_image_generation_enabled,
 )
 from .image_vocabulary import ImageSegment, ImageSegments, ImageVocabulary, unwrap_model
-from .loading import freeze_vq_model, load_omni_model
+from .loading import CheckpointError, check_checkpoint, freeze_vq_model, load_omni_model
 from .vq_decoder import (
     ChameleonVQDecoder,
     MissingVQDecoderWeightsError,
@@ -24,6 +24,7 @@ from .vq_decoder import (
 
 __all__ = [
     "ChameleonVQDecoder",
+    "CheckpointError",
     "ImageEncoder",
     "ImageSegment",
     "ImageSegments",
@@ -32,6 +33,7 @@ __all__ = [
     "MissingVQDecoderWeightsError",
     "PaletteDecoder",
     "VQImageDecoder",
+    "check_checkpoint",
     "decode_images",
     "disable_image_generation",
     "enable_image_generation",

@@ -214,6 +214,27 @@ class ImageVocabulary:
             self._device_cache[key] = cached
         return cached
 
+    def codebook_distances(self, device: torch.device | str) -> torch.Tensor:
+        """`(K, K)` float32 squared distances `||E[a] - E[b]||^2` between codebook entries, built once per device.
+
+        Cached on this vocabulary, so every user of it (the perception reward, the reference-image reward, a
+        trainer's metrics) shares one table per device (256 MiB for Anole's 8192 codes). Computed as
+        `|a|^2 + |b|^2 - 2 a.b` (in float64 for small codebooks, float32 for Anole's 8192 x 256, where the relative
+        error stays near 1e-7), clamped at 0, with an exact zero diagonal.
+        """
+        key = ("codebook_distances", str(torch.device(device)))
+        table = self._device_cache.get(key)
+        if table is None:
+            codebook = self.codebook_on(device, torch.float32)
+            if codebook.shape[0] ** 2 * codebook.shape[1] <= 1 << 30:
+                codebook = codebook.double()  # small codebooks: exact enough to compare with hand computations
+            norms = codebook.pow(2).sum(-1)
+            table = (norms[:, None] + norms[None, :] - 2.0 * codebook @ codebook.T).clamp_(min=0.0)
+            table.fill_diagonal_(0.0)
+            table = table.float()
+            self._device_cache[key] = table
+        return table
+
     def image_token_mask(self, vocab_size: int | None = None, device: torch.device | str = "cpu") -> torch.Tensor:
         """`(V,)` bool mask over the vocabulary, True at image-token ids."""
         size = vocab_size or self.vocab_size
@@ -254,7 +275,15 @@ class ImageVocabulary:
         Args:
             codes: `H*W` codes in row-major order (flat or `(H, W)`).
         """
-        codes = torch.as_tensor(codes, dtype=torch.long).flatten()
+        codes = torch.as_tensor(codes)
+        if codes.dtype.is_floating_point or codes.dtype.is_complex or codes.dtype == torch.bool:
+            raise TypeError(f"Image codes must be integers, got {codes.dtype} (a float or bool is never a code).")
+        if codes.dim() > 1 and tuple(codes.shape) != tuple(self.grid_size):
+            raise ValueError(
+                f"Image codes must be flat ({self.tokens_per_image}) or shaped like the grid {tuple(self.grid_size)}; "
+                f"got shape {tuple(codes.shape)}."
+            )
+        codes = codes.long().flatten()
         if codes.numel() != self.tokens_per_image:
             raise ValueError(
                 f"An image needs exactly {self.tokens_per_image} codes ({self.grid_size[0]}x{self.grid_size[1]}); "

@@ -1,15 +1,10 @@
-"""Accuracy reward: the Omni-R1 rule cascade (digits, numbers, choice labels, formulae, similarity, math)."""
+"""Accuracy reward: answer extraction and the rule cascade (`rules="default"` or the authors' `rules="omni_r1"`)."""
 
 from __future__ import annotations
 
-import difflib
+import dataclasses
 import math
-import re
-import threading
-from collections import Counter
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
 from ._common import (
@@ -17,10 +12,26 @@ from ._common import (
     OutputTags,
     _TagRestorer,
     completion_texts,
-    logger,
     resolve_restorer,
     warn_if_tags_stripped,
 )
+from .rules_default import default_answer_score, has_math_signs, parse_choice, parse_formula, parse_number, similarity
+from .rules_omni_r1 import OmniR1Thresholds, omni_r1_answer_score
+
+
+__all__ = [
+    "ACCURACY_RULES",
+    "OmniR1Thresholds",
+    "accuracy_reward",
+    "answer_score",
+    "extract_answer",
+    "has_math_signs",
+    "make_accuracy_reward",
+    "parse_choice",
+    "parse_formula",
+    "parse_number",
+    "similarity",
+]
 
 
 # ----------------------------------------------------------------------------------------------- answer extraction
@@ -56,314 +67,92 @@ def extract_answer(text: str, tags: OutputTags = DEFAULT_TAGS, style: str = "aut
     return ""
 
 
-# ----------------------------------------------------------------------------------------------- rule helpers
-_CURRENCY = "$€£¥₹₩₽¢"
-_NUMBER_RE = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
+# ----------------------------------------------------------------------------------------------- the rules
+ACCURACY_RULES = ("default", "omni_r1")
 
 
-def parse_number(text: str) -> float | None:
-    """Parses a number written with currency signs, thousands commas, spaces, `%` and accounting `(x)` negatives.
-
-    `"$1,234.50"` -> 1234.5, `"(3)"` -> -3, `"50%"` -> 0.5. Returns None when the text is not one number.
-    """
-    s = text.strip()
-    for ch in _CURRENCY:
-        s = s.replace(ch, "")
-    s = s.replace(",", "").replace(" ", "").replace("\u00a0", "")
-    negative = False
-    if len(s) >= 2 and s[0] == "(" and s[-1] == ")":
-        negative, s = True, s[1:-1]
-        s = s.replace(" ", "")
-    scale = 1.0
-    if s.endswith("%"):
-        scale, s = 0.01, s[:-1]
-    if not _NUMBER_RE.fullmatch(s):
-        return None
-    value = float(s) * scale
-    return -value if negative else value
-
-
-_MATH_SIGN_RE = re.compile(r"[=+*/^]|\\[A-Za-z]+")
-
-
-def has_math_signs(text: str) -> bool:
-    """Whether the text holds a math sign (`= + * / ^`) or a LaTeX command."""
-    return bool(_MATH_SIGN_RE.search(text))
-
-
-_LETTERS = "ABCDEFGHIJ"
-_ROMAN = {"I": 1, "II": 2, "III": 3, "IV": 4, "V": 5, "VI": 6, "VII": 7, "VIII": 8, "IX": 9, "X": 10}
-_LABEL_PREFIX_RE = re.compile(
-    r"^(?:the\s+)?(?:correct\s+)?(?:final\s+)?(?:answer|option|choice)(?:\s+is)?\s*[:\-]?\s*", re.IGNORECASE
-)
-_LABEL_TOKEN = r"(?:10|[1-9]|X|IX|VIII|VII|VI|V|IV|III|II|I|[A-Ja-j])"
-_BARE_LABEL_RE = re.compile(rf"^[\(\[]?({_LABEL_TOKEN})[\)\]]?\.?$")
-_LABEL_WITH_TEXT_RE = re.compile(rf"^[\(\[]?({_LABEL_TOKEN})(?:[\)\]]\.?|[\.:])\s*(\S.*)$", re.DOTALL)
-
-
-def _label_letter(token: str) -> str | None:
-    if token.upper() in _LETTERS and len(token) == 1:
-        return token.upper()  # a single letter in A-J is read as a letter (so "I" is I, not roman one)
-    if token.isdigit():
-        number = int(token)
-        return _LETTERS[number - 1] if 1 <= number <= 10 else None
-    number = _ROMAN.get(token.upper())
-    return _LETTERS[number - 1] if number else None
-
-
-def parse_choice(text: str) -> tuple[str | None, str]:
-    """Reads a multiple-choice label: A-J, 1-10 (-> A-J), roman I-X (-> A-J), optional answer/option prefix.
-
-    Returns:
-        `(letter, rest)`: the label as a letter A-J (None when the text is not a label) and the option text that
-        follows it (`"B) blue"` -> `("B", "blue")`; a bare label has `rest == ""`).
-    """
-    s = _LABEL_PREFIX_RE.sub("", text.strip()).strip()
-    match = _BARE_LABEL_RE.match(s)
-    if match:
-        return _label_letter(match.group(1)), ""
-    match = _LABEL_WITH_TEXT_RE.match(s)
-    if match:
-        letter = _label_letter(match.group(1))
-        if letter is not None:
-            return letter, match.group(2).strip()
-    return None, s
-
-
-_ELEMENTS = frozenset(
-    """H He Li Be B C N O F Ne Na Mg Al Si P S Cl Ar K Ca Sc Ti V Cr Mn Fe Co Ni Cu Zn Ga Ge As Se Br Kr Rb Sr Y Zr
-    Nb Mo Tc Ru Rh Pd Ag Cd In Sn Sb Te I Xe Cs Ba La Ce Pr Nd Pm Sm Eu Gd Tb Dy Ho Er Tm Yb Lu Hf Ta W Re Os Ir Pt
-    Au Hg Tl Pb Bi Po At Rn Fr Ra Ac Th Pa U Np Pu Am Cm Bk Cf Es Fm Md No Lr Rf Db Sg Bh Hs Mt Ds Rg Cn Nh Fl Mc Lv
-    Ts Og""".split()
-)
-_SUBSCRIPTS = str.maketrans("₀₁₂₃₄₅₆₇₈₉", "0123456789")
-_FORMULA_TOKEN_RE = re.compile(r"([A-Z][a-z]?)(\d*)|(\()|(\))(\d*)")
-
-
-def parse_formula(text: str) -> Counter | None:
-    """Reads a chemical formula as an element multiset (`"H2O"` -> {H: 2, O: 1}; parentheses groups supported).
-
-    Only texts made entirely of known element symbols, counts and parentheses qualify, and a formula needs at least
-    two element symbols or a count, so single words such as "No" or "In" are not read as formulae.
-    """
-    s = text.strip().translate(_SUBSCRIPTS).replace(" ", "")
-    if not s or not s[0].isupper() and s[0] != "(":
-        return None
-    stack: list[Counter] = [Counter()]
-    position = 0
-    symbols, has_count = 0, False
-    while position < len(s):
-        match = _FORMULA_TOKEN_RE.match(s, position)
-        if not match or match.end() == position:
-            return None
-        element, count, opening, closing, group_count = match.groups()
-        if element:
-            if element not in _ELEMENTS:
-                return None
-            stack[-1][element] += int(count) if count else 1
-            symbols += 1
-            has_count |= bool(count)
-        elif opening:
-            stack.append(Counter())
-        elif closing:
-            if len(stack) == 1:
-                return None
-            group = stack.pop()
-            factor = int(group_count) if group_count else 1
-            has_count |= bool(group_count)
-            for key, value in group.items():
-                stack[-1][key] += value * factor
-        position = match.end()
-    if len(stack) != 1 or not (symbols >= 2 or has_count):
-        return None
-    return stack[0]
-
-
-def _normalize_text(text: str) -> str:
-    text = re.sub(r"\s+", " ", text.strip().lower())
-    return text.strip(" .,;:!?\"'`*")
-
-
-def similarity(a: str, b: str) -> float:
-    """`difflib.SequenceMatcher` ratio of the normalised (lower-cased, whitespace-collapsed) texts."""
-    return difflib.SequenceMatcher(None, _normalize_text(a), _normalize_text(b), autojunk=False).ratio()
-
-
-def _clean(text: str) -> str:
-    s = text.strip()
-    boxed = re.fullmatch(r"\\boxed\{(.*)\}", s, re.DOTALL)
-    if boxed:
-        s = boxed.group(1).strip()
-    if len(s) >= 2 and s[0] == "$" and s[-1] == "$" and s.count("$") == 2:
-        s = s[1:-1].strip()
-    if s.endswith(".") and not _NUMBER_RE.fullmatch(s):
-        s = s[:-1].rstrip()
-    return s
-
-
-# ----------------------------------------------------------------------------------------------- math equivalence
-def _math_verify_equal(prediction: str, ground_truth: str, timeout_seconds: int) -> bool:
-    import logging
-
-    from math_verify import parse, verify
-
-    logging.getLogger("math_verify").setLevel(logging.ERROR)
-
-    def _parse(text: str) -> list:
-        # A bare expression is read as LaTeX math first: the plain-expression extractor stops at the first number
-        # ("3*x" -> 3).
-        parsed = parse(f"${text}$", parsing_timeout=timeout_seconds) if "$" not in text else []
-        return parsed or parse(text, parsing_timeout=timeout_seconds)
-
-    gold = _parse(ground_truth)
-    if not gold:
-        return _normalize_text(prediction) == _normalize_text(ground_truth) and bool(prediction.strip())
-    target = _parse(prediction)
-    if not target:
-        return False
-    return bool(verify(gold, target, timeout_seconds=timeout_seconds))
-
-
-class _MathVerifier:
-    """Runs `math_verify` so that adversarial input cannot hang training.
-
-    In the main thread, `math_verify`'s own `signal.alarm` timeouts apply (they interrupt parsing and sympy
-    simplification). Signals only work in the main thread, so from any other thread (async rewards, thread pools)
-    the check runs in a single worker process (started once, with `spawn`) whose main thread has those timeouts,
-    and a wall-clock limit on the result kills and replaces the worker if it still does not answer.
-    """
-
-    def __init__(self) -> None:
-        self._pool: ProcessPoolExecutor | None = None
-        self._lock = threading.Lock()
-
-    def _get_pool(self) -> ProcessPoolExecutor:
-        if self._pool is None:
-            import multiprocessing
-
-            pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
-            # Start-up (importing sympy) is not part of any comparison's time budget.
-            pool.submit(_warm_up).result(timeout=300)
-            self._pool = pool
-        return self._pool
-
-    def _kill_pool(self) -> None:
-        pool, self._pool = self._pool, None
-        if pool is not None:
-            for process in list(getattr(pool, "_processes", {}).values()):
-                process.kill()
-            pool.shutdown(wait=False, cancel_futures=True)
-
-    def equal(self, prediction: str, ground_truth: str, timeout_seconds: int) -> bool:
-        if threading.current_thread() is threading.main_thread():
-            return _math_verify_equal(prediction, ground_truth, timeout_seconds)
-        with self._lock:
-            future = self._get_pool().submit(_math_verify_equal, prediction, ground_truth, timeout_seconds)
-            try:
-                return bool(future.result(timeout=3 * timeout_seconds + 5))
-            except FutureTimeout:
-                self._kill_pool()
-                return False
-            except Exception as error:  # a crashed worker (e.g. killed for memory) must not stop training
-                logger.warning("math_verify worker failed (%s); the comparison scores 0.", error)
-                self._kill_pool()
-                return False
-
-
-def _warm_up() -> bool:
-    import math_verify  # noqa: F401
-
-    return True
-
-
-_MATH_VERIFIER = _MathVerifier()
-
-
-# ----------------------------------------------------------------------------------------------- the cascade
 def answer_score(
     prediction: str,
     ground_truth: str,
-    similarity_threshold: float = 0.77,
+    rules: str = "default",
+    similarity_threshold: float | None = None,
     strict: bool = False,
     math_timeout: int = 5,
     max_math_length: int = 1000,
+    thresholds: OmniR1Thresholds | None = None,
 ) -> float:
-    """Scores a predicted answer against the ground truth by the Omni-R1 rule cascade (first applicable rule).
+    """Scores a predicted answer against the ground truth by a rule cascade: the first rule that applies decides.
 
-    1. Both sides are pure digits: exact string match (1.0 / 0.0).
-    2. Both sides parse as numbers ([`parse_number`]: currency signs, commas, spaces, `%`, `(x)` negatives,
-       so `50%` equals `0.5`): numeric equality (relative tolerance 1e-9).
-    3. Neither side has a math sign (`= + * / ^` or a LaTeX command): text comparison.
-       a. Both sides are multiple-choice labels ([`parse_choice`]): A-J, 1-10 and roman I-X all map to A-J, an
-          "answer"/"option" prefix is ignored, and "B) text" counts as label B: labels must match. When only one
-          side is a label with option text ("B) blue" vs "blue"), the option text is compared instead (rule c).
-       b. Both sides are chemical formulae ([`parse_formula`]): equal element multisets.
-       c. Otherwise: soft credit, the [`similarity`] ratio when it is above `similarity_threshold` (else 0.0);
-          with `strict=True`, 1.0 for equal normalised texts and 0.0 otherwise.
-    4. Otherwise: symbolic equivalence by `math_verify` (1.0 / 0.0), with a timeout; inputs longer than
-       `max_math_length` characters score 0.0 without being parsed.
+    Both rule sets share one order: (1) both sides pure digits: exact string match; (2) both sides one number:
+    numeric equality (currency signs, thousands separators, `%` with `50%` == `0.5` == `50`, accounting `(x)`
+    negatives); (3) neither side has a math sign (`= + * / ^` or a LaTeX command): text rules; (4) otherwise
+    symbolic equivalence by `math_verify` (with timeouts; inputs over `max_math_length` characters score 0).
 
-    Before the cascade, surrounding whitespace, a `\\boxed{...}` wrapper, enclosing `$...$` and a trailing period
-    are removed from both sides.
+    - `rules="omni_r1"` reproduces the authors' released cascade rule for rule (`rules_omni_r1.py`): its label
+      parsing, formula, chemical-name (Jaccard >= 0.85 and ratio >= 0.90) and number-context (>= 0.90) rules, its
+      soft credit (the similarity ratio when strictly above 0.77), its odd cases, and its thresholds, which the
+      release's environment variables `SPLITED_THRESH_TEXT`, `SPLITED_THRESH_CHEM_NAME`,
+      `SPLITED_THRESH_JACCARD_CHEM` override. Only the math check differs (`math_verify` instead of `mathruler`).
+    - `rules="default"` (`rules_default.py`) is the same cascade made never to pay for a wrong answer: a wrong,
+      extra or missing number in a text answer scores 0; formulae are read against the periodic table,
+      case-sensitively (`CO` is not `Co`); answer prefixes, leading articles, `\\boxed{}` / `$...$` and trailing
+      punctuation are removed. `docs/rewards.md` has the table of every difference.
 
     Args:
         prediction: The extracted answer (see [`extract_answer`]).
         ground_truth: The reference answer.
-        similarity_threshold: Minimum similarity ratio (exclusive) that earns soft credit.
-        strict: Replace soft similarity credit by exact (normalised) text match.
+        rules: `"default"` or `"omni_r1"`.
+        similarity_threshold: Soft credit needs a similarity ratio strictly above it; None: 0.77 (for
+            `"omni_r1"`, `SPLITED_THRESH_TEXT` when set).
+        strict: Exact (normalised) text match instead of soft similarity credit (`"default"` only).
         math_timeout: Seconds allowed to parse and to compare in the math rule.
         max_math_length: Longest input (characters) the math rule parses.
+        thresholds: The chemical-name thresholds (and, for `"omni_r1"`, the text threshold); None reads them
+            from the environment for `"omni_r1"` and uses the defaults for `"default"`.
 
     Returns:
-        A score in [0, 1].
+        A score in [0, 1] (fractional only through soft similarity credit).
 
     Example:
         ```python
         >>> answer_score("$1,200", "1200")
         1.0
-        >>> answer_score("(B) blue", "B")
-        1.0
-        >>> answer_score("\\\\frac{1}{2}", "0.5")
-        1.0
+        >>> answer_score("12 birds", "13 birds"), answer_score("12 birds", "13 birds", rules="omni_r1")
+        (0.0, 0.0)
+        >>> answer_score("CO", "Co"), answer_score("the Nile", "Nile")
+        (0.0, 1.0)
         ```
     """
-    pred, gold = _clean(prediction), _clean(ground_truth)
-    if not pred:
-        return 0.0
-    if pred.isdigit() and gold.isdigit():
-        return float(pred == gold)
-    pred_number, gold_number = parse_number(pred), parse_number(gold)
-    if pred_number is not None and gold_number is not None:
-        return float(math.isclose(pred_number, gold_number, rel_tol=1e-9, abs_tol=1e-12))
-    if not has_math_signs(pred) and not has_math_signs(gold):
-        pred_label, pred_rest = parse_choice(pred)
-        gold_label, gold_rest = parse_choice(gold)
-        if pred_label is not None and gold_label is not None:
-            return float(pred_label == gold_label)
-        # One side is "B) text", the other plain text: compare the option text.
-        if pred_label is not None and pred_rest:
-            pred = pred_rest
-        elif gold_label is not None and gold_rest:
-            gold = gold_rest
-        pred_formula, gold_formula = parse_formula(pred), parse_formula(gold)
-        if pred_formula is not None and gold_formula is not None:
-            return float(pred_formula == gold_formula)
+    if rules == "default":
+        return default_answer_score(
+            prediction,
+            ground_truth,
+            similarity_threshold=0.77 if similarity_threshold is None else similarity_threshold,
+            strict=strict,
+            math_timeout=math_timeout,
+            max_math_length=max_math_length,
+            thresholds=thresholds,
+        )
+    if rules == "omni_r1":
         if strict:
-            return float(_normalize_text(pred) == _normalize_text(gold))
-        ratio = similarity(pred, gold)
-        return ratio if ratio > similarity_threshold else 0.0
-    if len(pred) > max_math_length or len(gold) > max_math_length:
-        return 0.0
-    return float(_MATH_VERIFIER.equal(pred, gold, math_timeout))
+            raise ValueError(
+                "strict=True changes the authors' soft credit; it is only available with rules='default'."
+            )
+        thresholds = thresholds or OmniR1Thresholds.from_env()
+        if similarity_threshold is not None:
+            thresholds = dataclasses.replace(thresholds, text=similarity_threshold)
+        return omni_r1_answer_score(prediction, ground_truth, thresholds, math_timeout, max_math_length)
+    raise ValueError(f"rules must be one of {ACCURACY_RULES}, got {rules!r}.")
 
 
 # ----------------------------------------------------------------------------------------------- the reward
 def make_accuracy_reward(
     answer_column: str = "answer",
     answer_style: str = "auto",
-    similarity_threshold: float = 0.77,
+    similarity_threshold: float | None = None,
     strict: bool = False,
     math_timeout: int = 5,
+    rules: str = "default",
     processing_class: Any | None = None,
     image_vocabulary: Any | None = None,
     reasoning_open: str = OutputTags.reasoning_open,
@@ -376,8 +165,8 @@ def make_accuracy_reward(
     """Builds an accuracy reward following TRL's reward contract.
 
     The reward extracts each completion's answer ([`extract_answer`]) and scores it against the dataset column
-    `answer_column` with [`answer_score`] (the Omni-R1 rule cascade). A sample whose ground truth is missing
-    (None or empty) gets None, which TRL excludes from that reward.
+    `answer_column` with [`answer_score`] under `rules` (`"default"`, or `"omni_r1"` for the authors' released
+    rules). A sample whose ground truth is missing (None or empty) gets None, which TRL excludes from that reward.
 
     TRL decodes `completions` with `skip_special_tokens=True`, so answer tags that are special tokens (the Anole
     control tokens) are missing from the text. Pass `processing_class` (the tokenizer or processor) and the reward
@@ -387,9 +176,12 @@ def make_accuracy_reward(
     Args:
         answer_column: Dataset column with the reference answer.
         answer_style: `"auto"`, `"tags"` or `"thought"` (see [`extract_answer`]).
-        similarity_threshold: Soft-credit threshold of the similarity rule.
-        strict: Exact text match instead of soft similarity credit.
+        similarity_threshold: Soft-credit threshold of the similarity rule (None: 0.77; for `"omni_r1"` the
+            release's `SPLITED_THRESH_TEXT` environment variable when set).
+        strict: Exact text match instead of soft similarity credit (`rules="default"` only).
         math_timeout: Seconds allowed to the math-equivalence rule per parse / comparison.
+        rules: `"default"` (never pays a wrong number) or `"omni_r1"` (the authors' released rules, rule for rule;
+            their environment variables for the thresholds are read once, here). See [`answer_score`].
         processing_class: Tokenizer (or processor) used to recover special-token tags from `completion_ids`.
         image_vocabulary: Optional [`~trl_omni.ImageVocabulary`]; image tokens are dropped before decoding.
         reasoning_open, reasoning_close, answer_open, answer_close, final_answer_marker: Output-format strings.
@@ -405,8 +197,13 @@ def make_accuracy_reward(
         [1.0]
         ```
     """
-    if not 0.0 <= similarity_threshold <= 1.0:
+    if rules not in ACCURACY_RULES:
+        raise ValueError(f"rules must be one of {ACCURACY_RULES}, got {rules!r}.")
+    if similarity_threshold is not None and not 0.0 <= similarity_threshold <= 1.0:
         raise ValueError(f"similarity_threshold must lie in [0, 1], got {similarity_threshold}.")
+    if strict and rules != "default":
+        raise ValueError("strict=True changes the authors' soft credit; it is only available with rules='default'.")
+    thresholds = OmniR1Thresholds.from_env() if rules == "omni_r1" else OmniR1Thresholds()
     tags = OutputTags(reasoning_open, reasoning_close, answer_open, answer_close, final_answer_marker)
     restorer = _TagRestorer(processing_class, tags.control_tags, image_vocabulary) if processing_class else None
     call_cache: dict = {}
@@ -438,23 +235,27 @@ def make_accuracy_reward(
             prediction = extract_answer(text, tags, answer_style)
             rewards.append(
                 answer_score(
-                    prediction, str(gold), similarity_threshold=similarity_threshold, strict=strict,
-                    math_timeout=math_timeout,
+                    prediction, str(gold), rules=rules, similarity_threshold=similarity_threshold, strict=strict,
+                    math_timeout=math_timeout, thresholds=thresholds,
                 )
             )  # fmt: skip
         return rewards
 
     reward.__name__ = name
     reward.__qualname__ = name
-    reward.__doc__ = f"Accuracy reward (column {answer_column!r}, style {answer_style!r}); see make_accuracy_reward."
+    reward.__doc__ = (
+        f"Accuracy reward (column {answer_column!r}, style {answer_style!r}, rules {rules!r}); see "
+        "make_accuracy_reward."
+    )
+    reward.rules = rules
     return reward
 
 
 accuracy_reward = make_accuracy_reward()
 accuracy_reward.__doc__ = """Accuracy reward with the defaults of [`make_accuracy_reward`] (column `answer`).
 
-Extracts the answer (answer tags, else the text after the first `Final Answer:`) and scores it by the Omni-R1 rule
-cascade of [`answer_score`]; None when the sample has no ground truth. Answer tags that are special tokens are only
+Extracts the answer (answer tags, else the text after the first `Final Answer:`) and scores it by the default rule
+cascade of [`answer_score`] (`make_accuracy_reward(rules="omni_r1")` for the authors' released rules); None when the sample has no ground truth. Answer tags that are special tokens are only
 visible when a `processing_class` keyword is passed at call time; otherwise use
 `make_accuracy_reward(processing_class=tokenizer)`.
 """

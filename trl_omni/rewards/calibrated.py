@@ -8,6 +8,7 @@ from typing import Any
 from .accuracy import make_accuracy_reward
 from .format import make_format_reward
 from .perception import PerceptionReward
+from .reference import REFERENCE_COLUMN, ReferenceImageReward
 
 
 class PerceptionCalibratedReward:
@@ -22,6 +23,12 @@ class PerceptionCalibratedReward:
     with `w = perception_weight` (0.05), `a = accuracy_weight` (0.9), `f = format_weight` (0.1). With the defaults
     that is `0.855 acc + 0.095 fmt + 0.05 pe`, or `0.9 acc + 0.1 fmt`. A completion whose sample has no ground
     truth gets None (TRL then excludes it), as the accuracy term is undefined.
+
+    With `reference_weight = r > 0` a reference-image term ([`ReferenceImageReward`], `ref`) joins on rows that
+    carry reference images; every term that is present takes its weight and the accuracy / format part keeps the
+    rest: `(1 - w - r) * (a * acc + f * fmt) + w * pe + r * ref` (drop `w` or `r` when that term is absent). A row
+    with references scores `ref = 0` when nothing was drawn, so unlike the perception term this one pays for a
+    correct drawing. With `r = 0` (the default, the authors' reward) nothing changes.
 
     The switch is what TRL's `reward_weights` cannot express: separate callables weighted `[0.855, 0.095, 0.05]`
     give a completion without an image `0.855 acc + 0.095 fmt` (its None perception is dropped, the weights are
@@ -40,6 +47,11 @@ class PerceptionCalibratedReward:
         tau, mapping, aggregation: See [`PerceptionReward`].
         answer_column: Dataset column holding the reference answer.
         format_style: `"tags"` or `"thought"`.
+        rules: Accuracy rules, `"default"` or `"omni_r1"` (see [`~trl_omni.rewards.answer_score`]).
+        reference_weight: `r`, the weight of the reference-image term (0 disables it).
+        reference_column: Dataset column holding each row's reference images.
+        reference: A ready [`ReferenceImageReward`] (other metric / alignment); built from `reference_column`
+            when omitted.
         processing_class: Tokenizer or processor, used to read special-token tags from `completion_ids`
             (strongly recommended for the tags style, see [`make_format_reward`]).
         device: Device the perception term is computed on (see [`PerceptionReward`]); pass the trainer's device.
@@ -66,13 +78,28 @@ class PerceptionCalibratedReward:
         aggregation: str = "min",
         answer_column: str = "answer",
         format_style: str = "tags",
+        rules: str = "default",
+        reference_weight: float = 0.0,
+        reference_column: str = REFERENCE_COLUMN,
+        reference: ReferenceImageReward | None = None,
         processing_class: Any | None = None,
         device: Any | None = None,
         **accuracy_kwargs: Any,
     ):
         if not 0.0 <= perception_weight <= 1.0:
             raise ValueError(f"perception_weight must lie in [0, 1], got {perception_weight}.")
+        if not 0.0 <= reference_weight <= 1.0 - perception_weight:
+            raise ValueError(
+                f"reference_weight must lie in [0, 1 - perception_weight] = [0, {1.0 - perception_weight}], got "
+                f"{reference_weight}."
+            )
         self.perception_weight = float(perception_weight)
+        self.reference_weight = float(reference_weight)
+        self.reference = None
+        if self.reference_weight > 0:
+            self.reference = reference or ReferenceImageReward(
+                image_vocabulary, reference_column=reference_column, device=device
+            )
         self.accuracy_weight = float(accuracy_weight)
         self.format_weight = float(format_weight)
         self.__name__ = self.name
@@ -83,6 +110,7 @@ class PerceptionCalibratedReward:
         tag_kwargs = {key: accuracy_kwargs[key] for key in tag_keys if key in accuracy_kwargs}
         self.accuracy = make_accuracy_reward(
             answer_column=answer_column,
+            rules=rules,
             processing_class=processing_class,
             image_vocabulary=image_vocabulary,
             **accuracy_kwargs,
@@ -91,15 +119,16 @@ class PerceptionCalibratedReward:
             style=format_style, processing_class=processing_class, image_vocabulary=image_vocabulary, **tag_kwargs
         )
 
-    def combine(self, accuracy: float | None, fmt: float, perception: float | None) -> float | None:
+    def combine(
+        self, accuracy: float | None, fmt: float, perception: float | None, reference: float | None = None
+    ) -> float | None:
         """The combination rule for one completion."""
         if accuracy is None:
             return None
+        present = [(w, v) for w, v in ((self.perception_weight, perception), (self.reference_weight, reference))
+                   if v is not None]  # fmt: skip
         base = self.accuracy_weight * accuracy + self.format_weight * fmt
-        if perception is None:
-            return base
-        w = self.perception_weight
-        return (1.0 - w) * base + w * perception
+        return (1.0 - sum(w for w, _ in present)) * base + sum(w * v for w, v in present)
 
     def __call__(
         self,
@@ -116,6 +145,9 @@ class PerceptionCalibratedReward:
         perception = self.perception.score(
             completion_ids, log_metric=log_metric, image_segments=kwargs.get("image_segments")
         )
+        references: list[float | None] = [None] * len(perception)
+        if self.reference is not None:
+            references = self.reference(prompts, completions, completion_ids, log_metric=log_metric, **kwargs)
         if log_metric is not None:
             scored_acc = [a for a in accuracy if a is not None]
             scored_pe = [p for p in perception if p is not None]
@@ -127,10 +159,14 @@ class PerceptionCalibratedReward:
                 log_metric(f"{self.name}/perception", sum(scored_pe) / len(scored_pe))
             if perception:
                 log_metric(f"{self.name}/with_image", len(scored_pe) / len(perception))
-        return [self.combine(a, f, p) for a, f, p in zip(accuracy, fmt, perception, strict=True)]
+            scored_ref = [r for r in references if r is not None]
+            if scored_ref:
+                log_metric(f"{self.name}/reference", sum(scored_ref) / len(scored_ref))
+        return [self.combine(a, f, p, r) for a, f, p, r in zip(accuracy, fmt, perception, references, strict=True)]
 
     def __repr__(self) -> str:
         return (
             f"PerceptionCalibratedReward(w={self.perception_weight}, accuracy_weight={self.accuracy_weight}, "
-            f"format_weight={self.format_weight}, perception={self.perception!r})"
+            f"format_weight={self.format_weight}, reference_weight={self.reference_weight}, "
+            f"perception={self.perception!r})"
         )

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from ._common import message_text
+from ._images import completion_images, segment_reduce
 
 
 _TRL_KWARGS = ("trainer_state", "log_metric", "log_extra", "environments")
@@ -46,6 +47,25 @@ class RewardBatch:
     @property
     def prompt_texts(self) -> list[str]:
         return [message_text(p) if not isinstance(p, str) else p for p in self.prompts]
+
+    def drawn_images(self, image_vocabulary: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every complete image the completions drew: `((M, H, W) codes, (M,) completion index)`, in order.
+
+        From the core's parse of `completion_ids` ([`~trl_omni.ImageVocabulary.parse_completions`], cached per batch).
+        Decode the codes to pixels (e.g. [`~trl_omni.decode_images`]) to show them to a vision helper model, and
+        map the helper's per-image scores back to completions with [`RewardBatch.per_completion`].
+        """
+        if self.completion_ids is None:
+            raise ValueError("drawn_images needs `completion_ids` (TRL's GRPOTrainer passes them).")
+        images = completion_images(image_vocabulary, self.completion_ids, "cpu", self.columns.get("image_segments"))
+        return images.codes, images.rows
+
+    def per_completion(self, values: Any, rows: torch.Tensor, aggregation: str = "mean") -> list[float | None]:
+        """Per-image `values` (`(M,)`, one per drawn image) reduced per completion with `"mean"`, `"min"`,
+        `"max"` or `"median"`; None for a completion that drew no complete image."""
+        values = torch.as_tensor(values, dtype=torch.float32).detach().cpu().flatten()
+        reduced = segment_reduce(values, torch.as_tensor(rows).cpu(), len(self), aggregation).tolist()
+        return [None if v != v else float(v) for v in reduced]
 
 
 def _to_device(value: Any, device: torch.device) -> Any:

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
 import torch
+
+from ._images import AGGREGATIONS, completion_images, pack_completion_ids, segment_reduce
 
 
 MAPPINGS = ("inverse", "exp")
-AGGREGATIONS = ("min", "mean", "max", "median")
 
 
 def total_variation_energy(embeddings: torch.Tensor) -> torch.Tensor:
@@ -32,28 +31,6 @@ def total_variation_energy(embeddings: torch.Tensor) -> torch.Tensor:
     tv_y = (embeddings[:, 1:] - embeddings[:, :-1]).pow(2).sum(-1).mean((1, 2)) if h > 1 else None
     zero = embeddings.new_zeros(m)
     return ((tv_x if tv_x is not None else zero) + (tv_y if tv_y is not None else zero)) / d
-
-
-def _segment_reduce(values: torch.Tensor, index: torch.Tensor, num_rows: int, how: str) -> torch.Tensor:
-    """Per-row reduction of `values` grouped by `index` (rows without values get NaN)."""
-    counts = torch.bincount(index, minlength=num_rows)
-    if how in ("min", "max"):
-        fill = float("inf") if how == "min" else float("-inf")
-        out = values.new_full((num_rows,), fill).scatter_reduce(0, index, values, "amin" if how == "min" else "amax")
-    elif how == "mean":
-        out = values.new_zeros(num_rows).index_add(0, index, values) / counts.clamp(min=1)
-    elif how == "median":
-        # Sort by value, then stably by row: each row's values end up contiguous and ascending.
-        order = torch.sort(values, stable=True).indices
-        order = order[torch.sort(index[order], stable=True).indices]
-        ordered = values[order]
-        starts = torch.cumsum(counts, 0) - counts
-        low = (starts + (counts - 1).clamp(min=0) // 2).clamp(max=max(len(values) - 1, 0))
-        high = (starts + counts // 2).clamp(max=max(len(values) - 1, 0))
-        out = (ordered[low] + ordered[high]) / 2 if len(values) else values.new_zeros(num_rows)
-    else:
-        raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {how!r}.")
-    return torch.where(counts > 0, out, torch.full_like(out, float("nan")))
 
 
 class PerceptionReward:
@@ -126,7 +103,6 @@ class PerceptionReward:
         self.method = method
         self.max_table_bytes = int(max_table_bytes)
         self.max_chunk_elements = int(max_chunk_elements)
-        self._tables: dict[str, torch.Tensor] = {}
         # (completion_ids, its length, scores, incomplete, complete) of the last batch scored.
         self._last_scores: tuple | None = None
         self.name = name
@@ -139,25 +115,14 @@ class PerceptionReward:
         return self.method == "table"
 
     def distance_table(self, device: torch.device | str) -> torch.Tensor:
-        """`(K, K)` squared distances `||E[a] - E[b]||^2` between codebook entries, built once per device.
+        """`(K, K)` squared distances `||E[a] - E[b]||^2` between codebook entries on `device`.
 
         The codebook is frozen, so every neighbour pair of every image reduces to one lookup in this table instead
-        of a gather of two `D`-dim embeddings and their difference. Computed as `|a|^2 + |b|^2 - 2 a.b` (in
-        float64 for small codebooks, float32 for Anole's 8192 x 256, where the relative error stays near 1e-7),
-        clamped at 0, with an exact zero diagonal (a constant image scores exactly 1), stored in float32.
+        of a gather of two `D`-dim embeddings and their difference. The table is
+        [`~trl_omni.ImageVocabulary.codebook_distances`]: built once per device and shared by every reward holding
+        the same vocabulary (a constant image scores exactly 1: the diagonal is exactly zero).
         """
-        key = str(torch.device(device))
-        table = self._tables.get(key)
-        if table is None:
-            codebook = self.image_vocabulary.codebook_on(device, torch.float32)
-            if codebook.shape[0] ** 2 * codebook.shape[1] <= 1 << 30:
-                codebook = codebook.double()  # small codebooks: exact enough to compare with hand computations
-            norms = codebook.pow(2).sum(-1)
-            table = (norms[:, None] + norms[None, :] - 2.0 * codebook @ codebook.T).clamp_(min=0.0)
-            table.fill_diagonal_(0.0)
-            table = table.float()
-            self._tables[key] = table
-        return table
+        return self.image_vocabulary.codebook_distances(device)
 
     def image_energies(self, codes: torch.Tensor) -> torch.Tensor:
         """`(M,)` TV energies `E = (TV_x + TV_y) / D` of `(M, H, W)` code grids, all images at once."""
@@ -185,20 +150,7 @@ class PerceptionReward:
         return torch.exp(-energy / self.tau)
 
     def _to_batch(self, completion_ids: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
-        if isinstance(completion_ids, torch.Tensor):
-            ids = completion_ids if self.device is None else completion_ids.to(self.device)
-            return ids, None
-        rows = [r.tolist() if isinstance(r, torch.Tensor) else r for r in completion_ids]
-        lengths = torch.tensor([len(r) for r in rows], dtype=torch.long)
-        length = int(lengths.max()) if len(rows) else 0
-        device = self.device or torch.device("cpu")
-        # One array from the concatenated rows, scattered under the mask: building tensors from Python int lists
-        # row by row (or with torch.tensor) costs several times the whole scoring.
-        mask = torch.arange(length)[None, :] < lengths[:, None]
-        ids = torch.zeros(len(rows), length, dtype=torch.long)
-        flat = np.fromiter(itertools.chain.from_iterable(rows), dtype=np.int64, count=int(lengths.sum()))
-        ids[mask] = torch.from_numpy(flat)
-        return ids.to(device), mask.to(device)
+        return pack_completion_ids(completion_ids, self.device or torch.device("cpu"))
 
     def score_tensor(
         self,
@@ -221,18 +173,11 @@ class PerceptionReward:
             scores, incomplete, complete = memo[2:]
         else:
             device = self.device or (completion_ids.device if isinstance(completion_ids, torch.Tensor) else "cpu")
-            if isinstance(completion_ids, torch.Tensor) or attention_mask is not None:
-                ids, mask = self._to_batch(completion_ids)
-                if attention_mask is not None:
-                    mask = attention_mask.to(ids.device)
-                segments = self.image_vocabulary.parse_segments(ids, attention_mask=mask, continue_open_image=True)
-            else:
-                segments = self.image_vocabulary.parse_completions(completion_ids)
-            codes = segments.complete_codes.to(device)
-            incomplete, complete = int((~segments.complete).sum()), int(segments.complete.sum())
-            image_scores = self.image_scores(codes)
-            rows = segments.complete_batch_index.to(image_scores.device)
-            scores = _segment_reduce(image_scores, rows, num_rows, self.aggregation)
+            images = completion_images(self.image_vocabulary, completion_ids, device, image_segments, attention_mask)
+            image_scores = self.image_scores(images.codes)
+            rows = images.rows.to(image_scores.device)
+            scores = segment_reduce(image_scores, rows, num_rows, self.aggregation)
+            incomplete, complete = images.incomplete, images.complete
             if attention_mask is None:
                 self._last_scores = (completion_ids, num_rows, scores, incomplete, complete)
         if log_metric is not None:

@@ -16,6 +16,7 @@ import sys
 from trl import TrlParser
 
 from trl_omni.data.bootstrap import BootstrapConfig, run_bootstrap
+from trl_omni.data.bootstrap.writer import no_rows_reason
 
 
 def make_parser(prog: str | None = None) -> TrlParser:
@@ -37,6 +38,12 @@ def main(config: BootstrapConfig | None = None) -> dict:
         f"{len(manifest['shards'])} shards; load with trl_omni.data.bootstrap.load_bootstrapped({config.output_dir!r}).",
         file=sys.stderr,
     )
+    if counts["samples_dropped"]:
+        print(
+            f"Left out {counts['samples_dropped']} of {counts['input_rows']} input rows: "
+            f"{no_rows_reason(counts, manifest['arguments']).split(', ', 1)[1]} (counts in manifest.json).",
+            file=sys.stderr,
+        )
     return manifest
 
 

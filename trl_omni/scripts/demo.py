@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 
-REWARDS = ("calibrated", "accuracy_perception")
+REWARDS = ("calibrated", "accuracy_perception", "reference")
 
 
 @dataclass
@@ -41,10 +41,15 @@ class DemoArguments:
         default="calibrated",
         metadata={
             "help": "PeRPO reward: 'calibrated' (the perception-calibrated reward: accuracy, 'THOUGHT ... Final "
-            "Answer:' format and 2D-TV perception in one) or 'accuracy_perception' (the accuracy reward and the "
-            "perception reward as two reward functions).",
+            "Answer:' format and 2D-TV perception in one), 'accuracy_perception' (the accuracy reward and the "
+            "perception reward as two reward functions) or 'reference' (the calibrated reward plus the "
+            "reference-image term: each drawing against the row's solver drawing, weight --reference_weight).",
             "choices": list(REWARDS),
         },
+    )
+    reference_weight: float = field(
+        default=0.5,
+        metadata={"help": "Weight of the reference-image term of `--reward reference` (ReferenceImageReward)."},
     )
     image_size: int = field(
         default=24, metadata={"help": "Image side in pixels of the demo model; its code grid side is a quarter of it."}
@@ -254,7 +259,7 @@ def run_demo(args: DemoArguments) -> dict[str, Any]:
     from datasets import Dataset, Value
 
     from trl_omni.collators import InterleavedDataCollator
-    from trl_omni.data import interleaved_features
+    from trl_omni.data import interleaved_features, part_list_feature
     from trl_omni.demo import demo_decoder, demo_model, make_uniskills
     from trl_omni.models import ImageVocabulary
     from trl_omni.rewards import PerceptionCalibratedReward, PerceptionReward, make_accuracy_reward
@@ -263,6 +268,10 @@ def run_demo(args: DemoArguments) -> dict[str, Any]:
 
     if args.reward not in REWARDS:
         raise ValueError(f"--reward must be one of {REWARDS}, got {args.reward!r}.")
+    if args.reward == "reference" and not 0.0 < args.reference_weight <= 0.95:
+        raise ValueError(
+            f"--reference_weight must lie in (0, 0.95] for --reward reference, got {args.reference_weight}."
+        )
     if args.rl_steps > 0 and args.rl_batch_size % args.num_generations:
         raise ValueError(
             f"--rl_batch_size ({args.rl_batch_size}) must be a multiple of --num_generations ({args.num_generations})."
@@ -336,7 +345,10 @@ def run_demo(args: DemoArguments) -> dict[str, Any]:
         sft = PeSFTTrainer(
             model,
             args=sft_args,
-            train_dataset=Dataset.from_list(train_rows, features=features),
+            # The reference drawings are in the completion already; only PeRPO's reference reward reads them.
+            train_dataset=Dataset.from_list(
+                [{k: v for k, v in row.items() if k != "reference_images"} for row in train_rows], features=features
+            ),
             processing_class=processor,
         )
         sft.train()
@@ -346,12 +358,20 @@ def run_demo(args: DemoArguments) -> dict[str, Any]:
         run_eval("PeSFT")
 
     if args.rl_steps > 0:
-        rl_rows = [{key: row[key] for key in ("id", "skill", "prompt", "answer")} for row in train_rows]
+        columns = ("id", "skill", "prompt", "answer") + (("reference_images",) if args.reward == "reference" else ())
+        rl_rows = [{key: row[key] for key in columns} for row in train_rows]
         rl_features = interleaved_features(columns=("prompt",), skill=Value("string"))
+        if args.reward == "reference":
+            rl_features["reference_images"] = part_list_feature()
         reward_weights = None
-        if args.reward == "calibrated":
+        if args.reward in ("calibrated", "reference"):
             reward_funcs: list = [
-                PerceptionCalibratedReward(vocab, format_style="thought", processing_class=processor)
+                PerceptionCalibratedReward(
+                    vocab,
+                    format_style="thought",
+                    processing_class=processor,
+                    reference_weight=args.reference_weight if args.reward == "reference" else 0.0,
+                )
             ]
         else:
             reward_funcs = [

@@ -32,16 +32,29 @@ class RLScriptArguments(OmniScriptArguments):
     Parameters:
         reward_funcs (`list[str]` or `None`, *optional*):
             Reward functions by built-in name (`accuracy`, `format`, `format_thought`, `perception`,
-            `perception_calibrated`, `model_reward`), by name registered under the `trl_omni.rewards` entry-point
-            group, or by dotted path (`package.module:function`). Default: PeRPO's perception-calibrated reward.
+            `perception_calibrated`, `reference_image`, `model_reward`), by name registered under the
+            `trl_omni.rewards` entry-point group, or by dotted path (`package.module:function`). Default: PeRPO's
+            perception-calibrated reward.
+        on_error (`str`, *optional*, defaults to `"raise"`):
+            Bad rows / images met while converting the dataset and encoding its images: `"raise"` (an error naming
+            the row, the field and the fix) or `"skip"` (dropped, counted, logged, summarised at the end).
     """
 
     reward_funcs: list[str] | None = field(
         default=None,
         metadata={
             "help": "Reward functions: built-in names (accuracy, format, format_thought, perception, "
-            "perception_calibrated, model_reward), names registered under the 'trl_omni.rewards' entry-point group, "
-            "or dotted paths ('package.module:function'). Default: the perception-calibrated reward."
+            "perception_calibrated, reference_image, model_reward), names registered under the 'trl_omni.rewards' "
+            "entry-point group, or dotted paths ('package.module:function'). Default: the perception-calibrated "
+            "reward."
+        },
+    )
+    on_error: str = field(
+        default="raise",
+        metadata={
+            "help": "Bad rows / images: 'raise' (an error naming the row, the field and the fix) or 'skip' (dropped, "
+            "counted, logged and summarised at the end).",
+            "choices": ["raise", "skip"],
         },
     )
 
@@ -100,21 +113,43 @@ def reward_options(training_args: Any) -> dict[str, Any]:
     }
 
 
+def check_rewards(reward_funcs: list[str] | None, reward_weights: list[float] | None = None) -> None:
+    """Resolves every reward name (an unknown one raises, listing the available names) and checks that
+    `reward_weights`, when given, has one weight per reward."""
+    from trl_omni.rewards.registry import resolve_reward
+
+    for name in reward_funcs or []:
+        resolve_reward(name)
+    if reward_funcs and reward_weights is not None and len(reward_weights) != len(reward_funcs):
+        raise ValueError(
+            f"--reward_weights has {len(reward_weights)} values for {len(reward_funcs)} rewards "
+            f"({', '.join(reward_funcs)}). Fix: give one weight per reward, in the same order."
+        )
+
+
+def preflight(namespace: Any) -> None:
+    """Checks run by `trl-omni rl` before launching any process: reward names and weights, the checkpoint
+    directory, the dataset's file, split and columns."""
+    from trl_omni.cli.common import preflight_training
+
+    check_rewards(namespace.reward_funcs, namespace.reward_weights)
+    preflight_training(namespace)
+
+
 def main(script_args: Any, training_args: Any, model_args: Any) -> int:
     """Loads the model, the data and the rewards named by the arguments, trains with [`PeRPOTrainer`], saves."""
     from trl import get_peft_config
 
-    from trl_omni.cli.common import load_model_and_processor, train_and_save
+    from trl_omni.cli.common import attach_skip_report, load_model_and_processor, train_and_save
     from trl_omni.data.loading import load_any_dataset, select_split, to_interleaved
+    from trl_omni.data.report import SkipReport
     from trl_omni.models import ImageVocabulary
     from trl_omni.trainers import PeRPOTrainer
 
     if not script_args.dataset_name:
         raise ValueError("--dataset_name is required: a Hub dataset, a local json/jsonl/parquet file or a directory.")
-    from trl_omni.rewards.registry import resolve_reward
-
-    for name in script_args.reward_funcs or []:
-        resolve_reward(name)  # an unknown name fails here, before any loading, listing the available rewards
+    # Unknown rewards fail here, before any loading (the launcher already checked them once).
+    check_rewards(script_args.reward_funcs, training_args.reward_weights)
     model, processor = load_model_and_processor(model_args, trust_remote_code=training_args.trust_remote_code)
     reward_funcs = None
     if script_args.reward_funcs:
@@ -129,7 +164,8 @@ def main(script_args: Any, training_args: Any, model_args: Any) -> int:
     train = select_split(raw, script_args.dataset_train_split)
     if script_args.max_train_samples is not None:
         train = train.select(range(min(script_args.max_train_samples, len(train))))
-    text_prompts = "prompt" in train.column_names and isinstance(train[0]["prompt"], str)
+    report = SkipReport()
+    text_prompts = "prompt" in train.column_names and len(train) > 0 and isinstance(train[0]["prompt"], str)
     if not text_prompts and script_args.dataset_format != "pretokenized":
         with training_args.main_process_first(desc="converting the dataset and encoding its images"):
             train = to_interleaved(
@@ -140,6 +176,7 @@ def main(script_args: Any, training_args: Any, model_args: Any) -> int:
                 image_root=training_args.image_root,
                 on_error=script_args.on_error,
                 encode_batch_size=script_args.pretokenize_batch_size,
+                skip_report=report,
             )
 
     trainer = PeRPOTrainer(
@@ -150,6 +187,7 @@ def main(script_args: Any, training_args: Any, model_args: Any) -> int:
         processing_class=processor,
         peft_config=get_peft_config(model_args),
     )
+    attach_skip_report(trainer, report)
     return train_and_save(trainer, training_args, script_args)
 
 

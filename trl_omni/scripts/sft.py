@@ -27,12 +27,21 @@ LAUNCH_EPILOG = (
 )
 
 
+def preflight(namespace: Any) -> None:
+    """Checks run by `trl-omni sft` before launching any process: the checkpoint directory, the dataset's file,
+    split and columns (see [`~trl_omni.cli.common.preflight_training`])."""
+    from trl_omni.cli.common import preflight_training
+
+    preflight_training(namespace)
+
+
 def main(script_args: Any, training_args: Any, model_args: Any) -> int:
     """Loads the model and the data named by the arguments, trains with [`PeSFTTrainer`] and saves the result."""
     from trl import get_peft_config
 
-    from trl_omni.cli.common import load_model_and_processor, train_and_save
+    from trl_omni.cli.common import attach_skip_report, load_model_and_processor, train_and_save
     from trl_omni.data.loading import load_any_dataset, select_split, to_interleaved
+    from trl_omni.data.report import SkipReport
     from trl_omni.trainers import PeSFTTrainer
 
     if not script_args.dataset_name:
@@ -45,6 +54,7 @@ def main(script_args: Any, training_args: Any, model_args: Any) -> int:
         train = train.select(range(min(script_args.max_train_samples, len(train))))
     evaluate = training_args.eval_strategy != "no"
     eval_dataset = select_split(raw, script_args.dataset_test_split, "dataset_test_split") if evaluate else None
+    report = SkipReport()
     # Every rank reads the encoded images from the datasets cache the main process wrote.
     with training_args.main_process_first(desc="converting the dataset and encoding its images"):
         prepare = dict(
@@ -52,8 +62,9 @@ def main(script_args: Any, training_args: Any, model_args: Any) -> int:
             model=model,
             processor=processor,
             image_root=training_args.image_root,
-            on_error=script_args.on_error,
+            on_error=training_args.on_error,
             encode_batch_size=script_args.pretokenize_batch_size,
+            skip_report=report,
         )
         train = to_interleaved(train, **prepare)
         if eval_dataset is not None:
@@ -67,6 +78,7 @@ def main(script_args: Any, training_args: Any, model_args: Any) -> int:
         processing_class=processor,
         peft_config=get_peft_config(model_args),
     )
+    attach_skip_report(trainer, report)
     return train_and_save(trainer, training_args, script_args)
 
 

@@ -21,7 +21,7 @@ from ..models import (
     load_omni_model,
     unwrap_model,
 )
-from ..rewards import PerceptionCalibratedReward, PerceptionReward
+from ..rewards import PerceptionCalibratedReward, PerceptionReward, ReferenceImageReward, safe_reward_funcs
 from ..visualization import RenderedTrajectoriesCallback
 from .perpo_config import PeRPOConfig
 from .perpo_metrics import log_image_metrics, log_modality_loss_metrics, log_perception_metrics, policy_token_outputs
@@ -47,6 +47,9 @@ class PeRPOTrainer(GRPOTrainer):
       relative to the completion). Both come from the core's parse of `completion_ids`
       ([`~trl_omni.ImageVocabulary.parse_completions`], cached per step), which a reward may also call itself: an
       image the prompt opened with BOI is the segment with `start == -1`;
+    - every reward is wrapped by [`~trl_omni.rewards.safe_reward`]: its output is validated (one finite float or
+      None per completion; NaN, strings, a None instead of a list raise a `RewardError` naming the reward and the
+      sample), and an exception names the sample that raises it;
     - prompts may be text (the `prompt` column), token ids (a `prompt_ids` column whose images were built with
       [`~trl_omni.ImageVocabulary.image_span_ids`]) or interleaved parts with images; see
       [`PeRPOTrainer.encode_prompts`]. A prompt may end with BOI to ask for a drawing;
@@ -164,6 +167,9 @@ class PeRPOTrainer(GRPOTrainer):
                 **({"rules": args.accuracy_rules} if args.accuracy_rules != "default" else {}),
             )
             self.perception_scorer = reward_funcs.perception
+        # Every reward's output is validated (one finite float or None per completion); failures name the reward and
+        # the sample (`trl_omni.rewards.validation`).
+        reward_funcs = safe_reward_funcs(reward_funcs)
         self._degenerate_rows: torch.Tensor | None = None  # found by `_calculate_rewards`, applied just after
 
         super().__init__(
@@ -192,16 +198,19 @@ class PeRPOTrainer(GRPOTrainer):
                 continue
             if not hasattr(func, "__name__") and isinstance(getattr(func, "name", None), str):
                 self.reward_func_names[i] = func.name
+            reward = getattr(func, "__wrapped__", func)
             if self.perception_scorer is None:
                 # The perception term of a calibrated reward, or a reward exposing `score(completion_ids)` (as
                 # PerceptionReward does), feeds the perception metrics.
-                term = getattr(func, "perception", None)
-                scorer = term if callable(getattr(term, "score", None)) else func
+                term = getattr(reward, "perception", None)
+                scorer = term if callable(getattr(term, "score", None)) else reward
                 if callable(getattr(scorer, "score", None)):
                     self.perception_scorer = scorer
-        # The perception terms score on the trainer's device, known only now.
-        for scorer in (self.perception_scorer, *(getattr(f, "perception", None) for f in self.reward_funcs)):
-            if isinstance(scorer, PerceptionReward) and scorer.device is None:
+        # The image-scoring terms score on the trainer's device, known only now.
+        rewards = [getattr(f, "__wrapped__", f) for f in self.reward_funcs]
+        parts = [getattr(r, term, None) for r in rewards for term in ("perception", "reference")]
+        for scorer in (self.perception_scorer, *rewards, *parts):
+            if isinstance(scorer, (PerceptionReward, ReferenceImageReward)) and scorer.device is None:
                 scorer.device = self.accelerator.device
 
         if args.log_rendered_trajectories > 0 and RenderedTrajectoriesCallback.find(self) is None:

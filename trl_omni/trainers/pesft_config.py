@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from trl import SFTConfig
 
+from ..collators.interleaved import LENGTH_POLICIES
+from ..collators.templates import TEMPLATES as INTERLEAVED_TEMPLATES
+
 
 PERCEPTION_ALIGNMENTS = ("next_token", "same_position")
 PERCEPTION_REDUCTIONS = ("paper", "mean")
+ON_ERROR_POLICIES = ("raise", "skip")
 
 
 @dataclass
@@ -54,6 +59,11 @@ class PeSFTConfig(SFTConfig):
             Directory that image parts given by `path` are read from.
         length_policy (`str`, *optional*, defaults to `"drop"`):
             `"drop"` or `"truncate"` (at an image boundary) for interleaved rows longer than `max_length`.
+        on_error (`str`, *optional*, defaults to `"raise"`):
+            Bad rows: `"raise"` (an error naming the row, the field, what was found and the fix) or `"skip"`
+            (dropped, counted, logged and summarised at the end of training). Applies to the pre-tokenized rows
+            the trainer checks (cut image spans, stray image tokens, mask lengths, ...) and, in `trl-omni sft`, to
+            dataset conversion and image encoding.
 
     > [!NOTE]
     > `max_length` defaults to `5100` (the authors' limit) instead of `1024`: one 512x512 image alone is 1,026
@@ -125,7 +135,8 @@ class PeSFTConfig(SFTConfig):
         metadata={
             "help": "Layout of interleaved rows (prompt/completion parts) built by the default "
             "`InterleavedDataCollator`: 'templated' (the Omni-R1 control-token format, which the default PeRPO "
-            "reward scores), 'plain' or 'chat'."
+            "reward scores), 'plain' or 'chat'.",
+            "choices": list(INTERLEAVED_TEMPLATES),
         },
     )
     image_root: str | None = field(
@@ -136,7 +147,17 @@ class PeSFTConfig(SFTConfig):
         default="drop",
         metadata={
             "help": "What the default collator does with an interleaved row longer than `max_length`: 'drop' it "
-            "(counted and logged, as the authors did) or 'truncate' it at an image boundary."
+            "(counted and logged, as the authors did) or 'truncate' it at an image boundary.",
+            "choices": list(LENGTH_POLICIES),
+        },
+    )
+    on_error: str = field(
+        default="raise",
+        metadata={
+            "help": "Bad rows: 'raise' (an error naming the row, the field and the fix) or 'skip' (dropped, counted, "
+            "logged and summarised at the end). Applies to pre-tokenized rows and, in `trl-omni sft`, to dataset "
+            "conversion and image encoding.",
+            "choices": list(ON_ERROR_POLICIES),
         },
     )
 
@@ -154,7 +175,16 @@ class PeSFTConfig(SFTConfig):
                 f"perception_reduction={self.perception_reduction!r} is not supported; use one of "
                 f"{list(PERCEPTION_REDUCTIONS)}."
             )
-        if self.perception_loss_weight < 0:
-            raise ValueError(f"perception_loss_weight must be >= 0, got {self.perception_loss_weight}.")
+        for name, allowed in (
+            ("interleaved_template", INTERLEAVED_TEMPLATES),
+            ("length_policy", LENGTH_POLICIES),
+            ("on_error", ON_ERROR_POLICIES),
+        ):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name}={getattr(self, name)!r} is not supported; use one of {list(allowed)}.")
+        if not math.isfinite(self.perception_loss_weight) or self.perception_loss_weight < 0:
+            raise ValueError(
+                f"perception_loss_weight must be a finite number >= 0, got {self.perception_loss_weight}."
+            )
         if self.perception_head_seed is None:
             self.perception_head_seed = self.seed

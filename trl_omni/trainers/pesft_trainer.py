@@ -14,6 +14,11 @@ from trl import SFTTrainer
 from trl.models.utils import unwrap_model_for_generation
 
 from ..collators import InterleavedDataCollator
+from ..data.loading import check_not_empty
+from ..data.pretokenize import check_interleaved_storage
+from ..data.pretokenized import validate_pretokenized_rows
+from ..data.report import SkipReport, SkipReportCallback
+from ..data.schema import DatasetFormatError
 from ..models import ImageSpanLogitsProcessor, ImageVocabulary, freeze_vq_model, load_omni_model, unwrap_model
 from ..visualization import RenderedTrajectoriesCallback
 from .perception import PERCEPTION_HEAD_NAME, add_perception_head, get_perception_head
@@ -58,8 +63,10 @@ class PeSFTTrainer(SFTTrainer):
         data_collator: Any collator returning `input_ids`, `attention_mask` and `labels` (`-100` on prompt, prompt
             images and padding). Without one, pre-tokenized datasets (`input_ids` + `completion_mask`, TRL's
             format) use TRL's language-modeling collator.
-        train_dataset: Training rows. Pre-tokenized rows longer than `args.max_length` are dropped, never cut.
-        eval_dataset: Evaluation rows.
+        train_dataset: Training rows. Pre-tokenized rows are checked once ([`validate_pretokenized_rows`]: cut
+            image spans, stray image tokens, mask lengths, ids out of range) and refused, or dropped and counted
+            under `args.on_error="skip"`; those longer than `args.max_length` are dropped, never cut.
+        eval_dataset: Evaluation rows (checked the same way).
         processing_class: The `ChameleonProcessor` (or its tokenizer). Loaded with the model when `model` is a path.
         peft_config: Optional PEFT config; `"perception_head"` is added to its `modules_to_save`.
         image_vocabulary: The model's [`~trl_omni.ImageVocabulary`]; read from the model when not given.
@@ -112,6 +119,7 @@ class PeSFTTrainer(SFTTrainer):
             processing_class = processing_class or loaded_processor
         if train_dataset is None:
             raise ValueError("`train_dataset` is required")
+        check_not_empty(train_dataset, "the train dataset")
 
         # Read image-token facts and the codebook before any wrapping: under FSDP2 / ZeRO-3 the VQ weights would be
         # shards afterwards.
@@ -119,7 +127,9 @@ class PeSFTTrainer(SFTTrainer):
         self.image_vocabulary = image_vocabulary or ImageVocabulary.from_model(model, processor)
         freeze_vq_model(model)
 
-        sample = next(iter(train_dataset))
+        sample = next(iter(train_dataset), None)
+        if sample is None:
+            raise DatasetFormatError("The train dataset yields no rows. Fix: check the file, split and filters.")
         if "image" in sample or "images" in sample:
             raise ValueError(
                 "The training dataset has an 'image'/'images' column, which switches SFTTrainer to its vision path "
@@ -133,11 +143,14 @@ class PeSFTTrainer(SFTTrainer):
             args.completion_only_loss = True
         if data_collator is None:
             data_collator = self._default_data_collator(sample, args, processing_class)
-        train_dataset = self._drop_overlong_rows(train_dataset, args, "train")
+        # Rows skipped before training (conversion under `on_error="skip"`, bad or over-long pre-tokenized rows),
+        # summarised with the collator's length drops at the end of training. `trl-omni sft` merges its own into it.
+        self.skip_report = SkipReport()
+        train_dataset = self._prepare_pretokenized(train_dataset, args, "train")
         if isinstance(eval_dataset, dict):
-            eval_dataset = {name: self._drop_overlong_rows(ds, args, name) for name, ds in eval_dataset.items()}
+            eval_dataset = {name: self._prepare_pretokenized(ds, args, name) for name, ds in eval_dataset.items()}
         elif eval_dataset is not None:
-            eval_dataset = self._drop_overlong_rows(eval_dataset, args, "eval")
+            eval_dataset = self._prepare_pretokenized(eval_dataset, args, "eval")
 
         if get_perception_head(model) is None:
             if unwrap_model(model) is not model and hasattr(model, "peft_config"):
@@ -165,6 +178,7 @@ class PeSFTTrainer(SFTTrainer):
             peft_config=peft_config,
             **kwargs,
         )
+        self.add_callback(SkipReportCallback(self.skip_report, self.data_collator))
         if args.log_rendered_trajectories > 0 and RenderedTrajectoriesCallback.find(self) is None:
             self.add_callback(
                 RenderedTrajectoriesCallback(
@@ -208,6 +222,25 @@ class PeSFTTrainer(SFTTrainer):
             image_root=args.image_root,
             seed=args.seed,
         )
+
+    def _prepare_pretokenized(self, dataset: Any, args: PeSFTConfig, name: str) -> Any:
+        """Checks pre-tokenized rows (refused, or dropped and counted under `on_error="skip"`), then drops the ones
+        longer than `max_length`. Interleaved datasets get the checks their column types allow (codes stored as
+        integers, answers as strings); the collator checks each of their rows."""
+        columns = getattr(dataset, "column_names", None) or []
+        if "input_ids" not in columns:
+            if isinstance(dataset, Dataset) and "prompt" in columns:
+                check_interleaved_storage(dataset)
+            return dataset
+        dataset = validate_pretokenized_rows(
+            dataset, self.image_vocabulary, on_error=args.on_error, what=name, skip_report=self.skip_report
+        )
+        before = len(dataset) if isinstance(dataset, Dataset) else None
+        dataset = self._drop_overlong_rows(dataset, args, name)
+        if before is not None:
+            reason = f"longer than max_length={args.max_length}"
+            self.skip_report.add(f"pre-tokenized {name} rows", before - len(dataset), before, reason, log=False)
+        return dataset
 
     @staticmethod
     def _drop_overlong_rows(dataset: Any, args: PeSFTConfig, name: str) -> Any:

@@ -6,30 +6,35 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from ..converters import m3cot_row_to_interleaved
+from ..converters import question_row_to_interleaved
+from ..schema import InterleavedDataError
 from .config import BootstrapConfig
 
 
 def _row_to_question(row: Mapping[str, Any], config: BootstrapConfig, index: int) -> dict[str, Any]:
-    """Maps an input row onto the M3CoT column names and converts it with the M3CoT converter."""
-
-    def get(column: str | None) -> Any:
-        return row.get(column) if column else None
-
-    mapped = {
-        "id": get(config.id_column),
-        "question": get(config.question_column),
-        "choices": get(config.choices_column),
-        "context": get(config.context_column),
-        "answer": get(config.answer_column),
-        "rationale": get(config.rationale_column),
-        "image": get(config.image_column),
+    """Maps an input row onto the M3CoT column names and converts it like M3CoT (free-form questions when
+    `choices_column` is None). Errors name the input's own columns."""
+    columns = {
+        "id": config.id_column,
+        "question": config.question_column,
+        "choices": config.choices_column,
+        "context": config.context_column,
+        "answer": config.answer_column,
+        "rationale": config.rationale_column,
+        "image": config.image_column,
     }
-    if mapped["id"] is None:
+    mapped = {name: row.get(column) for name, column in columns.items() if column}
+    if mapped.get("id") is None:
         mapped["id"] = f"row-{index}"
-    if mapped["answer"] is not None and not isinstance(mapped["answer"], str):
-        mapped["answer"] = str(mapped["answer"])
-    return m3cot_row_to_interleaved(mapped, index)
+    try:
+        return question_row_to_interleaved(mapped, index, multiple_choice=bool(config.choices_column))
+    except InterleavedDataError as error:
+        head, _, tail = error.field.partition("[")
+        field = (columns.get(head) or head) + (f"[{tail}" if tail else "")
+        fix = error.fix
+        if head == "choices":
+            fix += " For free-form questions, set --choices_column None."
+        raise InterleavedDataError(error.row, field, error.problem, fix) from None
 
 
 def load_input_dataset(config: BootstrapConfig) -> Any:

@@ -9,6 +9,8 @@ from typing import Any
 
 import torch
 
+from ..loading import check_not_empty
+from ..schema import DatasetFormatError
 from .config import BootstrapConfig
 from .inputs import load_input_dataset
 from .worker import _Bootstrapper
@@ -22,6 +24,7 @@ from .writer import (
     _readme,
     _write_json_atomic,
     load_bootstrapped,
+    no_rows_reason,
     output_arguments,
 )
 
@@ -83,6 +86,7 @@ def run_bootstrap(
             dataset = dataset.cast_column(column, Image(decode=False))
     if config.max_samples is not None:
         dataset = dataset.select(range(min(config.max_samples, len(dataset))))
+    check_not_empty(dataset, "the bootstrap input")
     for column in (config.question_column, config.answer_column, config.rationale_column):
         if column not in dataset.column_names:
             raise ValueError(
@@ -158,6 +162,11 @@ def run_bootstrap(
     _write_json_atomic(manifest_path, manifest)
     with open(os.path.join(config.output_dir, "README.md"), "w") as f:
         f.write(_readme(config, manifest))
+    if not counts["rows_written"]:
+        # A run that keeps nothing is a failure, not a success with an empty dataset (the manifest keeps the counts).
+        raise DatasetFormatError(
+            f"The bootstrap wrote no rows to {config.output_dir}: {no_rows_reason(counts, manifest['arguments'])}."
+        )
     elapsed = time.monotonic() - started
     logger.info(
         "Bootstrap done: %d rows written from %d input rows (%d dropped); images drawn %d, kept %d, redraws %d, "

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from ...models import ImageVocabulary
+from ..schema import DatasetFormatError
 from .config import BootstrapConfig
 
 
@@ -161,10 +162,44 @@ def bootstrapped_files(output_dir: str, allow_partial: bool = False) -> list[str
     return [os.path.join(output_dir, shard["file"]) for shard in sorted(manifest["shards"], key=lambda s: s["index"])]
 
 
+def no_rows_reason(counts: Mapping[str, int], config: Mapping[str, Any] | None = None) -> str:
+    """Why a bootstrap wrote no row, from its manifest counts (and arguments): one clause per cause, with its fix."""
+    arguments = config or {}
+    rationale = arguments.get("rationale_column", "rationale")
+    splitter = arguments.get("step_splitter", "auto")
+    bad = counts.get("samples_skipped_bad_input", 0)
+    no_steps = counts.get("samples_without_steps", 0)
+    low_quality = counts.get("samples_dropped", 0) - bad - no_steps
+    reasons = []
+    if bad:
+        reasons.append(
+            f"{bad} were bad input rows skipped under on_error='skip' (see the logged errors; fix the rows, or run "
+            "with --on_error raise to see the first one)"
+        )
+    if no_steps:
+        reasons.append(
+            f"{no_steps} had no reasoning step in their {rationale!r} column (split with --step_splitter "
+            f"{splitter!r}; give a text rationale, map the right column with --rationale_column, or choose another "
+            "--step_splitter)"
+        )
+    if low_quality > 0:
+        reasons.append(
+            f"{low_quality} were dropped because a drawing stayed below the quality bar (--on_low_quality "
+            "drop_sample; lower --quality_threshold or use --on_low_quality keep_best)"
+        )
+    total = counts.get("input_rows", 0)
+    if not total:
+        return "the input has no rows (check --dataset_name, --dataset_split and --max_samples)"
+    return f"of {total} input rows, " + "; ".join(reasons or ["none was kept"])
+
+
 def load_bootstrapped(output_dir: str, allow_partial: bool = False) -> Any:
     """Loads a bootstrap output as one `datasets.Dataset` (rows in input order).
 
     Equivalent to `load_dataset("parquet", data_files=bootstrapped_files(output_dir), split="train")`.
+
+    Raises:
+        DatasetFormatError: the bootstrap wrote no rows (the message gives the reasons recorded in its manifest).
 
     Example:
         ```python
@@ -176,4 +211,11 @@ def load_bootstrapped(output_dir: str, allow_partial: bool = False) -> Any:
     files = bootstrapped_files(output_dir, allow_partial=allow_partial)
     if not files:
         raise ValueError(f"The bootstrap in {output_dir} has no shards yet.")
+    with open(os.path.join(output_dir, MANIFEST_NAME)) as f:
+        manifest = json.load(f)
+    counts = manifest.get("counts") or {}
+    if not counts.get("rows_written"):
+        raise DatasetFormatError(
+            f"The bootstrap in {output_dir} wrote no rows: {no_rows_reason(counts, manifest.get('arguments'))}."
+        )
     return load_dataset("parquet", data_files=files, split="train")
