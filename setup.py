@@ -19,6 +19,7 @@ REQUIRED = [
     "peft>=0.17",
     "pillow>=10.0",
     "safetensors>=0.4",
+    "xxhash>=3.0",  # content fingerprints (also what `datasets` hashes with)
     "math-verify>=0.8",
 ]
 EXTRAS = {

@@ -1,4 +1,5 @@
 import os
+import tempfile
 
 
 # No hub access exists on these machines: every test builds its models in code.
@@ -6,6 +7,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# The CLI's options cache (`trl_omni.cli.options`) goes to a temporary directory, not the user's ~/.cache.
+os.environ.setdefault("TRL_OMNI_CACHE", tempfile.mkdtemp(prefix="trl-omni-test-cache-"))
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

@@ -71,3 +71,18 @@ def test_loading_an_anole_checkpoint_with_decoder_weights_is_quiet(anole):
     assert not [r for r in records if "UNEXPECTED" in r.getMessage() or "LOAD REPORT" in r.getMessage()]
     assert "_keys_to_ignore_on_load_unexpected" not in ChameleonForConditionalGeneration.__dict__  # restored
     torch.testing.assert_close(model.lm_head.weight, anole.model.lm_head.weight)
+
+
+def test_one_loading_path_takes_dtype_names_and_a_device(tmp_path):
+    import pytest
+
+    from trl_omni.models import resolve_device
+
+    tiny_chameleon(seed=0, save_dir=tmp_path)
+    model, _ = load_omni_model(tmp_path, dtype="bfloat16", device="auto", load_processor=False)
+    assert model.dtype == torch.bfloat16 and next(model.parameters()).device == resolve_device("auto")
+    assert resolve_device(None) == resolve_device("auto") and resolve_device("cpu") == torch.device("cpu")
+    if not torch.accelerator.is_available():
+        assert resolve_device("auto") == torch.device("cpu")
+    with pytest.raises(ValueError, match="either `device` or a quantization config / `device_map`"):
+        load_omni_model(tmp_path, device="cpu", device_map={"": "cpu"}, load_processor=False)

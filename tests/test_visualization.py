@@ -345,3 +345,16 @@ def test_incomplete_segment_shows_other_tokens_inside(tiny, vocab, palette_decod
         "incomplete image: 5 of 64 image tokens; other tokens inside: &#x27;oops &lt;x&gt;&#x27;" in rendered.to_html()
     )
     assert rendered.pieces[2].text == " The answer is A."
+
+
+def test_callback_checks_its_log_budget_when_made():
+    import pytest
+
+    from trl_omni.visualization import RenderedTrajectoriesCallback
+
+    callback = RenderedTrajectoriesCallback(max_per_step=3, max_bytes_per_item=1000)
+    assert callback.log_budget == {
+        "max_per_step": 3, "max_bytes_per_step": 4 * 2**20, "max_bytes_per_item": 1000, "png_width": 512,
+    }  # fmt: skip
+    with pytest.raises(ValueError, match="max_bytes_per_item=0"):
+        RenderedTrajectoriesCallback(max_bytes_per_item=0)

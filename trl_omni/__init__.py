@@ -1,121 +1,142 @@
-"""trl-omni: train unified-token multimodal models (Chameleon / Anole) to reason by drawing, on top of TRL."""
+"""trl-omni: train unified-token multimodal models (Chameleon / Anole) to reason by drawing, on top of TRL.
+
+The public names below are imported on first access (like TRL's package root): `import trl_omni` loads neither torch
+nor transformers nor TRL, and `trl_omni.PeSFTTrainer` imports what it needs when it is first read.
+"""
+
+from typing import TYPE_CHECKING
+
+from .utils.imports import lazy_exports
+
 
 __version__ = "0.1.0.dev0"
 
-from .collators import InterleavedDataCollator
-from .data import (
-    BootstrapConfig,
-    DatasetFormatError,
-    InterleavedDataError,
-    SkipReport,
-    bootstrap_dataset,
-    convert_m3cot,
-    convert_omni_bench,
-    convert_zebra_cot,
-    image_part,
-    interleaved_features,
-    load_bootstrapped,
-    pretokenize_images,
-    run_bootstrap,
-    text_part,
-)
-from .evaluation import EvalConfig, EvalResult, evaluate
-from .models import (
-    CheckpointError,
-    ImageEncoder,
-    ImageSegment,
-    ImageSegments,
-    ImageSpanLogitsProcessor,
-    ImageVocabulary,
-    PaletteDecoder,
-    decode_images,
-    disable_image_generation,
-    enable_image_generation,
-    encode_images,
-    freeze_vq_model,
-    is_image_generation_enabled,
-    load_omni_model,
-    load_vq_decoder,
-    palette_codebook,
-)
-from .rewards import (
-    ModelReward,
-    PerceptionCalibratedReward,
-    PerceptionReward,
-    RewardError,
-    accuracy_reward,
-    format_reward,
-    get_reward,
-    list_rewards,
-    make_accuracy_reward,
-    make_format_reward,
-    safe_reward,
-)
-from .trainers import PerceptionHead, PeRPOConfig, PeRPOTrainer, PeSFTConfig, PeSFTTrainer
-from .visualization import (
-    FalseColorDecoder,
-    RenderedTrajectoriesCallback,
-    TrajectoryLogger,
-    render_trajectories,
-    render_trajectory,
-)
+# Submodule -> the public names it provides at the package root.
+_EXPORTS = {
+    "collators": ["InterleavedDataCollator"],
+    "data": [
+        "BootstrapConfig",
+        "DatasetFormatError",
+        "InterleavedDataError",
+        "SkipReport",
+        "bootstrap_dataset",
+        "convert_m3cot",
+        "convert_omni_bench",
+        "convert_zebra_cot",
+        "image_part",
+        "interleaved_features",
+        "load_bootstrapped",
+        "pretokenize_images",
+        "run_bootstrap",
+        "text_part",
+    ],
+    "evaluation": ["EvalConfig", "EvalResult", "evaluate"],
+    "models": [
+        "CheckpointError",
+        "ImageEncoder",
+        "ImageSegment",
+        "ImageSegments",
+        "ImageSpanConstraint",
+        "ImageSpanLogitsProcessor",
+        "ImageVocabulary",
+        "PaletteDecoder",
+        "decode_images",
+        "decode_without_images",
+        "disable_image_generation",
+        "enable_image_generation",
+        "encode_images",
+        "freeze_vq_model",
+        "generate_with_images",
+        "is_image_generation_enabled",
+        "load_omni_model",
+        "load_vq_decoder",
+        "palette_codebook",
+    ],
+    "rewards": [
+        "ModelReward",
+        "PerceptionCalibratedReward",
+        "PerceptionReward",
+        "RewardError",
+        "accuracy_reward",
+        "format_reward",
+        "get_reward",
+        "list_rewards",
+        "make_accuracy_reward",
+        "make_format_reward",
+        "safe_reward",
+    ],
+    "trainers": ["PerceptionHead", "PeRPOConfig", "PeRPOTrainer", "PeSFTConfig", "PeSFTTrainer"],
+    "visualization": [
+        "FalseColorDecoder",
+        "RenderedTrajectoriesCallback",
+        "TrajectoryLogger",
+        "render_trajectories",
+        "render_trajectory",
+    ],
+}
 
+__all__ = sorted(["__version__", *(name for names in _EXPORTS.values() for name in names)])
 
-__all__ = [
-    "BootstrapConfig",
-    "CheckpointError",
-    "DatasetFormatError",
-    "EvalConfig",
-    "EvalResult",
-    "FalseColorDecoder",
-    "ImageEncoder",
-    "ImageSegment",
-    "ImageSegments",
-    "ImageSpanLogitsProcessor",
-    "ImageVocabulary",
-    "InterleavedDataCollator",
-    "InterleavedDataError",
-    "ModelReward",
-    "PaletteDecoder",
-    "PeRPOConfig",
-    "PeRPOTrainer",
-    "PeSFTConfig",
-    "PeSFTTrainer",
-    "PerceptionCalibratedReward",
-    "PerceptionHead",
-    "PerceptionReward",
-    "RenderedTrajectoriesCallback",
-    "RewardError",
-    "SkipReport",
-    "TrajectoryLogger",
-    "__version__",
-    "accuracy_reward",
-    "bootstrap_dataset",
-    "convert_m3cot",
-    "convert_omni_bench",
-    "convert_zebra_cot",
-    "decode_images",
-    "disable_image_generation",
-    "enable_image_generation",
-    "encode_images",
-    "evaluate",
-    "format_reward",
-    "freeze_vq_model",
-    "get_reward",
-    "image_part",
-    "interleaved_features",
-    "is_image_generation_enabled",
-    "list_rewards",
-    "load_bootstrapped",
-    "load_omni_model",
-    "load_vq_decoder",
-    "make_accuracy_reward",
-    "make_format_reward",
-    "palette_codebook",
-    "pretokenize_images",
-    "render_trajectories",
-    "render_trajectory",
-    "run_bootstrap",
-    "safe_reward",
-    "text_part",
-]
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+
+if TYPE_CHECKING:  # what type checkers and IDEs see; tests/test_lazy_imports.py keeps it equal to _EXPORTS
+    from .collators import InterleavedDataCollator
+    from .data import (
+        BootstrapConfig,
+        DatasetFormatError,
+        InterleavedDataError,
+        SkipReport,
+        bootstrap_dataset,
+        convert_m3cot,
+        convert_omni_bench,
+        convert_zebra_cot,
+        image_part,
+        interleaved_features,
+        load_bootstrapped,
+        pretokenize_images,
+        run_bootstrap,
+        text_part,
+    )
+    from .evaluation import EvalConfig, EvalResult, evaluate
+    from .models import (
+        CheckpointError,
+        ImageEncoder,
+        ImageSegment,
+        ImageSegments,
+        ImageSpanConstraint,
+        ImageSpanLogitsProcessor,
+        ImageVocabulary,
+        PaletteDecoder,
+        decode_images,
+        decode_without_images,
+        disable_image_generation,
+        enable_image_generation,
+        encode_images,
+        freeze_vq_model,
+        generate_with_images,
+        is_image_generation_enabled,
+        load_omni_model,
+        load_vq_decoder,
+        palette_codebook,
+    )
+    from .rewards import (
+        ModelReward,
+        PerceptionCalibratedReward,
+        PerceptionReward,
+        RewardError,
+        accuracy_reward,
+        format_reward,
+        get_reward,
+        list_rewards,
+        make_accuracy_reward,
+        make_format_reward,
+        safe_reward,
+    )
+    from .trainers import PerceptionHead, PeRPOConfig, PeRPOTrainer, PeSFTConfig, PeSFTTrainer
+    from .visualization import (
+        FalseColorDecoder,
+        RenderedTrajectoriesCallback,
+        TrajectoryLogger,
+        render_trajectories,
+        render_trajectory,
+    )

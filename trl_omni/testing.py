@@ -51,10 +51,24 @@ def _image_token_name(code: int) -> str:
     return "IMGIMG" + "".join(chr(ord("A") + int(digit)) for digit in str(code)) + "Z"
 
 
+def _wrap_tokenizer(backend: Any) -> Any:
+    """A `tokenizers.Tokenizer` as the `PreTrainedTokenizerFast` of a Chameleon checkpoint (its special tokens)."""
+    from transformers import PreTrainedTokenizerFast
+
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        bos_token=BOS,
+        eos_token=EOS,
+        unk_token=UNK,
+        pad_token=PAD,
+        sep_token=SEP,
+        extra_special_tokens=[IMAGE_PLACEHOLDER, BOI, EOI, REASONING_OPEN, REASONING_CLOSE, ANSWER_OPEN, ANSWER_CLOSE],
+    )
+
+
 def tiny_chameleon_tokenizer(num_codes: int = 64, seed: int = 0, bpe_vocab_size: int = 400) -> Any:
     """A `PreTrainedTokenizerFast` with Chameleon's special tokens and one IMGIMG token per VQ code."""
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
 
     backend = Tokenizer(models.BPE(unk_token=UNK))
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -68,16 +82,7 @@ def tiny_chameleon_tokenizer(num_codes: int = 64, seed: int = 0, bpe_vocab_size:
     backend.train_from_iterator([line for line in _CORPUS.splitlines() if line], trainer=trainer)
     order = torch.randperm(num_codes, generator=torch.Generator().manual_seed(seed + 1)).tolist()
     backend.add_tokens([AddedToken(_image_token_name(code), normalized=False) for code in order])
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        bos_token=BOS,
-        eos_token=EOS,
-        unk_token=UNK,
-        pad_token=PAD,
-        sep_token=SEP,
-        extra_special_tokens=[IMAGE_PLACEHOLDER, BOI, EOI, REASONING_OPEN, REASONING_CLOSE, ANSWER_OPEN, ANSWER_CLOSE],
-    )
-    return tokenizer
+    return _wrap_tokenizer(backend)
 
 
 def tiny_chameleon(
@@ -302,7 +307,6 @@ def anole_layout_tokenizer() -> Any:
     `<reserved08706>`. Builds in about a second.
     """
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
 
     layout = _anole_layout_names()
     backend = Tokenizer(models.BPE(vocab=anole_layout_vocabulary(), merges=list(_anole_text_bpe()[1]), unk_token=UNK))
@@ -315,15 +319,7 @@ def anole_layout_tokenizer() -> Any:
     backend.post_processor = processors.TemplateProcessing(
         single=f"{BOS} $A", pair=f"{BOS} $A {BOS} $B", special_tokens=[(BOS, layout.index(BOS))]
     )
-    return PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        bos_token=BOS,
-        eos_token=EOS,
-        unk_token=UNK,
-        pad_token=PAD,
-        sep_token=SEP,
-        extra_special_tokens=[IMAGE_PLACEHOLDER, BOI, EOI, REASONING_OPEN, REASONING_CLOSE, ANSWER_OPEN, ANSWER_CLOSE],
-    )
+    return _wrap_tokenizer(backend)
 
 
 def anole_layout_processor() -> Any:

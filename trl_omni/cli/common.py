@@ -13,6 +13,12 @@ from ..data.loading import DATASET_FORMATS
 
 logger = logging.getLogger(__name__)
 
+LAUNCH_EPILOG = (
+    "Launch options: any `accelerate launch` option (--num_processes N, --mixed_precision no, --multi_gpu, ...) and "
+    "--accelerate_config NAME|PATH (presets: single_gpu, multi_gpu, zero2, zero3, fsdp2) may be given on the command "
+    "line or as keys of the --config YAML."
+)
+
 
 @dataclass
 class OmniScriptArguments(ScriptArguments):
@@ -61,9 +67,6 @@ def load_model_and_processor(model_args: Any, trust_remote_code: bool = False, *
 
     if not model_args.model_name_or_path:
         raise ValueError("--model_name_or_path is required (a Hub id or a local Chameleon / Anole checkpoint).")
-    dtype = model_args.dtype
-    if dtype not in (None, "auto"):
-        dtype = getattr(torch, dtype)
     quantization_config = get_quantization_config(model_args)
     load_kwargs: dict[str, Any] = {"revision": model_args.model_revision, "trust_remote_code": trust_remote_code}
     if model_args.attn_implementation is not None:
@@ -76,7 +79,7 @@ def load_model_and_processor(model_args: Any, trust_remote_code: bool = False, *
     load_kwargs.update(kwargs)
     return load_omni_model(
         model_args.model_name_or_path,
-        dtype=dtype if dtype is not None else "auto",
+        dtype=model_args.dtype,
         quantization_config=quantization_config,
         **load_kwargs,
     )
@@ -115,8 +118,23 @@ def attach_skip_report(trainer: Any, report: Any) -> None:
         trainer.add_callback(SkipReportCallback(report))
 
 
-def train_and_save(trainer: Any, training_args: Any, script_args: Any) -> int:
-    """The end of every training command: train (resuming when asked), save, optionally push, release trackers."""
+def training_parser(script_arguments: type, config_class: type, description: str, prog: str | None = None) -> Any:
+    """The `TrlParser` of a training command: its dataset arguments, its trainer config and TRL's `ModelConfig`, with
+    the `accelerate launch` options explained in the epilog."""
+    from trl import ModelConfig, TrlParser
+
+    return TrlParser(
+        (script_arguments, config_class, ModelConfig), prog=prog, description=description, epilog=LAUNCH_EPILOG
+    )
+
+
+def train_and_save(trainer: Any, training_args: Any, script_args: Any, skip_report: Any | None = None) -> int:
+    """The end of every training command: train (resuming when asked), save, optionally push, release trackers.
+
+    `skip_report`: the rows skipped while preparing the data, summarised with the trainer's own at the end.
+    """
+    if skip_report is not None:
+        attach_skip_report(trainer, skip_report)
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     trainer.accelerator.print("Training completed.")
     trainer.save_model(training_args.output_dir)

@@ -6,7 +6,7 @@ import difflib
 import importlib.resources as resources
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -116,23 +116,31 @@ def unknown_arguments_error(
     unknown: Sequence[str], parser: Any, prog: str, config_path: str | None, from_config: Sequence[str] = ()
 ) -> CLIArgumentError:
     """A [`CLIArgumentError`] naming unknown flags / config keys, where they came from and the closest valid names."""
+    options = {o for action in parser._actions for o in action.option_strings} | set(accelerate_launch_options())
+    classes = [getattr(t, "__name__", str(t)) for t in getattr(parser, "dataclass_types", ())]
+    return unknown_options_error(unknown, options, classes, prog, config_path, from_config)
+
+
+def unknown_options_error(
+    unknown: Sequence[str],
+    options: Iterable[str],
+    classes: Sequence[str],
+    prog: str,
+    config_path: str | None,
+    from_config: Sequence[str] = (),
+) -> CLIArgumentError:
+    """[`unknown_arguments_error`] from the valid option strings and the names of the configuration classes."""
     # Underscore spellings only (argparse also registers the dashed aliases of every field).
-    valid = sorted(
-        option
-        for option in {o for action in parser._actions for o in action.option_strings}
-        | set(accelerate_launch_options())
-        if option.startswith("--") and "-" not in option[2:]
-    )
+    valid = sorted(option for option in set(options) if option.startswith("--") and "-" not in option[2:])
     lines = []
     for flag in unknown:
         origin = f"key {flag.lstrip('-')!r} of {config_path}" if config_path and flag in from_config else f"{flag!r}"
         close = difflib.get_close_matches(flag if flag.startswith("--") else f"--{flag}", valid, n=3, cutoff=0.75)
         hint = f" (did you mean {', '.join(close)}?)" if close else ""
         lines.append(f"  - {origin}{hint}")
-    classes = ", ".join(getattr(t, "__name__", str(t)) for t in getattr(parser, "dataclass_types", ()))
     return CLIArgumentError(
-        f"{prog}: unknown argument(s):\n" + "\n".join(lines) + f"\nThey are neither fields of {classes} nor "
-        f"`accelerate launch` options. Fix the name(s) or remove them; `{prog} --help` lists every option."
+        f"{prog}: unknown argument(s):\n" + "\n".join(lines) + f"\nThey are neither fields of {', '.join(classes)} "
+        f"nor `accelerate launch` options. Fix the name(s) or remove them; `{prog} --help` lists every option."
     )
 
 
@@ -208,6 +216,7 @@ def launch_module(module: str, launch_args: Sequence[str], script_args: Sequence
         # Without --quiet accelerate turns a failed run into a CalledProcessError traceback hiding the real error.
         launch_args.append("--quiet")
     namespace = launch_command_parser().parse_args([*launch_args, "--module", module, *script_args])
+    _set_launch_defaults(namespace)
     try:
         launch_command(namespace)
     except subprocess.CalledProcessError as error:
@@ -218,3 +227,31 @@ def launch_module(module: str, launch_args: Sequence[str], script_args: Sequence
         print(f"trl-omni: the launched run failed: {type(error).__name__}: {error}", file=sys.stderr)
         return 1
     return 0
+
+
+def _set_launch_defaults(namespace: Any) -> None:
+    """Gives `accelerate launch` explicit values where it would pick defaults itself and print a block about them.
+
+    Without an accelerate config file, accelerate fills in the number of processes (the GPU count: 0 on a CPU
+    machine), machines, mixed precision and dynamo backend, and warns about each one. The values set here are the
+    ones it would choose (one process per GPU, DDP when there are several; one process without a GPU; one machine; no
+    launcher-level mixed precision, which the training arguments set themselves; no dynamo), so runs are unchanged
+    and quiet. Values the user gave, and runs that use a config file (`--accelerate_config`, `--config_file` or
+    `accelerate config`'s default file), are left alone.
+    """
+    import torch
+    from accelerate.commands.config import default_config_file
+
+    if namespace.config_file is not None or (os.path.isfile(default_config_file) and not namespace.cpu):
+        return
+    distributed = any(
+        getattr(namespace, name, False) for name in ("multi_gpu", "cpu", "tpu", "use_deepspeed", "use_fsdp")
+    )
+    devices = torch.accelerator.device_count() if torch.accelerator.is_available() else 0
+    if namespace.num_processes is None:
+        namespace.num_processes = 1 if namespace.cpu else max(devices, 1)
+    if not distributed and namespace.num_processes > 1 and devices > 1:
+        namespace.multi_gpu = True  # what accelerate does itself, with a warning
+    for name, value in (("num_machines", 1), ("mixed_precision", "no"), ("dynamo_backend", "no")):
+        if getattr(namespace, name, None) is None:
+            setattr(namespace, name, value)

@@ -3,6 +3,9 @@
 Training commands (`sft`, `rl`) are started through `accelerate launch` (optionally with `--accelerate_config
 NAME|PATH`, a preset of `trl_omni/accelerate_configs/` or a file); tool commands (`eval`, `bootstrap`, `demo`) run in
 this process. A command whose module is not installed is listed as unavailable instead of breaking `--help`.
+
+Nothing heavy is imported until a command runs: `trl-omni --help`, `trl-omni COMMAND --help` and the check of
+misspelled flags and config keys read the command's options from a cache (`trl_omni.cli.options`).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from .launch import (
     resolve_accelerate_config_argument,
     split_launch_args,
     unknown_arguments_error,
+    unknown_options_error,
 )
 
 
@@ -192,6 +196,56 @@ def _remove_subsequence(items: list[str], subsequence: list[str]) -> list[str]:
     return kept
 
 
+def _check_before_import(command: CommandSpec, args: list[str]) -> None:
+    """Answers `--help` and refuses unknown flags / config keys from the cached options, before the command's module
+    (and with it torch, transformers and TRL) is imported.
+
+    Raises:
+        SystemExit: after printing the help (status 0), as argparse does.
+        CLIArgumentError: naming each unknown flag or key, where it came from and the closest valid option.
+    """
+    from .options import command_options
+
+    options = command_options(command)
+    if "-h" in args or "--help" in args:
+        print(options.help, end="")
+        raise SystemExit(0)
+    config_path = None
+    unknown_config: list[str] = []
+    if "--config" in args:
+        index = args.index("--config")
+        if index + 1 >= len(args):
+            raise CLIArgumentError("--config needs the path of a YAML file.")
+        config_path = args[index + 1]
+        unknown_config = [f"--{key}" for key in _config_keys(config_path) if not options.is_known_config_key(key)]
+    unknown_cli = [
+        token.split("=", 1)[0] for token in args if token.startswith("--") and not options.is_known_flag(token)
+    ]
+    unknown_cli = [flag for flag in unknown_cli if flag != "--config"]
+    if unknown_config or unknown_cli:
+        prog = f"trl-omni {command.name}"
+        valid = [*options.options, *options.launch_options]
+        raise unknown_options_error(
+            unknown_config + unknown_cli, valid, options.classes, prog, config_path, from_config=unknown_config
+        )
+
+
+def _config_keys(config_path: str) -> list[str]:
+    """Top-level keys of a `--config` YAML (`env:` sets environment variables and is no option)."""
+    import yaml
+
+    try:
+        with open(config_path, encoding="utf-8") as handle:
+            config = yaml.safe_load(handle) or {}
+    except OSError as error:
+        raise CLIArgumentError(f"--config {config_path}: the file cannot be read ({error.strerror}).") from error
+    except yaml.YAMLError as error:
+        raise CLIArgumentError(f"--config {config_path} is not valid YAML: {error}") from error
+    if not isinstance(config, dict):
+        raise CLIArgumentError(f"The config file {config_path} must hold a YAML mapping of option: value.")
+    return [str(key) for key in config if key != "env"]
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `trl-omni` console script.
 
@@ -228,6 +282,11 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    try:
+        _check_before_import(command, args)
+    except CLIArgumentError as error:
+        print(f"trl-omni: error: {error}", file=sys.stderr)
+        return 2
     module = importlib.import_module(command.module)
     try:
         if command.training:
@@ -237,11 +296,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"trl-omni: error: {error}", file=sys.stderr)
         return 2
     except Exception as error:
-        # Bad data or a bad checkpoint is the user's to fix: the message names it; a traceback would only bury it.
+        # Bad data, a bad checkpoint or an output directory of another run is the user's to fix: the message names
+        # it; a traceback would only bury it.
         from ..data.schema import DatasetFormatError, InterleavedDataError
         from ..models.loading import CheckpointError
+        from ..utils.resume import ResumeMismatchError
 
-        if not isinstance(error, InterleavedDataError | DatasetFormatError | CheckpointError):
+        if not isinstance(error, InterleavedDataError | DatasetFormatError | CheckpointError | ResumeMismatchError):
             raise
         print(f"trl-omni {name}: error: {type(error).__name__}: {error}", file=sys.stderr)
         return 2

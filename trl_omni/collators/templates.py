@@ -18,7 +18,8 @@ DEFAULT_INSTRUCTION = (
     " Think with images first. The image reasoning process and answer are enclosed within {reasoning_open} "
     "{reasoning_close} and {answer_open} {answer_close} XML tags, respectively."
 )
-# The authors' lead phrases were not released; these are ours (override with `lead_phrases=`).
+# Ours. The authors' phrases are in their release (`LEAD_PHRASES` in src/PeSFT/pesft.py); trl-omni writes its own text
+# (docs/deviations.md, row 6): pass theirs, or any others, with `lead_phrases=`.
 DEFAULT_LEAD_PHRASES = (
     "Let me think with images.",
     "Let me draw this out step by step.",

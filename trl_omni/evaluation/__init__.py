@@ -5,13 +5,14 @@ Output directory layout:
 
 - `predictions.jsonl`: one line per row (`index, id, source, group, prompt, completion, extracted_answer, gold,
   score, num_images, num_incomplete_images, image_paths, completion_ids`), appended and flushed batch by batch;
-- `eval_state.json`: the hash (and values) of every argument that shapes the predictions, checked on resume;
+- `eval_state.json`: the identity of the run (every argument, the model, the processor and the data that shape
+  the predictions), checked on resume;
 - `images/`: the completions' images as PNG (`<index>_<k>.png`);
 - `metrics.json`, `results.md`: accuracy overall, per task group and per source, recomputed from the JSONL;
 - `report.html`: the table plus rendered trajectories.
 
 Modules: `config` ([`EvalConfig`], [`EvalResult`]), `metrics` (task groups, accuracy tables), `state` (the resumable
-predictions JSONL and its argument hash), `run` ([`evaluate`]) and `report` (`report.html`).
+predictions JSONL and the run's identity), `run` ([`evaluate`]) and `report` (`report.html`).
 """
 
 from .config import DEFAULT_TASK_GROUPS, OTHER_GROUP, EvalConfig, EvalResult

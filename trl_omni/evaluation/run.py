@@ -14,7 +14,7 @@ import torch
 from .config import EvalConfig, EvalResult
 from .metrics import accuracy_table, format_table, task_group_of
 from .report import write_report
-from .state import PREDICTIONS_FILE, _prepare_output_dir, _state_for
+from .state import PREDICTIONS_FILE, _identity, _open_output_dir
 
 
 @dataclass
@@ -29,7 +29,6 @@ class _EvalSession:
     tags: Any
     restorer: Callable
     decoder: Any
-    device: torch.device
     logits_processors: Sequence[Any]
 
 
@@ -70,7 +69,6 @@ def _open_session(
         tags=tags,
         restorer=_TagRestorer(processor, tags.control_tags, vocab),
         decoder=_resolve_decoder(decoder, vocab),
-        device=next(model.parameters()).device,
         logits_processors=logits_processors,
     )
 
@@ -79,31 +77,25 @@ def _generate_batch(
     session: _EvalSession, rows: list[Mapping[str, Any]], start: int
 ) -> tuple[list[list[int]], list[list[int]]]:
     """Prompt ids (padding removed) and completion ids (cut at EOS) of one batch, image spans constrained."""
-    from transformers import LogitsProcessorList
-
-    from ..models import ImageSpanLogitsProcessor
+    from ..models import generate_with_images
 
     config, collator = session.config, session.collator
-    eos_token_id = collator.tokenizer.eos_token_id
     inputs = collator.encode_prompt_batch(rows, padding_side="left")
-    inputs = {key: value.to(session.device) for key, value in inputs.items()}
     # Seeded per batch: an uninterrupted run and a resumed one sample the same tokens for the same batch.
     torch.manual_seed(config.seed + start)
-    constraint = ImageSpanLogitsProcessor(
-        session.vocab, max_images=config.max_images, max_new_tokens=config.max_new_tokens
-    )
     sampling = {"temperature": config.temperature, "top_p": config.top_p} if config.do_sample else {}
-    with torch.no_grad():
-        output = session.model.generate(
-            **inputs,
-            max_new_tokens=config.max_new_tokens,
-            do_sample=config.do_sample,
-            logits_processor=LogitsProcessorList([*session.logits_processors, constraint]),
-            pad_token_id=collator.pad_token_id,
-            eos_token_id=eos_token_id,
-            **sampling,
-        )
-    completion_ids = [_until_eos(ids, eos_token_id) for ids in output[:, inputs["input_ids"].shape[1] :]]
+    completion_ids = generate_with_images(
+        session.model,
+        session.vocab,
+        **inputs,
+        max_new_tokens=config.max_new_tokens,
+        max_images=config.max_images,
+        do_sample=config.do_sample,
+        logits_processors=session.logits_processors,
+        eos_token_id=collator.tokenizer.eos_token_id,
+        pad_token_id=collator.pad_token_id,
+        **sampling,
+    )
     prompt_ids = [ids[mask.bool()].tolist() for ids, mask in zip(inputs["input_ids"], inputs["attention_mask"])]
     return prompt_ids, completion_ids
 
@@ -274,15 +266,13 @@ def evaluate(
     vocab = ImageVocabulary.from_model(model, processor)
     dataset = to_interleaved(dataset, dataset_format, model, processor, image_root=image_root)
     _check_golds(dataset, config)
-    state = _state_for(config, model, dataset, {"dataset_format": dataset_format, "template": config.template})
-    records = _prepare_output_dir(config, state)
+    extra = {"dataset_format": dataset_format, "decoder": type(decoder).__qualname__ if decoder is not None else None}
+    records = _open_output_dir(config, _identity(config, model, processor, dataset, extra, logits_processors))
     done = {record["index"] for record in records}
     out = Path(config.output_dir)
     (out / "images").mkdir(exist_ok=True)
 
     session = _open_session(model, processor, vocab, config, decoder, logits_processors)
-    was_training = model.training
-    model.eval()
 
     progress = None
     if config.progress:
@@ -307,14 +297,7 @@ def evaluate(
                 progress.update(sum(index not in done for index in indices))
     if progress is not None:
         progress.close()
-    if was_training:
-        model.train()
     return _summarize(records, processor, session, out, generated)
-
-
-def _until_eos(ids: torch.Tensor, eos_token_id: int) -> list[int]:
-    ids = ids.tolist()
-    return ids[: ids.index(eos_token_id)] if eos_token_id in ids else ids
 
 
 def _save_images(segments: list, indices: list[int], decoder: Any, out: Path, save: bool) -> list[list[str]]:

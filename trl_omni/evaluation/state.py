@@ -1,28 +1,31 @@
-"""Resumable output: the predictions JSONL, the hash of the arguments that shape it (`eval_state.json`), and the
-refusal to mix predictions of different arguments.
+"""Resumable output: the predictions JSONL, the identity of the run that makes them (`eval_state.json`: every
+argument, the model, the processor and the data that shape a prediction), and the refusal to mix predictions of
+different runs (through the shared [`~trl_omni.utils.resume.open_resumable_run`]).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict
-from pathlib import Path
 from typing import Any
 
+from ..utils.fingerprint import fingerprint_dataset, fingerprint_model, fingerprint_processor
+from ..utils.resume import ResumeMismatchError, open_resumable_run
 from .config import EvalConfig
 
 
 PREDICTIONS_FILE = "predictions.jsonl"
 STATE_FILE = "eval_state.json"
-# Fields of EvalConfig that never change a prediction (left out of the resume hash).
-_NOT_HASHED = ("output_dir", "overwrite", "progress", "report_max_rows", "print_table")
+# Fields of EvalConfig that never change a prediction (left out of the identity).
+_NOT_COMPARED = ("output_dir", "overwrite", "progress", "report_max_rows", "print_table")
+# What an evaluation writes into its output directory (deleted by `overwrite`).
+_OUTPUTS = (PREDICTIONS_FILE, "metrics.json", "results.md", "report.html", "images/*.png")
 
 
-class EvalResumeError(RuntimeError):
-    """The output directory holds predictions made with other arguments."""
+class EvalResumeError(ResumeMismatchError, RuntimeError):
+    """The output directory holds predictions made with other arguments, another model or other data."""
 
 
 def read_predictions(path: str | os.PathLike) -> list[dict[str, Any]]:
@@ -38,68 +41,45 @@ def read_predictions(path: str | os.PathLike) -> list[dict[str, Any]]:
     return records
 
 
-def _model_fingerprint(model: Any) -> dict[str, Any]:
-    """Cheap identity of the weights: name, parameter count and a hash of a few small slices."""
-    digest = hashlib.sha256()
-    parameters = list(model.parameters())
-    for parameter in parameters[:2] + parameters[-2:]:
-        digest.update(parameter.detach().reshape(-1)[:4096].float().cpu().numpy().tobytes())
-    return {
-        "name_or_path": str(getattr(getattr(model, "config", None), "_name_or_path", "")),
-        "num_parameters": sum(p.numel() for p in parameters),
-        "weights": digest.hexdigest()[:16],
-    }
-
-
-def _dataset_fingerprint(dataset: Any, id_column: str) -> str:
-    fingerprint = getattr(dataset, "_fingerprint", None)
-    if fingerprint:
-        return str(fingerprint)
-    ids = [str(row.get(id_column, i)) for i, row in enumerate(dataset)]
-    return hashlib.sha256("\n".join(ids).encode()).hexdigest()[:16]
-
-
-def _state_for(config: EvalConfig, model: Any, dataset: Any, extra: Mapping[str, Any]) -> dict[str, Any]:
-    values = {key: value for key, value in asdict(config).items() if key not in _NOT_HASHED}
+def _identity(
+    config: EvalConfig,
+    model: Any,
+    processor: Any,
+    dataset: Any,
+    extra: Mapping[str, Any],
+    logits_processors: Sequence[Any] = (),
+) -> dict[str, Any]:
+    """Everything that decides the predictions, as the one section `values` of `eval_state.json`: the arguments, the
+    model (its path and a hash of every weight, adapters included), the processor, the data, and any extra logits
+    processors."""
+    values = {key: value for key, value in asdict(config).items() if key not in _NOT_COMPARED}
     values.update(extra)
-    values["model"] = _model_fingerprint(model)
-    values["dataset"] = _dataset_fingerprint(dataset, config.id_column)
+    values["model"] = fingerprint_model(model)
+    values["processor"] = fingerprint_processor(processor)
+    values["dataset"] = fingerprint_dataset(dataset)
     values["num_rows"] = len(dataset)
-    encoded = json.dumps(values, sort_keys=True, default=str)
-    return {"config_hash": hashlib.sha256(encoded.encode()).hexdigest(), "values": json.loads(encoded)}
+    # By class only: a processor's settings are code the identity cannot see (a debugging delay, a compiled table).
+    values["logits_processors"] = [type(processor).__qualname__ for processor in logits_processors]
+    return {"values": values}
 
 
-def _prepare_output_dir(config: EvalConfig, state: dict[str, Any]) -> list[dict[str, Any]]:
-    out = Path(config.output_dir)
-    predictions, state_path = out / PREDICTIONS_FILE, out / STATE_FILE
-    if config.overwrite:
-        for path in (predictions, state_path, out / "metrics.json", out / "results.md", out / "report.html"):
-            path.unlink(missing_ok=True)
-        if (out / "images").is_dir():
-            for image in (out / "images").glob("*.png"):
-                image.unlink()
-    out.mkdir(parents=True, exist_ok=True)
-    if predictions.exists() and predictions.stat().st_size > 0:
-        if not state_path.exists():
-            raise EvalResumeError(
-                f"{predictions} exists but {state_path} does not, so the arguments that produced it are unknown. "
-                "Pass --overwrite to start again, or choose another --output_dir."
-            )
-        previous = json.loads(state_path.read_text())
-        if previous["config_hash"] != state["config_hash"]:
-            old, new = previous.get("values", {}), state["values"]
-            changed = sorted(key for key in set(old) | set(new) if old.get(key) != new.get(key))
-            details = "; ".join(f"{key}: {old.get(key)!r} -> {new.get(key)!r}" for key in changed)
-            raise EvalResumeError(
-                f"{config.output_dir} holds predictions made with different arguments ({details}). Refusing to mix "
-                "them: pass --overwrite to discard them, rerun with the same arguments to resume, or choose another "
-                "--output_dir."
-            )
-        records = read_predictions(predictions)
-        # Drop a torn last line so appends start on a clean line.
-        with open(predictions, "w", encoding="utf-8") as handle:
-            handle.writelines(json.dumps(record) + "\n" for record in records)
-        return records
-    state_path.write_text(json.dumps(state, indent=2))
-    predictions.write_text("")
-    return []
+def _open_output_dir(config: EvalConfig, identity: dict[str, Any]) -> list[dict[str, Any]]:
+    """Starts or resumes the evaluation in `config.output_dir`; returns the records already written."""
+    run = open_resumable_run(
+        config.output_dir,
+        manifest_name=STATE_FILE,
+        identity=identity,
+        what="an evaluation",
+        outputs=_OUTPUTS,
+        overwrite=config.overwrite,
+        error_class=EvalResumeError,
+    )
+    predictions = run.output_dir / PREDICTIONS_FILE
+    if not run.resumed:
+        predictions.write_text("")
+        return []
+    records = read_predictions(predictions)
+    # Drop a torn last line so appends start on a clean line.
+    with open(predictions, "w", encoding="utf-8") as handle:
+        handle.writelines(json.dumps(record) + "\n" for record in records)
+    return records

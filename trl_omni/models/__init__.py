@@ -1,5 +1,6 @@
 """The image-token core: every image-token fact and operation used by the rest of trl-omni."""
 
+from .constrained_generation import generate_with_images
 from .encoding import ImageEncoder, encode_images, to_rgb
 from .generation import (
     ImageSpanLogitsProcessor,
@@ -8,7 +9,9 @@ from .generation import (
     is_image_generation_enabled,
 )
 from .image_vocabulary import ImageSegment, ImageSegments, ImageVocabulary, unwrap_model
-from .loading import CheckpointError, check_checkpoint, freeze_vq_model, load_omni_model
+from .loading import CheckpointError, check_checkpoint, freeze_vq_model, load_omni_model, resolve_device
+from .span_constraint import ImageSpanConstraint, SpanMode, SpanState
+from .text import decode_without_images, strip_image_tokens
 from .vq_decoder import (
     ChameleonVQDecoder,
     MissingVQDecoderWeightsError,
@@ -28,22 +31,29 @@ __all__ = [
     "ImageEncoder",
     "ImageSegment",
     "ImageSegments",
+    "ImageSpanConstraint",
     "ImageSpanLogitsProcessor",
     "ImageVocabulary",
     "MissingVQDecoderWeightsError",
     "PaletteDecoder",
+    "SpanMode",
+    "SpanState",
     "VQImageDecoder",
     "check_checkpoint",
     "decode_images",
+    "decode_without_images",
     "disable_image_generation",
     "enable_image_generation",
     "encode_images",
     "freeze_vq_model",
+    "generate_with_images",
     "is_image_generation_enabled",
     "load_omni_model",
     "load_vq_decoder",
     "palette_codebook",
     "read_vq_decoder_state_dict",
+    "resolve_device",
+    "strip_image_tokens",
     "to_rgb",
     "uniform_palette",
     "unwrap_model",

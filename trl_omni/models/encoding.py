@@ -114,17 +114,17 @@ class ImageEncoder:
         return codes
 
     def fingerprint(self) -> str:
-        """A hash of everything that decides the codes: VQ weights, grid and image-processor settings."""
-        from datasets.fingerprint import Hasher
+        """A hash of everything that decides the codes: every VQ weight, the grid and the image-processor settings
+        (the cache key of [`~trl_omni.data.pretokenize_images`])."""
+        from ..utils.fingerprint import fingerprint_data, fingerprint_processor, fingerprint_tensors
 
-        hasher = Hasher()
-        hasher.update(repr(self.vocab.grid_size))
-        hasher.update(self.vocab.codebook.numpy().tobytes())
-        for name, parameter in self.backbone.vqmodel.named_parameters():
-            # Sums in float64 are cheap and change whenever the encoder's weights do.
-            hasher.update(f"{name}:{tuple(parameter.shape)}:{float(parameter.detach().double().sum()):.10e}")
-        hasher.update(self.image_processor.to_json_string())
-        return hasher.hexdigest()
+        return fingerprint_data(
+            {
+                "grid": list(self.vocab.grid_size),
+                "vq_weights": fingerprint_tensors(self.backbone.vqmodel.state_dict().items()),
+                "image_processor": fingerprint_processor(self.image_processor)["image_processor"],
+            }
+        )
 
 
 def encode_images(model: Any, processor: Any, images: Sequence[Any], batch_size: int = 32) -> torch.Tensor:

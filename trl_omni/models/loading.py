@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import os
 from collections.abc import Iterator
@@ -133,6 +134,7 @@ def load_omni_model(
     model_name_or_path: str | os.PathLike,
     *,
     dtype: torch.dtype | str | None = "auto",
+    device: torch.device | str | None = None,
     quantization_config: Any | None = None,
     load_processor: bool = True,
     processor_kwargs: dict | None = None,
@@ -147,7 +149,11 @@ def load_omni_model(
 
     Args:
         model_name_or_path: Hub id (e.g. `"leloy/Anole-7b-v0.1-hf"`) or local directory.
-        dtype: Passed to `from_pretrained` (`"auto"` keeps the checkpoint's dtype).
+        dtype: A `torch.dtype` or its name (`"bfloat16"`, `"float32"`, ...); `"auto"` (or None) keeps the
+            checkpoint's dtype.
+        device: Where to put the model once loaded: a device (`"cuda"`, `"cuda:1"`, `"cpu"`), `"auto"` (the
+            accelerator when there is one, else the CPU) or None (where `from_pretrained` put it). Not together with a
+            quantization config or a `device_map`, which place the weights while loading.
         quantization_config: Optional transformers quantization config (bitsandbytes 4-bit / 8-bit, ...).
         load_processor: Also load the `ChameleonProcessor` from the same path.
         processor_kwargs: Extra keyword arguments for the processor's `from_pretrained`.
@@ -176,10 +182,15 @@ def load_omni_model(
     """
     from transformers import ChameleonForConditionalGeneration, ChameleonProcessor
 
+    if device is not None and (quantization_config is not None or "device_map" in from_pretrained_kwargs):
+        raise ValueError(
+            "Pass either `device` or a quantization config / `device_map` to load_omni_model: quantized weights and a "
+            "device map are placed while loading (use device_map={'': index} for one device)."
+        )
     check_checkpoint(model_name_or_path, load_processor=load_processor)
+    dtype = "auto" if dtype is None else dtype
     if quantization_config is not None:
-        _keep_image_modules_unquantized(quantization_config)
-        from_pretrained_kwargs["quantization_config"] = quantization_config
+        from_pretrained_kwargs["quantization_config"] = _keep_image_modules_unquantized(quantization_config)
     local = os.path.isdir(model_name_or_path)
     try:
         with _vq_decoder_keys_expected(ChameleonForConditionalGeneration):
@@ -199,14 +210,31 @@ def load_omni_model(
             f"Cannot load the checkpoint {os.fspath(model_name_or_path)!r}: {type(error).__name__}: {error}. Fix: "
             "re-save the model and processor there (a truncated or corrupted file?)."
         ) from error
+    if device is not None:
+        model.to(resolve_device(device))
     enable_image_generation(model)
     freeze_vq_model(model)
     return model, processor
 
 
-# Anole checkpoints carry the VQGAN decoder (`model.vqmodel.decoder.*`), which transformers' Chameleon has no module for;
-# trl-omni reads those weights separately (`load_vq_decoder`), so they are expected, not "unexpected".
-_VQ_DECODER_KEYS = r"model\.vqmodel\.decoder\."
+def resolve_device(device: torch.device | str | None = "auto") -> torch.device:
+    """A `torch.device`; `"auto"` or None is the accelerator when there is one (CUDA, XPU, MPS, ...), else the CPU.
+
+    Example:
+        ```python
+        >>> resolve_device("auto")  # device(type='cuda', index=0) on a GPU machine
+        ```
+    """
+    if device is None or device == "auto":
+        accelerator = torch.accelerator.current_accelerator() if torch.accelerator.is_available() else None
+        return accelerator if accelerator is not None else torch.device("cpu")
+    return torch.device(device)
+
+
+# Anole checkpoints carry the VQGAN decoder (`model.vqmodel.decoder.*`), and a full PeSFT checkpoint its perception head
+# (`perception_head.weight`); transformers' Chameleon has no module for either. trl-omni reads them itself
+# (`load_vq_decoder`; `add_perception_head`, which PeSFT calls), so they are expected, not "unexpected".
+_VQ_DECODER_KEYS = r"(model\.vqmodel\.decoder\.)|(^perception_head\.)"
 
 
 @contextlib.contextmanager
@@ -226,12 +254,16 @@ def _vq_decoder_keys_expected(model_class: type) -> Iterator[None]:
             delattr(model_class, attribute)
 
 
-def _keep_image_modules_unquantized(quantization_config: Any) -> None:
+def _keep_image_modules_unquantized(quantization_config: Any) -> Any:
+    """A copy of `quantization_config` that leaves the VQ model and `lm_head` in full precision (the caller's config
+    is not changed)."""
     skip_attr = "llm_int8_skip_modules"  # bitsandbytes' name for "modules to leave in full precision"
     if not hasattr(quantization_config, skip_attr):
-        return
+        return quantization_config
     skipped = list(getattr(quantization_config, skip_attr) or [])
-    for name in ("vqmodel", "lm_head"):
-        if name not in skipped:
-            skipped.append(name)
-    setattr(quantization_config, skip_attr, skipped)
+    missing = [name for name in ("vqmodel", "lm_head") if name not in skipped]
+    if not missing:
+        return quantization_config
+    quantization_config = copy.copy(quantization_config)
+    setattr(quantization_config, skip_attr, skipped + missing)
+    return quantization_config

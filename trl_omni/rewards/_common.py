@@ -68,7 +68,8 @@ class _TagRestorer:
     TRL decodes completions with `skip_special_tokens=True`. When the control tags are special tokens (as in the
     Anole tokenizer), they are absent from `completions`. Given the tokenizer, the tags are found by id in
     `completion_ids`; the text between them is decoded exactly as TRL does, so the result is TRL's text with the
-    tags put back. Image tokens (when an image vocabulary is given) are dropped before decoding.
+    tags put back. Image codes and BOI / EOI (when an image vocabulary is given) are dropped before decoding
+    ([`~trl_omni.models.strip_image_tokens`]).
     """
 
     def __init__(self, tokenizer: Any, tags: Sequence[str], image_vocabulary: Any | None = None):
@@ -86,11 +87,10 @@ class _TagRestorer:
 
     def __call__(self, ids: Sequence[int]) -> str:
         ids = [int(i) for i in ids]
-        if self.image_vocabulary is not None and ids:
-            import torch
+        if self.image_vocabulary is not None:
+            from ..models.text import strip_image_tokens
 
-            keep = ~self.image_vocabulary.is_image_token(torch.tensor(ids, dtype=torch.long))
-            ids = [i for i, k in zip(ids, keep.tolist()) if k]
+            ids = strip_image_tokens(self.image_vocabulary, ids)
         pieces: list[str] = []
         run: list[int] = []
         for token_id in ids:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import importlib
 import inspect
 from collections.abc import Callable
 from importlib.metadata import entry_points
 from typing import Any
 
+from ..utils.imports import resolve_dotted_path
 from ._common import logger
 from .validation import RewardError, SafeReward, safe_reward
 
@@ -58,20 +58,6 @@ def list_rewards() -> list[str]:
     return sorted(set(BUILTIN_REWARDS) | set(_entry_point_rewards()))
 
 
-def _import_path(path: str) -> Any:
-    if ":" in path:
-        module_name, _, attribute = path.partition(":")
-    else:
-        module_name, _, attribute = path.rpartition(".")
-    if not module_name or not attribute:
-        raise ValueError(f"{path!r} is not a dotted path ('package.module:attribute' or 'package.module.attribute').")
-    module = importlib.import_module(module_name)
-    target: Any = module
-    for part in attribute.split("."):
-        target = getattr(target, part)
-    return target
-
-
 def resolve_reward(name: str) -> Any:
     """The object a reward name points at (a reward callable, a reward class or a factory), not instantiated.
 
@@ -79,7 +65,7 @@ def resolve_reward(name: str) -> Any:
     (`module:attr` or `module.attr`).
     """
     if name in BUILTIN_REWARDS:
-        return _import_path(BUILTIN_REWARDS[name])
+        return resolve_dotted_path(BUILTIN_REWARDS[name])
     points = _entry_point_rewards()
     if name in points:
         try:
@@ -91,8 +77,8 @@ def resolve_reward(name: str) -> Any:
             ) from error
     if "." in name or ":" in name:
         try:
-            return _import_path(name)
-        except (ImportError, AttributeError, ValueError) as error:
+            return resolve_dotted_path(name)
+        except ValueError as error:
             raise ValueError(
                 f"Could not import reward {name!r}: {error}. Available names: {', '.join(list_rewards())}."
             ) from error
@@ -127,7 +113,7 @@ def get_reward(name: str, safe: bool = True, **kwargs: Any) -> Callable[..., lis
     target = resolve_reward(name)
     if kwargs and name in BUILTIN_FACTORIES:
         factory_path, defaults = BUILTIN_FACTORIES[name]
-        reward = _import_path(factory_path)(**{**defaults, **kwargs})
+        reward = resolve_dotted_path(factory_path)(**{**defaults, **kwargs})
     elif inspect.isclass(target):
         try:
             reward = target(**kwargs)

@@ -86,7 +86,7 @@ class EvalModelArguments:
     )
 
 
-def load_model_or_adapter(path: str, dtype: Any = "auto") -> tuple[Any, Any]:
+def load_model_or_adapter(path: str, dtype: Any = "auto", device: Any = None) -> tuple[Any, Any]:
     """Loads a full checkpoint with [`load_omni_model`], or a PEFT adapter directory (a LoRA / QLoRA output of
     `trl-omni sft|rl`) on top of its base model; the processor comes from `path` when it was saved there."""
     import json
@@ -98,7 +98,7 @@ def load_model_or_adapter(path: str, dtype: Any = "auto") -> tuple[Any, Any]:
 
     adapter_config = os.path.join(path, "adapter_config.json")
     if not os.path.isfile(adapter_config):
-        return load_omni_model(path, dtype=dtype)
+        return load_omni_model(path, dtype=dtype, device=device)
     from peft import PeftModel
 
     from trl_omni.trainers import add_perception_head
@@ -110,7 +110,7 @@ def load_model_or_adapter(path: str, dtype: Any = "auto") -> tuple[Any, Any]:
             f"{adapter_config} has no `base_model_name_or_path`: set it to the base checkpoint the adapter was "
             "trained on (a Hub id or a local directory)."
         )
-    model, processor = load_omni_model(config["base_model_name_or_path"], dtype=dtype)
+    model, processor = load_omni_model(config["base_model_name_or_path"], dtype=dtype, device=device)
     if os.path.isfile(os.path.join(path, "processor_config.json")):
         processor = ChameleonProcessor.from_pretrained(path)
     if "perception_head" in (config.get("modules_to_save") or []):
@@ -121,7 +121,6 @@ def load_model_or_adapter(path: str, dtype: Any = "auto") -> tuple[Any, Any]:
 
 def main(script_args: Any, eval_config: Any, model_args: Any) -> int:
     """Loads the model and data, then runs [`trl_omni.evaluation.evaluate`]."""
-    import torch
 
     from trl_omni.data.loading import load_any_dataset, select_split
     from trl_omni.evaluation import evaluate
@@ -131,10 +130,9 @@ def main(script_args: Any, eval_config: Any, model_args: Any) -> int:
         raise ValueError("--model_name_or_path is required.")
     if not script_args.dataset_name:
         raise ValueError("--dataset_name is required: a Hub dataset, a local json/jsonl/parquet file or a directory.")
-    dtype = model_args.dtype if model_args.dtype == "auto" else getattr(torch, model_args.dtype)
-    device = model_args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model, processor = load_model_or_adapter(model_args.model_name_or_path, dtype=dtype)
-    model.to(device)
+    model, processor = load_model_or_adapter(
+        model_args.model_name_or_path, dtype=model_args.dtype, device=model_args.device or "auto"
+    )
 
     decoder = None
     if model_args.image_decoder != "false_color":

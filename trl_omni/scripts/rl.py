@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from trl_omni.cli.common import OmniScriptArguments
-from trl_omni.scripts.sft import LAUNCH_EPILOG
 
 
 @dataclass
@@ -140,7 +139,7 @@ def main(script_args: Any, training_args: Any, model_args: Any) -> int:
     """Loads the model, the data and the rewards named by the arguments, trains with [`PeRPOTrainer`], saves."""
     from trl import get_peft_config
 
-    from trl_omni.cli.common import attach_skip_report, load_model_and_processor, train_and_save
+    from trl_omni.cli.common import load_model_and_processor, train_and_save
     from trl_omni.data.loading import load_any_dataset, select_split, to_interleaved
     from trl_omni.data.report import SkipReport
     from trl_omni.models import ImageVocabulary
@@ -187,22 +186,16 @@ def main(script_args: Any, training_args: Any, model_args: Any) -> int:
         processing_class=processor,
         peft_config=get_peft_config(model_args),
     )
-    attach_skip_report(trainer, report)
-    return train_and_save(trainer, training_args, script_args)
+    return train_and_save(trainer, training_args, script_args, skip_report=report)
 
 
 def make_parser(prog: str | None = None):
     """The `TrlParser` of `trl-omni rl`: dataset + reward arguments, [`PeRPOConfig`] and TRL's `ModelConfig`."""
-    from trl import ModelConfig, TrlParser
-
+    from trl_omni.cli.common import training_parser
     from trl_omni.trainers import PeRPOConfig
 
-    return TrlParser(
-        (RLScriptArguments, PeRPOConfig, ModelConfig),
-        prog=prog,
-        description="PeRPO: perception-calibrated RL with image rollouts (Omni-R1 stage 2).",
-        epilog=LAUNCH_EPILOG,
-    )
+    description = "PeRPO: perception-calibrated RL with image rollouts (Omni-R1 stage 2)."
+    return training_parser(RLScriptArguments, PeRPOConfig, description, prog=prog)
 
 
 if __name__ == "__main__":

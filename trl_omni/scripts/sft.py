@@ -20,13 +20,6 @@ from __future__ import annotations
 from typing import Any
 
 
-LAUNCH_EPILOG = (
-    "Launch options: any `accelerate launch` option (--num_processes N, --mixed_precision no, --multi_gpu, ...) and "
-    "--accelerate_config NAME|PATH (presets: single_gpu, multi_gpu, zero2, zero3, fsdp2) may be given on the command "
-    "line or as keys of the --config YAML."
-)
-
-
 def preflight(namespace: Any) -> None:
     """Checks run by `trl-omni sft` before launching any process: the checkpoint directory, the dataset's file,
     split and columns (see [`~trl_omni.cli.common.preflight_training`])."""
@@ -39,7 +32,7 @@ def main(script_args: Any, training_args: Any, model_args: Any) -> int:
     """Loads the model and the data named by the arguments, trains with [`PeSFTTrainer`] and saves the result."""
     from trl import get_peft_config
 
-    from trl_omni.cli.common import attach_skip_report, load_model_and_processor, train_and_save
+    from trl_omni.cli.common import load_model_and_processor, train_and_save
     from trl_omni.data.loading import load_any_dataset, select_split, to_interleaved
     from trl_omni.data.report import SkipReport
     from trl_omni.trainers import PeSFTTrainer
@@ -78,23 +71,16 @@ def main(script_args: Any, training_args: Any, model_args: Any) -> int:
         processing_class=processor,
         peft_config=get_peft_config(model_args),
     )
-    attach_skip_report(trainer, report)
-    return train_and_save(trainer, training_args, script_args)
+    return train_and_save(trainer, training_args, script_args, skip_report=report)
 
 
 def make_parser(prog: str | None = None):
     """The `TrlParser` of `trl-omni sft`: dataset arguments, [`PeSFTConfig`] and TRL's `ModelConfig`."""
-    from trl import ModelConfig, TrlParser
-
-    from trl_omni.cli.common import OmniScriptArguments
+    from trl_omni.cli.common import OmniScriptArguments, training_parser
     from trl_omni.trainers import PeSFTConfig
 
-    return TrlParser(
-        (OmniScriptArguments, PeSFTConfig, ModelConfig),
-        prog=prog,
-        description="PeSFT: perception-aligned supervised fine-tuning of a Chameleon / Anole model (Omni-R1 stage 1).",
-        epilog=LAUNCH_EPILOG,
-    )
+    description = "PeSFT: perception-aligned supervised fine-tuning of a Chameleon / Anole model (Omni-R1 stage 1)."
+    return training_parser(OmniScriptArguments, PeSFTConfig, description, prog=prog)
 
 
 if __name__ == "__main__":

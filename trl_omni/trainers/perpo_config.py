@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 
 from trl import GRPOConfig
 
+from .config_defaults import gradient_checkpointing_field, set_activation_checkpointing_default
+
 
 _MAPPINGS = ("inverse", "exp")
 _AGGREGATIONS = ("min", "mean", "max", "median")
@@ -114,6 +116,7 @@ class PeRPOConfig(GRPOConfig):
             "('grpo', 'dr_grpo', 'dapo', 'bnpo', 'cispo', 'sapo', 'luspo', 'vespo') is accepted."
         },
     )
+    gradient_checkpointing: bool | None = gradient_checkpointing_field()
 
     # Image rollouts
     constrain_image_generation: bool = field(
@@ -194,6 +197,7 @@ class PeRPOConfig(GRPOConfig):
     )
 
     def __post_init__(self):
+        set_activation_checkpointing_default(self)
         super().__post_init__()
         if self.max_images_per_completion is not None and self.max_images_per_completion < 0:
             raise ValueError(

@@ -9,6 +9,7 @@ from trl import SFTConfig
 
 from ..collators.interleaved import LENGTH_POLICIES
 from ..collators.templates import TEMPLATES as INTERLEAVED_TEMPLATES
+from .config_defaults import gradient_checkpointing_field, set_activation_checkpointing_default
 
 
 PERCEPTION_ALIGNMENTS = ("next_token", "same_position")
@@ -94,6 +95,7 @@ class PeSFTConfig(SFTConfig):
             "never truncated, because a cut would slice an image. Defaults to the Omni-R1 authors' limit."
         },
     )
+    gradient_checkpointing: bool | None = gradient_checkpointing_field()
     perception_loss_weight: float = field(
         default=1.0,
         metadata={"help": "lambda in L = L_CE + lambda * L_Pe. 0.0 trains exactly like SFTTrainer."},
@@ -162,6 +164,7 @@ class PeSFTConfig(SFTConfig):
     )
 
     def __post_init__(self):
+        set_activation_checkpointing_default(self)
         super().__post_init__()
         if self.log_rendered_trajectories < 0:
             raise ValueError(f"log_rendered_trajectories must be >= 0, got {self.log_rendered_trajectories}.")

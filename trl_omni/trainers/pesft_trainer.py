@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -9,7 +10,7 @@ from typing import Any
 
 import torch
 from datasets import Dataset, IterableDataset
-from transformers import LogitsProcessorList, PreTrainedTokenizerBase, ProcessorMixin
+from transformers import PreTrainedTokenizerBase, ProcessorMixin
 from trl import SFTTrainer
 from trl.models.utils import unwrap_model_for_generation
 
@@ -19,7 +20,7 @@ from ..data.pretokenize import check_interleaved_storage
 from ..data.pretokenized import validate_pretokenized_rows
 from ..data.report import SkipReport, SkipReportCallback
 from ..data.schema import DatasetFormatError
-from ..models import ImageSpanLogitsProcessor, ImageVocabulary, freeze_vq_model, load_omni_model, unwrap_model
+from ..models import ImageVocabulary, freeze_vq_model, generate_with_images, load_omni_model, unwrap_model
 from ..visualization import RenderedTrajectoriesCallback
 from .perception import PERCEPTION_HEAD_NAME, add_perception_head, get_perception_head
 from .pesft_config import PeSFTConfig
@@ -68,7 +69,7 @@ class PeSFTTrainer(SFTTrainer):
             under `args.on_error="skip"`; those longer than `args.max_length` are dropped, never cut.
         eval_dataset: Evaluation rows (checked the same way).
         processing_class: The `ChameleonProcessor` (or its tokenizer). Loaded with the model when `model` is a path.
-        peft_config: Optional PEFT config; `"perception_head"` is added to its `modules_to_save`.
+        peft_config: Optional PEFT config; `"perception_head"` is added to (a copy of) its `modules_to_save`.
         image_vocabulary: The model's [`~trl_omni.ImageVocabulary`]; read from the model when not given.
         **kwargs: Forwarded to [`~trl.SFTTrainer`] (`callbacks`, `optimizers`, `quantization_config`, ...).
 
@@ -109,6 +110,9 @@ class PeSFTTrainer(SFTTrainer):
             args = PeSFTConfig("pesft")
         elif not isinstance(args, PeSFTConfig):
             raise TypeError(f"`args` must be a PeSFTConfig, got {type(args).__name__}.")
+        else:
+            # The settings derived below go to this trainer's copy: the caller's config is never changed.
+            args = copy.copy(args)
         if isinstance(model, str):
             # transformers has no AutoModelForCausalLM mapping for Chameleon, so TRL's own loading cannot be used.
             model, loaded_processor = load_omni_model(
@@ -164,6 +168,7 @@ class PeSFTTrainer(SFTTrainer):
         if peft_config is not None:
             modules_to_save = list(peft_config.modules_to_save or [])
             if PERCEPTION_HEAD_NAME not in modules_to_save:
+                peft_config = copy.copy(peft_config)
                 peft_config.modules_to_save = [*modules_to_save, PERCEPTION_HEAD_NAME]
 
         self._perception_capture: _PerceptionCapture | None = None
@@ -285,32 +290,20 @@ class PeSFTTrainer(SFTTrainer):
             return
         rows = [dataset[i] for i in range(min(count, len(dataset)))]
         inputs = collator.encode_prompt_batch(rows)
-        budget = self.args.eval_generation_max_new_tokens
-        constraint = ImageSpanLogitsProcessor(self.image_vocabulary, max_new_tokens=budget)
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            with (
-                unwrap_model_for_generation(self.model_wrapped, self.accelerator) as unwrapped,
-                torch.no_grad(),
-            ):
-                device = next(unwrapped.parameters()).device
-                output = unwrapped.generate(
-                    **{key: value.to(device) for key, value in inputs.items()},
-                    max_new_tokens=budget,
-                    do_sample=False,
-                    logits_processor=LogitsProcessorList([constraint]),
-                )
-        finally:
-            self.model.train(was_training)
+        with unwrap_model_for_generation(self.model_wrapped, self.accelerator) as unwrapped:
+            completions = generate_with_images(
+                unwrapped,
+                self.image_vocabulary,
+                **inputs,
+                max_new_tokens=self.args.eval_generation_max_new_tokens,
+                do_sample=False,
+                pad_token_id=collator.pad_token_id,
+            )
         if self.accelerator.is_main_process:
-            completions = output[:, inputs["input_ids"].shape[1] :].cpu()
-            pad = collator.pad_token_id
             callback.submit(
                 completions,
                 titles=[f"eval row {row.get('id', i)}" for i, row in enumerate(rows)],
                 metadata=[{"answer": row.get("answer")} for row in rows],
-                attention_mask=(completions != pad).long() if pad is not None else None,
             )
 
     # ------------------------------------------------------------------ hooks

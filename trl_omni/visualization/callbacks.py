@@ -12,7 +12,7 @@ from transformers import TrainerCallback
 from ..models.image_vocabulary import ImageVocabulary
 from .decoders import FalseColorDecoder
 from .render import _rows_of, render_trajectories
-from .trackers import TrajectoryLogger, TrajectoryLogReport
+from .trackers import TrajectoryLogger, TrajectoryLogReport, check_log_budget
 
 
 class RenderedTrajectoriesCallback(TrainerCallback):
@@ -65,12 +65,11 @@ class RenderedTrajectoriesCallback(TrainerCallback):
         self.image_vocabulary = image_vocabulary
         self.processing_class = processing_class
         self.decoder = decoder
-        self.max_per_step = max_per_step
-        self.max_bytes_per_step = max_bytes_per_step
-        self.max_bytes_per_item = max_bytes_per_item
         self.output_dir = output_dir
         self.trackers = None if trackers is None else list(trackers)
-        self.png_width = png_width
+        # The logger is built at the first log (it needs the trainer's output_dir and report_to); its budget is checked
+        # now, so a bad value fails where the callback is made rather than steps into training.
+        self.log_budget = check_log_budget(max_per_step, max_bytes_per_step, max_bytes_per_item, png_width)
         self._pending: deque[tuple[list[int], str | None, dict[str, Any]]] = deque(maxlen=max(1, max_per_step))
         self._logger: TrajectoryLogger | None = None
         self.last_report: TrajectoryLogReport | None = None
@@ -126,11 +125,8 @@ class RenderedTrajectoriesCallback(TrainerCallback):
             self._logger = TrajectoryLogger(
                 output_dir=output_dir,
                 trackers=trackers,
-                max_per_step=self.max_per_step,
-                max_bytes_per_step=self.max_bytes_per_step,
-                max_bytes_per_item=self.max_bytes_per_item,
-                png_width=self.png_width,
                 tensorboard_dir=tensorboard_dir,
+                **self.log_budget,
             )
         return self._logger
 

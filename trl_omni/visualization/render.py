@@ -16,6 +16,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from ..models.image_vocabulary import ImageVocabulary
+from ..models.text import decode_without_images
 from .decoders import FalseColorDecoder
 
 
@@ -353,10 +354,9 @@ def render_trajectories(
         def add_text(start: int, end: int, row: list[int] = row, pieces: list[TrajectoryPiece] = pieces) -> None:
             if end <= start:
                 return
-            span = torch.tensor(row[start:end], dtype=torch.long)
-            is_image = image_vocabulary.is_image_token(span)
-            text = tokenizer.decode(span[~is_image].tolist(), skip_special_tokens=skip_special_tokens)
-            stray = int(is_image.sum())
+            span = row[start:end]
+            text = decode_without_images(tokenizer, image_vocabulary, span, skip_special_tokens=skip_special_tokens)
+            stray = int(image_vocabulary.is_image_token(torch.tensor(span, dtype=torch.long)).sum())
             if text or stray:
                 pieces.append(TrajectoryPiece("text", text=text, num_image_tokens=stray))
 
@@ -375,11 +375,10 @@ def render_trajectories(
                 inside = torch.tensor(row[segment.start + 1 : segment.end], dtype=torch.long)
                 if inside.numel() and int(inside[-1]) == image_vocabulary.eoi_token_id:
                     inside = inside[:-1]
-                others = inside[~image_vocabulary.is_image_token(inside)].tolist()
                 pieces.append(
                     TrajectoryPiece(
                         "incomplete_image",
-                        text=tokenizer.decode(others, skip_special_tokens=skip_special_tokens) if others else "",
+                        text=decode_without_images(tokenizer, image_vocabulary, inside, skip_special_tokens),
                         num_image_tokens=int(segment.codes.numel()),
                         tokens_per_image=image_vocabulary.tokens_per_image,
                     )

@@ -44,6 +44,23 @@ class TrajectoryLogReport:
     files: list[str] = field(default_factory=list)
 
 
+def check_log_budget(
+    max_per_step: int, max_bytes_per_step: int, max_bytes_per_item: int, png_width: int
+) -> dict[str, int]:
+    """The budget of a [`TrajectoryLogger`] as keyword arguments, checked (raises `ValueError` naming the bad value)."""
+    if max_per_step < 0 or max_bytes_per_step <= 0 or max_bytes_per_item <= 0 or png_width <= 0:
+        raise ValueError(
+            f"max_per_step must be >= 0 and the byte budgets and png_width > 0; got max_per_step={max_per_step}, "
+            f"max_bytes_per_step={max_bytes_per_step}, max_bytes_per_item={max_bytes_per_item}, png_width={png_width}."
+        )
+    return {
+        "max_per_step": max_per_step,
+        "max_bytes_per_step": max_bytes_per_step,
+        "max_bytes_per_item": max_bytes_per_item,
+        "png_width": png_width,
+    }
+
+
 class TrajectoryLogger:
     """Logs rendered trajectories to trackers, bounded in count and bytes per step.
 
@@ -89,8 +106,7 @@ class TrajectoryLogger:
         unknown = [t for t in trackers if t not in SUPPORTED_TRACKERS]
         if unknown:
             raise ValueError(f"Unknown trackers {unknown}; supported: {list(SUPPORTED_TRACKERS)}.")
-        if max_per_step < 0 or max_bytes_per_step <= 0 or max_bytes_per_item <= 0:
-            raise ValueError("max_per_step must be >= 0 and the byte budgets > 0.")
+        check_log_budget(max_per_step, max_bytes_per_step, max_bytes_per_item, png_width)
         self.output_dir = None if output_dir is None else os.fspath(output_dir)
         self.max_per_step = max_per_step
         self.max_bytes_per_step = max_bytes_per_step

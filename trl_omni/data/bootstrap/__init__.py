@@ -24,7 +24,7 @@ from .drawer import StepDrawer
 from .inputs import load_input_dataset
 from .run import bootstrap_dataset, run_bootstrap
 from .sampling import SeededGumbelSampler, drawing_seed
-from .steps import cap_steps, resolve_callable, split_steps
+from .steps import cap_steps, split_steps
 from .writer import DATA_DIR, MANIFEST_NAME, MANIFEST_VERSION, bootstrapped_files, load_bootstrapped, output_arguments
 
 
@@ -44,7 +44,6 @@ __all__ = [
     "load_bootstrapped",
     "load_input_dataset",
     "output_arguments",
-    "resolve_callable",
     "run_bootstrap",
     "split_steps",
 ]

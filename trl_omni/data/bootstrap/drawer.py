@@ -7,9 +7,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from transformers import LogitsProcessorList
 
-from ...models import ImageSpanLogitsProcessor, ImageVocabulary
+from ...models import ImageVocabulary, generate_with_images
 from ..schema import InterleavedDataError
 from .config import BootstrapConfig
 from .sampling import SeededGumbelSampler
@@ -96,34 +95,28 @@ class StepDrawer:
             for row, prompt in enumerate(chunk):  # left padding: every prompt ends where generation starts
                 input_ids[row, length - len(prompt) :] = torch.tensor(prompt)
                 attention_mask[row, length - len(prompt) :] = 1
-            processors = LogitsProcessorList(
-                [
-                    ImageSpanLogitsProcessor(self.vocab, max_images=0, max_new_tokens=tokens + 1),
-                    SeededGumbelSampler(
-                        seeds[start : start + len(chunk)],
-                        self.config.temperature,
-                        self.config.top_k,
-                        support=self._support,
-                    ),
-                ]
-            )
-            generated = self.model.generate(
-                input_ids=input_ids.to(self.device),
-                attention_mask=attention_mask.to(self.device),
-                logits_processor=processors,
-                do_sample=False,
+            generated = generate_with_images(
+                self.model,
+                self.vocab,
+                input_ids,
+                attention_mask,
                 max_new_tokens=tokens + 1,
+                max_images=0,  # only the image the prompt's final BOI opened
+                sampler=SeededGumbelSampler(
+                    seeds[start : start + len(chunk)],
+                    self.config.temperature,
+                    self.config.top_k,
+                    support=self._support,
+                ),
                 min_new_tokens=tokens + 1,
                 pad_token_id=self.pad_token_id,
                 temperature=None,
                 top_p=None,
                 top_k=None,
-            )[:, length:].cpu()
-            self.num_generate_calls += 1
-            segments = self.vocab.parse_segments(
-                torch.cat([torch.full((len(chunk), 1), self.vocab.boi_token_id), generated], dim=1)
             )
-            if generated.shape[1] != tokens + 1 or len(segments.complete_codes) != len(chunk):
+            self.num_generate_calls += 1
+            segments = self.vocab.parse_segments([[self.vocab.boi_token_id, *row] for row in generated])
+            if any(len(row) != tokens + 1 for row in generated) or len(segments.complete_codes) != len(chunk):
                 raise RuntimeError(
                     f"Constrained generation returned {int(segments.complete.sum())} complete images for {len(chunk)} "
                     "drawing prompts; the model's generation config (e.g. an eos/stop setting) cut the images."

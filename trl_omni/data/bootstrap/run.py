@@ -7,8 +7,7 @@ import os
 import time
 from typing import Any
 
-import torch
-
+from ...utils.fingerprint import fingerprint_data, fingerprint_dataset, fingerprint_model, fingerprint_processor
 from ..loading import check_not_empty
 from ..schema import DatasetFormatError
 from .config import BootstrapConfig
@@ -16,13 +15,9 @@ from .inputs import load_input_dataset
 from .worker import _Bootstrapper
 from .writer import (
     DATA_DIR,
-    MANIFEST_NAME,
     _empty_counts,
-    _hash,
-    _model_fingerprint,
-    _prepare_output_dir,
+    _open_output_dir,
     _readme,
-    _write_json_atomic,
     load_bootstrapped,
     no_rows_reason,
     output_arguments,
@@ -68,10 +63,9 @@ def run_bootstrap(
             raise ValueError("Pass a model or set `model_name_or_path`.")
         from ...models import load_omni_model
 
-        dtype = config.dtype if config.dtype == "auto" else getattr(torch, config.dtype)
-        model, processor = load_omni_model(config.model_name_or_path, dtype=dtype)
-        device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        model.to(device)
+        model, processor = load_omni_model(
+            config.model_name_or_path, dtype=config.dtype, device=config.device or "auto"
+        )
     elif processor is None:
         raise ValueError("Pass the model's processor together with the model.")
     model.eval()
@@ -99,17 +93,21 @@ def run_bootstrap(
         "arguments": output_arguments(config),
         "identity": {
             "model_name_or_path": config.model_name_or_path,
-            "model_fingerprint": _model_fingerprint(model, worker.vocab),
-            "input_fingerprint": getattr(dataset, "_fingerprint", None),
+            "model": fingerprint_model(model),
+            "processor": fingerprint_processor(processor),
+            "input_fingerprint": fingerprint_dataset(dataset),
             "input_rows": len(dataset),
         },
     }
-    identity["arguments_hash"] = _hash(identity["arguments"] | identity["identity"])
-    identity["seed"] = config.seed
-    identity["template"] = config.template  # the collator template to train with (rows are template-free)
-    manifest = _prepare_output_dir(config, identity)
-    manifest_path = os.path.join(config.output_dir, MANIFEST_NAME)
+    run = _open_output_dir(config, identity)
+    manifest = run.data
+    if not run.resumed:
+        manifest["arguments_hash"] = fingerprint_data(identity, length=16)
+        manifest["seed"] = config.seed
+        manifest["template"] = config.template  # the collator template to train with (rows are template-free)
+        run.save()
     data_dir = os.path.join(config.output_dir, DATA_DIR)
+    os.makedirs(data_dir, exist_ok=True)
     for name in os.listdir(data_dir):  # leftovers of a write that was killed before its rename
         if ".tmp-" in name:
             os.remove(os.path.join(data_dir, name))
@@ -153,13 +151,13 @@ def run_bootstrap(
             for key, value in shard_counts.items():
                 counts[key] = counts.get(key, 0) + value
             manifest["counts"] = counts
-            _write_json_atomic(manifest_path, manifest)
+            run.save()
             progress.set_postfix(rows=counts["rows_written"], kept=counts["images_kept"], redraws=counts["redraws"])
     finally:
         progress.close()
     manifest["counts"] = counts
     manifest["complete"] = True
-    _write_json_atomic(manifest_path, manifest)
+    run.save()
     with open(os.path.join(config.output_dir, "README.md"), "w") as f:
         f.write(_readme(config, manifest))
     if not counts["rows_written"]:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import importlib
 import re
 from collections.abc import Callable, Sequence
+
+from ...utils.imports import resolve_dotted_path
 
 
 _NUMBERED = re.compile(r"(?:^|(?<=\s))(?:Step\s*(\d+)\s*[:.)]|\((\d+)\)|(\d+)[.)](?=\s))", re.IGNORECASE)
@@ -84,21 +85,12 @@ def split_steps(text: str, splitter: str | Callable[[str], Sequence[str]] = "aut
         return [s.strip() for s in text.splitlines() if s.strip()]
     if splitter.startswith("regex:"):
         return _split_at(text, re.compile(splitter[len("regex:") :]))
-    return split_steps(text, resolve_callable(splitter, "step_splitter"))
-
-
-def resolve_callable(path: str, argument: str) -> Callable:
-    """Imports `"pkg.module:function"` (or `"pkg.module.function"`)."""
-    module_name, _, attribute = path.partition(":") if ":" in path else path.rpartition(".")
-    if not module_name or not attribute:
-        raise ValueError(f"{argument}={path!r} is neither a known name nor a dotted path 'pkg.module:function'.")
-    try:
-        obj = getattr(importlib.import_module(module_name), attribute)
-    except (ImportError, AttributeError) as error:
-        raise ValueError(f"{argument}={path!r} could not be imported: {error}") from error
-    if not callable(obj):
-        raise ValueError(f"{argument}={path!r} is not callable.")
-    return obj
+    if "." not in splitter and ":" not in splitter:
+        raise ValueError(
+            f"step_splitter={splitter!r} is neither a known splitter ('auto', 'numbered', 'thought', 'sentences', "
+            "'lines', 'regex:<pattern>') nor a dotted path 'pkg.module:function'."
+        )
+    return split_steps(text, resolve_dotted_path(splitter, argument="step_splitter", require_callable=True))
 
 
 def cap_steps(steps: list[str], max_steps: int) -> list[str]:

@@ -11,13 +11,14 @@ from typing import Any
 import torch
 
 from ...models import ImageEncoder, ImageVocabulary
+from ...utils.imports import resolve_dotted_path
 from ..images import load_image
 from ..schema import InterleavedDataError, image_part, interleaved_features, normalize_parts, text_part
 from .config import BootstrapConfig
 from .drawer import StepDrawer, _Job
 from .inputs import _row_to_question
 from .sampling import drawing_seed
-from .steps import cap_steps, resolve_callable, split_steps
+from .steps import cap_steps, split_steps
 
 
 logger = logging.getLogger(__name__)
@@ -38,11 +39,15 @@ class _Bootstrapper:
             self.vocab, tau=config.perception_tau, mapping=config.perception_mapping, device="cpu"
         )
         quality_fn = config.quality_fn
-        self.quality_fn = resolve_callable(quality_fn, "quality_fn") if isinstance(quality_fn, str) else quality_fn
+        self.quality_fn = (
+            resolve_dotted_path(quality_fn, argument="quality_fn", require_callable=True)
+            if isinstance(quality_fn, str)
+            else quality_fn
+        )
         splitter = config.step_splitter
         known = ("auto", "numbered", "thought", "sentences", "lines")
         if isinstance(splitter, str) and splitter not in known and not splitter.startswith("regex:"):
-            splitter = resolve_callable(splitter, "step_splitter")
+            splitter = resolve_dotted_path(splitter, argument="step_splitter", require_callable=True)
         self.splitter = splitter
 
     def features(self):

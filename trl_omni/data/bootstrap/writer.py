@@ -1,50 +1,28 @@
-"""The resumable sharded output: manifest (arguments, identity, shards, counts), atomic shard writes, the
-refusal to resume with other arguments, and reading a finished (or partial) output back.
+"""The resumable sharded output: the manifest (arguments, identity, shards, counts) kept through the shared
+[`~trl_omni.utils.resume.open_resumable_run`] (which refuses to resume with other arguments, another model or other
+input), atomic shard writes, and reading a finished (or partial) output back.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 from collections.abc import Mapping
 from typing import Any
 
-import torch
-
-from ...models import ImageVocabulary
+from ...utils.resume import ResumableRun, open_resumable_run
 from ..schema import DatasetFormatError
 from .config import BootstrapConfig
 
 
 MANIFEST_NAME = "manifest.json"
 DATA_DIR = "data"
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2  # 2: the model identity is `fingerprint_model` (every weight hashed), the processor is included
 
 
 # Arguments that do not change the rows written (so they may differ between a run and its resumption).
 _NON_OUTPUT_ARGUMENTS = ("output_dir", "overwrite", "disable_tqdm")
-
-
-def _model_fingerprint(model: Any, vocab: ImageVocabulary) -> str:
-    hasher = hashlib.sha256()
-    hasher.update(repr((vocab.grid_size, vocab.num_codes, vocab.boi_token_id, vocab.eoi_token_id)).encode())
-    with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            # Float64 sums: cheap and they change whenever the weights do.
-            hasher.update(f"{name}:{tuple(parameter.shape)}:{float(parameter.detach().double().sum()):.10e}".encode())
-    return hasher.hexdigest()[:16]
-
-
-# --------------------------------------------------------------------------------------------- manifest
-def _write_json_atomic(path: str, data: Mapping[str, Any]) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=2, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def output_arguments(config: BootstrapConfig) -> dict[str, Any]:
@@ -63,51 +41,19 @@ def output_arguments(config: BootstrapConfig) -> dict[str, Any]:
     return json.loads(json.dumps(arguments, default=str))
 
 
-def _hash(data: Any) -> str:
-    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def _prepare_output_dir(config: BootstrapConfig, identity: dict[str, Any]) -> dict[str, Any]:
-    """Creates / checks the output directory and returns the manifest to continue from."""
-    out = config.output_dir
-    manifest_path = os.path.join(out, MANIFEST_NAME)
-    data_dir = os.path.join(out, DATA_DIR)
-    if config.overwrite:
-        for name in (MANIFEST_NAME, "README.md"):
-            if os.path.exists(os.path.join(out, name)):
-                os.remove(os.path.join(out, name))
-        if os.path.isdir(data_dir):
-            for name in os.listdir(data_dir):
-                os.remove(os.path.join(data_dir, name))
-    if os.path.exists(manifest_path):
-        with open(manifest_path) as f:
-            manifest = json.load(f)
-        previous = {**manifest.get("arguments", {}), **manifest.get("identity", {})}
-        current = {**identity["arguments"], **identity["identity"]}
-        differing = sorted(k for k in set(previous) | set(current) if previous.get(k) != current.get(k))
-        if differing:
-            details = "; ".join(f"{k}: {previous.get(k)!r} -> {current.get(k)!r}" for k in differing)
-            raise ValueError(
-                f"{out} holds a bootstrap run with different arguments ({details}); refusing to resume into it. "
-                "Fix: re-run with the same arguments to continue it, pass `--overwrite` to start over, or choose "
-                "another `--output_dir`."
-            )
-        return manifest
-    if os.path.isdir(out) and any(n != DATA_DIR for n in os.listdir(out)):
-        raise ValueError(
-            f"{out} exists and is not a bootstrap output (no {MANIFEST_NAME}). Fix: choose an empty or new "
-            "`--output_dir`."
-        )
-    os.makedirs(data_dir, exist_ok=True)
-    manifest = {
-        "version": MANIFEST_VERSION,
-        **identity,
-        "shards": [],
-        "counts": {},
-        "complete": False,
-    }
-    _write_json_atomic(manifest_path, manifest)
-    return manifest
+def _open_output_dir(config: BootstrapConfig, identity: Mapping[str, Any]) -> ResumableRun:
+    """Starts or resumes the bootstrap in `config.output_dir` (a directory it owns); its manifest holds `identity`
+    (`arguments` and `identity` sections) and the progress (`shards`, `counts`, `complete`)."""
+    return open_resumable_run(
+        config.output_dir,
+        manifest_name=MANIFEST_NAME,
+        identity=identity,
+        what="a bootstrap output",
+        outputs=("README.md", f"{DATA_DIR}/*"),
+        exclusive=True,
+        overwrite=config.overwrite,
+        initial={"version": MANIFEST_VERSION, "shards": [], "counts": {}, "complete": False},
+    )
 
 
 def _empty_counts() -> dict[str, int]:
@@ -136,7 +82,7 @@ def _readme(config: BootstrapConfig, manifest: Mapping[str, Any]) -> str:
         "# Omni-R1-Zero bootstrapped trajectories\n\n"
         "Interleaved rows (trl-omni schema: `prompt` / `completion` lists of text and image parts with VQ `codes`, "
         f"`answer`) drawn by `{manifest['identity'].get('model_name_or_path')}` (fingerprint "
-        f"`{manifest['identity']['model_fingerprint']}`), seed {config.seed}.\n\n"
+        f"`{manifest['identity']['model']['weights'][:16]}`), seed {config.seed}.\n\n"
         f"Train with the collator template `{config.template}`:\n\n"
         "```python\nfrom trl_omni.data.bootstrap import load_bootstrapped\n"
         f"train = load_bootstrapped({config.output_dir!r})\n"

@@ -1,0 +1,5 @@
+"""Run plumbing shared by every layer (one helper per job): lazy exports and dotted paths (`imports`), content
+fingerprints (`fingerprint`) and resumable output directories (`resume`).
+
+Nothing is imported here, so `import trl_omni.utils.imports` stays free of torch.
+"""
