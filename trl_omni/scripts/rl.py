@@ -72,7 +72,8 @@ def build_reward_funcs(
     Raises:
         ValueError: For an unknown name, listing the available ones.
     """
-    from trl_omni.rewards.registry import BUILTIN_FACTORIES, _import_path, get_reward, resolve_reward
+    from trl_omni.rewards.registry import BUILTIN_FACTORIES, get_reward, resolve_reward
+    from trl_omni.utils.imports import resolve_dotted_path
 
     options = dict(options or {})
     context = {"image_vocabulary": image_vocabulary, "processing_class": processor, **options}
@@ -80,7 +81,7 @@ def build_reward_funcs(
     for name in names:
         target = resolve_reward(name)  # raises ValueError naming the available rewards
         if name in BUILTIN_FACTORIES:
-            target = _import_path(BUILTIN_FACTORIES[name][0])
+            target = resolve_dotted_path(BUILTIN_FACTORIES[name][0])
         elif not inspect.isclass(target):
             rewards.append(get_reward(name))
             continue

@@ -6,8 +6,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import torch
-
 from ..models import ImageVocabulary
 
 
@@ -42,13 +40,6 @@ class TokenizedPrompt(str):
 def is_parts(value: Any) -> bool:
     """Whether a `prompt` value is a list of interleaved-schema parts (dicts with a `type`)."""
     return isinstance(value, list) and bool(value) and all(isinstance(p, dict) and "type" in p for p in value)
-
-
-def text_without_images(tokenizer: Any, vocab: ImageVocabulary, ids: Sequence[int]) -> str:
-    """Decodes ids with image codes and BOI / EOI removed (no image-token strings in the text)."""
-    tensor = torch.as_tensor(list(ids), dtype=torch.long)
-    keep = ~vocab.is_image_token(tensor) & (tensor != vocab.boi_token_id) & (tensor != vocab.eoi_token_id)
-    return tokenizer.decode(tensor[keep].tolist(), skip_special_tokens=True)
 
 
 def check_prompt_ids(prompt_ids: Sequence[Sequence[int]], vocab: ImageVocabulary, what: str = "the prompt") -> None:

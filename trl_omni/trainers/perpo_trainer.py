@@ -21,11 +21,12 @@ from ..models import (
     load_omni_model,
     unwrap_model,
 )
+from ..models.text import decode_without_images, strip_image_tokens
 from ..rewards import PerceptionCalibratedReward, PerceptionReward, ReferenceImageReward, safe_reward_funcs
 from ..visualization import RenderedTrajectoriesCallback
 from .perpo_config import PeRPOConfig
 from .perpo_metrics import log_image_metrics, log_modality_loss_metrics, log_perception_metrics, policy_token_outputs
-from .perpo_prompts import TokenizedPrompt, check_prompt_ids, is_parts, text_without_images
+from .perpo_prompts import TokenizedPrompt, check_prompt_ids, is_parts
 from .perpo_sampling import next_token_logits_processed
 
 
@@ -311,7 +312,9 @@ class PeRPOTrainer(GRPOTrainer):
 
     def _prompt_text(self, row: dict[str, Any], ids: list[int]) -> str:
         prompt = row.get("prompt")
-        return prompt if isinstance(prompt, str) else text_without_images(self._tokenizer, self.image_vocabulary, ids)
+        return (
+            prompt if isinstance(prompt, str) else decode_without_images(self._tokenizer, self.image_vocabulary, ids)
+        )
 
     def _tokenize_prompts(self, prompts: list):
         if all(isinstance(prompt, TokenizedPrompt) for prompt in prompts):
@@ -341,9 +344,7 @@ class PeRPOTrainer(GRPOTrainer):
         log_image_metrics(metrics, self.accelerator, vocab, completion_ids_list, segments)
         per_row = segments.per_row(len(completion_ids_list))
         inputs = [{**row, "image_segments": segs} for row, segs in zip(inputs, per_row, strict=True)]
-        texts = [
-            self._completion_text(c, ids, segs) for c, ids, segs in zip(completions, completion_ids_list, per_row)
-        ]
+        texts = [self._completion_text(completion, ids) for completion, ids in zip(completions, completion_ids_list)]
         rewards_per_func = super()._calculate_rewards(inputs, prompts, texts, completion_ids_list)
 
         if self.perception_scorer is not None:
@@ -354,14 +355,12 @@ class PeRPOTrainer(GRPOTrainer):
         self._submit_rendered_trajectories(prompts, completion_ids_list, rewards_per_func)
         return rewards_per_func
 
-    def _completion_text(self, completion: Any, ids: list[int], segments: list) -> Any:
-        """The completion as rewards read it: re-decoded without image tokens when it holds any."""
-        vocab = self.image_vocabulary
-        tensor = torch.as_tensor(ids, dtype=torch.long)
-        markers = (tensor == vocab.boi_token_id) | (tensor == vocab.eoi_token_id)
-        if not segments and not (vocab.is_image_token(tensor) | markers).any():
+    def _completion_text(self, completion: Any, ids: list[int]) -> Any:
+        """The completion as rewards read it: re-decoded without image tokens (and BOI / EOI) when it holds any."""
+        kept = strip_image_tokens(self.image_vocabulary, ids)
+        if len(kept) == len(ids):
             return completion
-        text = text_without_images(self._tokenizer, vocab, ids)
+        text = self._tokenizer.decode(kept, skip_special_tokens=True)
         if isinstance(completion, list):  # conversational: [{"role": "assistant", "content": ...}]
             return [*completion[:-1], {**completion[-1], "content": text}]
         return text
