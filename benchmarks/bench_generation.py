@@ -76,7 +76,9 @@ def main() -> None:
 
     def run(name: str) -> float:
         processor_class, extra = VARIANTS[name]
-        processors = LogitsProcessorList([processor_class(vocab)] if processor_class else [])
+        processors = LogitsProcessorList(
+            [processor_class(vocab, max_new_tokens=args.new_tokens)] if processor_class else []
+        )
         torch.manual_seed(0)
         if args.device.startswith("cuda"):
             torch.cuda.synchronize()

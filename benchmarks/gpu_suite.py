@@ -92,8 +92,8 @@ class Profile:
 
 
 REAL = Profile(
-    "anole-7b-config", sft_length=4096, sft_images=2, sft_warmup=2, sft_timed=3, rl_generations=8,
-    rl_text_tokens=63, rl_steps=2, rollout_tokens=128, rollout_rounds=2, eval_rows=8, eval_text_tokens=16,
+    "anole-7b-config", sft_length=4096, sft_images=2, sft_warmup=1, sft_timed=3, rl_generations=8,
+    rl_text_tokens=63, rl_steps=1, rollout_tokens=128, rollout_rounds=1, eval_rows=8, eval_text_tokens=16,
     bootstrap_rows=8, bootstrap_max_steps=2, bootstrap_batch=16, vq_batch=8,
     caps={"rollouts": 100, "sft_qlora": 150, "sft_lora": 90, "perpo": 260, "vq_decode": 45, "evaluation": 100,
           "bootstrap": 110, "compile": 150},
@@ -631,10 +631,15 @@ def section_sft_qlora(suite: Suite) -> dict[str, Any]:
 
     The random model is saved once as safetensors (its cost is reported) and reloaded quantized for each trainer.
     """
+    import bitsandbytes as bnb
     from transformers import BitsAndBytesConfig
 
     from trl_omni import load_omni_model
 
+    # Fail in a second, not after saving 14 GB, when bitsandbytes has no kernels for this device.
+    probe = bnb.nn.Linear4bit(64, 64, compute_dtype=suite.dtype, quant_type="nf4").to(suite.device)
+    probe(torch.ones(2, 64, dtype=suite.dtype, device=suite.device))
+    del probe
     checkpoint = suite.workdir / "checkpoint"
     start = time.perf_counter()
     suite.base_model().save_pretrained(checkpoint, max_shard_size="5GB")
@@ -678,8 +683,10 @@ def section_perpo(suite: Suite) -> dict[str, Any]:
     # Each completion finishes the image its prompt opened (1,025 tokens on Anole: codes + EOI), then text.
     length = vocab.tokens_per_image + 1 + profile.rl_text_tokens
     steps = profile.rl_steps
-    if suite.ms_per_token is not None:  # plan: 2 trainers x steps x (rollout + ~15% training), leave room after
-        per_step = 1.15 * length * suite.ms_per_token / 1e3
+    if suite.ms_per_token is not None:
+        # Plan: 2 trainers x steps x (LoRA rollout, taken as 1.4x the plain model's decoding, + ~15% training),
+        # leaving room for the drawing sections after this one.
+        per_step = 1.4 * 1.15 * length * suite.ms_per_token / 1e3
         reserve = 2.5 * vocab.span_length * suite.ms_per_token / 1e3 + 20
         while steps > 1 and 2 * steps * per_step > suite.hard_limit - suite.elapsed() - reserve:
             steps -= 1

@@ -61,10 +61,12 @@ def pretokenized_row(vocab, tokenizer, row_id, cut=None, stray=False, mask_chang
     return {"id": row_id, "input_ids": prompt + completion, "completion_mask": mask}
 
 
-def pesft_trainer(tmp_path, tiny, dataset, **config):
+def pesft_trainer(tmp_path, dataset, **config):
+    from trl_omni.testing import tiny_chameleon
     from trl_omni.trainers import PeSFTConfig, PeSFTTrainer
 
-    model, processor = tiny
+    # A trainer attaches its perception head to the model it is given: never to the session's shared `tiny`.
+    model, processor = tiny_chameleon(seed=0)
     args = PeSFTConfig(
         str(tmp_path / "out"), max_steps=1, per_device_train_batch_size=2, bf16=False, use_cpu=True,
         report_to="none", log_rendered_trajectories=0, **config,
@@ -141,7 +143,7 @@ def test_float_codes_name_the_row_holding_them_although_arrow_stores_every_row_a
         pretokenize_images(dataset, model, processor, on_error="skip")
     # PeSFT given the dataset directly refuses it when it is built, not at the step that meets the row.
     with pytest.raises(InterleavedDataError, match=r"Row 1 \(id='r-bad'\), field 'completion\[1\]\.codes'"):
-        pesft_trainer(tmp_path, tiny, dataset)
+        pesft_trainer(tmp_path, dataset)
 
 
 # ---------------------------------------------------------------------------------------------------------- answers
@@ -239,16 +241,16 @@ def test_pesft_refuses_or_skips_bad_pretokenized_rows(tmp_path, tiny, vocab, bro
     rows.insert(2, pretokenized_row(vocab, tokenizer, "bad", **broken))
     dataset = Dataset.from_list(rows)
     with pytest.raises(InterleavedDataError, match=rf"Row 2 \(id='bad'\), field '{field}': {problem}.*Fix:"):
-        pesft_trainer(tmp_path, tiny, dataset)
-    trainer = pesft_trainer(tmp_path, tiny, dataset, on_error="skip")
+        pesft_trainer(tmp_path, dataset)
+    trainer = pesft_trainer(tmp_path, dataset, on_error="skip")
     assert trainer.train_dataset["id"] == ["p0", "p1", "p2"]
     (entry,) = trainer.skip_report.entries
     assert (entry.skipped, entry.total, entry.rows) == (1, 4, [2]) and "on_error='skip'" in entry.reason
 
 
-def test_pesft_names_an_empty_dataset(tmp_path, tiny):
+def test_pesft_names_an_empty_dataset(tmp_path):
     with pytest.raises(DatasetFormatError, match=r"The train dataset has no rows"):
-        pesft_trainer(tmp_path, tiny, Dataset.from_list([]))
+        pesft_trainer(tmp_path, Dataset.from_list([]))
 
 
 # ---------------------------------------------------------------------------------------------------------- datasets
@@ -376,8 +378,8 @@ def test_evaluation_rows_without_a_gold_answer_are_counted_and_left_unscored(tmp
     model, processor = tiny
     rows = omni_bench_rows(4)
     rows[1]["answer"], rows[2]["answer"] = None, "  "
-    config = EvalConfig(output_dir=str(tmp_path / "bench"), batch_size=4, max_new_tokens=2, progress=False,
-                        print_table=False)  # fmt: skip
+    config = EvalConfig(output_dir=str(tmp_path / "bench"), batch_size=4, max_new_tokens=2, max_images=0,
+                        progress=False, print_table=False)  # fmt: skip
     with caplog.at_level("WARNING"):
         result = evaluate(model, processor, rows, config, dataset_format="omni_bench")
     assert "2 of 4 rows have no gold answer" in caplog.text
@@ -387,7 +389,7 @@ def test_evaluation_rows_without_a_gold_answer_are_counted_and_left_unscored(tmp
     assert (result.metrics["overall"]["num_rows"], result.metrics["overall"]["num_scored"]) == (4, 2)
     # A gold answer that is not a string is named before anything is generated.
     rows[3]["answer"] = 40.0
-    bad = EvalConfig(output_dir=str(tmp_path / "bad"), batch_size=4, max_new_tokens=2, progress=False)
+    bad = EvalConfig(output_dir=str(tmp_path / "bad"), batch_size=4, max_new_tokens=2, max_images=0, progress=False)
     with pytest.raises(
         InterleavedDataError, match=r"Row 3, field 'answer': the answer must be a string, got float 40\.0"
     ):

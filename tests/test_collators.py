@@ -147,6 +147,21 @@ def test_templated_layout_and_seeded_lead_phrases(tiny_data):
     assert "Go. <think>" in custom_text and "</think>" in custom_text and REASONING_OPEN not in custom_text
 
 
+@pytest.mark.parametrize("template", TEMPLATES)
+def test_question_text_is_the_prompt_as_written(tiny_data, template):
+    _, processor, vocab = tiny_data
+    row = _row(vocab, prompt_images=1)
+    row["prompt"] = [
+        text_part("  Which cell is red?\n"),
+        image_part(codes=_codes(vocab, 0)),
+        text_part("Answer A or B."),
+    ]
+    collator = InterleavedDataCollator(processor, vocab, template=template)
+    assert collator.question_text(row) == "Which cell is red?\nAnswer A or B."
+    with pytest.raises(InterleavedDataError, match="prompt"):
+        collator.question_text({"prompt": [{"type": "text"}]})
+
+
 def test_templated_requires_answer(tiny_data):
     _, processor, vocab = tiny_data
     row = _row(vocab, answer="  ")
@@ -207,7 +222,7 @@ def test_encode_prompt_batch_left_padded_generates(tiny_data):
         **inputs,
         max_new_tokens=4,
         do_sample=False,
-        logits_processor=LogitsProcessorList([ImageSpanLogitsProcessor(vocab)]),
+        logits_processor=LogitsProcessorList([ImageSpanLogitsProcessor(vocab, max_new_tokens=4)]),
         pad_token_id=processor.tokenizer.pad_token_id,
     )
     assert out.shape == (2, inputs["input_ids"].shape[1] + 4)

@@ -75,3 +75,26 @@ def test_fingerprint_tracks_vq_weights(tiny_enc):
     same = ImageEncoder(*tiny_chameleon(seed=0))
     other = ImageEncoder(*tiny_chameleon(seed=1))
     assert encoder.fingerprint() == same.fingerprint() != other.fingerprint()
+
+
+def test_encodes_in_float32_whatever_the_model_dtype():
+    """A checkpoint loaded in bfloat16 is encoded by a float32 copy of its VQ model (exact; on CPU bfloat16
+    convolutions are also ~100x slower); the model itself is left as it is, and an explicit dtype is honoured."""
+    from trl_omni.testing import tiny_chameleon
+
+    model, processor = tiny_chameleon(seed=0)
+    model.to(torch.bfloat16)
+    images = [make_image((32, 32), seed=s) for s in range(2)]
+    encoder = ImageEncoder(model, processor)
+    assert encoder.dtype == torch.float32
+    codes = encoder.encode(images)
+    assert next(model.model.vqmodel.parameters()).dtype == torch.bfloat16  # not modified
+    # The same weights, upcast exactly: the codes a float32 model gives.
+    reference = tiny_chameleon(seed=0)[0].to(torch.bfloat16).to(torch.float32)
+    assert torch.equal(codes, ImageEncoder(reference, processor).encode(images))
+
+    bf16 = ImageEncoder(model, processor, dtype=torch.bfloat16)
+    assert bf16.dtype == torch.bfloat16 and bf16.encode(images).shape == codes.shape
+    assert bf16.fingerprint() != encoder.fingerprint()  # the codes may differ: cached ones are not reused
+    with pytest.raises(TypeError, match="dtype"):
+        ImageEncoder(model, processor, dtype="float32")

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 
 from trl_omni.evaluation import EvalConfig, EvalResumeError, accuracy_table, read_predictions, task_group_of
@@ -17,7 +18,7 @@ from trl_omni.evaluation import EvalConfig, EvalResumeError, accuracy_table, rea
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT / "tests" / "scripts"))
-from cli_eval_run import run  # noqa: E402
+from cli_eval_run import rows, run  # noqa: E402
 
 
 NUM_ROWS = 20
@@ -80,7 +81,11 @@ def test_table_jsonl_and_report_agree(reference):
         assert re.search(
             rf"<td>{re.escape(name)}</td><td>{re.escape(percent)}</td><td>{entry['num_scored']}</td>", report
         )
-    assert report.count('class="trajectory"') == 8 and report.count("<img") == 8
+    # Each shown row: its Omni-Bench question image next to the one drawn image, and the question without the
+    # template's system text.
+    assert report.count('class="trajectory"') == 8 and report.count("<img") == 16
+    assert report.count('alt="prompt image 1"') == 8 and report.count('alt="image 1"') == 8
+    assert "What is the value of the bar 1?" in report and "You are a helpful assistant" not in report
     assert "Showing the first 8 of 20 trajectories" in report
 
 
@@ -206,7 +211,8 @@ def test_interleaved_rows_with_custom_groups(tmp_path):
     for i, row in enumerate(rows):
         row["source"] = ["synthetic-a", "synthetic-b"][i % 2]
     config = EvalConfig(
-        output_dir=str(tmp_path), template="plain", batch_size=2, max_new_tokens=4, source_columns=["source"],
+        output_dir=str(tmp_path), template="plain", batch_size=2, max_new_tokens=4, max_images=0,
+        source_columns=["source"],
         task_groups={"first": ["synthetic-a"]}, progress=False, print_table=False,
     )  # fmt: skip
     result = evaluate(model, processor, rows, config, dataset_format="interleaved")
@@ -225,8 +231,7 @@ def test_eval_loads_a_lora_adapter_directory(tmp_path):
     import torch
     from peft import LoraConfig, get_peft_model
 
-    from trl_omni.models import ImageVocabulary
-    from trl_omni.scripts.eval import load_model_or_adapter
+    from trl_omni.models import ImageVocabulary, load_omni_model
     from trl_omni.testing import tiny_chameleon
     from trl_omni.trainers import add_perception_head, get_perception_head
 
@@ -240,8 +245,66 @@ def test_eval_loads_a_lora_adapter_directory(tmp_path):
     # What the adapter saves: LoRA weights and the trained copy of the head (not PEFT's `original_module`).
     saved = {k: v.clone() for k, v in peft_model.state_dict().items() if "lora_" in k or "modules_to_save" in k}
 
-    loaded, loaded_processor = load_model_or_adapter(str(tmp_path / "adapter"), dtype=torch.float32)
+    loaded, loaded_processor = load_omni_model(str(tmp_path / "adapter"), dtype=torch.float32)
     state = loaded.state_dict()
     assert saved and all(torch.equal(state[k], v) for k, v in saved.items())
     assert get_perception_head(loaded) is not None
     assert loaded_processor.tokenizer.get_vocab() == processor.tokenizer.get_vocab()
+
+
+class _BoostBOI:
+    """Pushes BOI up at every step: only the image-span constraint (applied after it) can keep a second image out."""
+
+    def __init__(self, boi: int):
+        self.boi = boi
+
+    def __call__(self, input_ids, scores):
+        scores = scores.clone()
+        scores[:, self.boi] += 1e4
+        return scores
+
+
+def test_open_with_image_makes_the_drawing_the_answers_first_image(tmp_path):
+    """`open_with_image` (the authors' --append-boi): each answer starts with a drawing the model finishes; it is the
+    answer's first image in the record, the saved images and the report, and counts towards `max_images`."""
+    from trl_omni.evaluation import evaluate
+    from trl_omni.models import ImageVocabulary
+    from trl_omni.testing import tiny_chameleon
+
+    model, processor = tiny_chameleon(seed=0)
+    vocab = ImageVocabulary.from_model(model, processor)
+    config = EvalConfig(
+        output_dir=str(tmp_path), batch_size=2, max_new_tokens=3 * vocab.span_length, max_images=1,
+        open_with_image=True, progress=False, print_table=False,
+    )  # fmt: skip
+    result = evaluate(
+        model, processor, rows(4), config, dataset_format="omni_bench", logits_processors=[_BoostBOI(vocab.boi_token_id)]
+    )  # fmt: skip
+    records = read_predictions(tmp_path / "predictions.jsonl")
+    assert len(records) == 4 and result.metrics["overall"]["mean_images"] == 1.0
+    for record in records:
+        assert record["prompt_ids"][-1] == vocab.boi_token_id  # the prompt opened the image...
+        completion = record["completion_ids"]
+        # ... the completion finished it (codes, EOI) and, with max_images=1, drew no other image although BOI was
+        # pushed up at every step.
+        assert bool(vocab.is_image_token(torch.tensor(completion[: vocab.tokens_per_image])).all())
+        assert completion[vocab.tokens_per_image] == vocab.eoi_token_id
+        assert vocab.boi_token_id not in completion
+        assert record["num_images"] == 1 and record["num_incomplete_images"] == 0
+        assert len(record["image_paths"]) == 1 and (tmp_path / record["image_paths"][0]).exists()
+        assert record["question"].startswith("What is the value of the bar")
+    report = (tmp_path / "report.html").read_text()
+    assert report.count('alt="image 1"') == 4 and report.count('alt="prompt image 1"') == 4
+    assert "stray image token" not in report and "incomplete image" not in report
+
+
+def test_open_with_image_needs_room_for_an_image(tmp_path):
+    from trl_omni.evaluation import evaluate
+    from trl_omni.testing import tiny_chameleon
+
+    with pytest.raises(ValueError, match="max_images=0 allows none"):
+        EvalConfig(output_dir=str(tmp_path), open_with_image=True, max_images=0)
+    model, processor = tiny_chameleon(seed=0)
+    config = EvalConfig(output_dir=str(tmp_path), open_with_image=True, max_new_tokens=64, progress=False)
+    with pytest.raises(ValueError, match=r"max_new_tokens=64"):  # no room for the image the answer opens with
+        evaluate(model, processor, rows(2), config, dataset_format="omni_bench")

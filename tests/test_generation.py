@@ -99,7 +99,7 @@ def test_prompt_ending_with_boi_draws_one_exact_image_and_prompt_images_do_not_c
     prompt_image = vocab.image_span_ids(torch.arange(64) % vocab.num_codes)
     text = processor.tokenizer("Draw it:", return_tensors="pt").input_ids[0]
     prompt = torch.cat([prompt_image, text, torch.tensor([vocab.boi_token_id])]).repeat(4, 1)
-    constraint = ImageSpanLogitsProcessor(vocab, max_images=1)
+    constraint = ImageSpanLogitsProcessor(vocab, max_images=1, max_new_tokens=vocab.tokens_per_image + 10)
     torch.manual_seed(3)
     out = model.generate(
         input_ids=prompt,
@@ -119,7 +119,7 @@ def test_prompt_ending_with_boi_draws_one_exact_image_and_prompt_images_do_not_c
 
 def test_processor_is_reusable_across_generate_calls(tiny, vocab):
     model, processor = tiny
-    constraint = ImageSpanLogitsProcessor(vocab, max_images=1)
+    constraint = ImageSpanLogitsProcessor(vocab, max_images=1, max_new_tokens=150)
     processors = LogitsProcessorList([_FavourImages(vocab), constraint])
     for seed, texts in [(4, PROMPTS[:4]), (5, PROMPTS[2:])]:
         inputs = _prompts(processor, texts)
@@ -137,7 +137,7 @@ def test_allow_images_false_generates_text_only(tiny, vocab):
         max_new_tokens=60,
         do_sample=True,
         logits_processor=LogitsProcessorList(
-            [_FavourImages(vocab), ImageSpanLogitsProcessor(vocab, allow_images=False)]
+            [_FavourImages(vocab), ImageSpanLogitsProcessor(vocab, max_new_tokens=60, allow_images=False)]
         ),
     )
     completions = out[:, inputs["input_ids"].shape[1] :]
@@ -147,7 +147,7 @@ def test_allow_images_false_generates_text_only(tiny, vocab):
 
 def test_processor_state_unit(vocab):
     """Direct check of the per-row mode logic on hand-built states."""
-    constraint = ImageSpanLogitsProcessor(vocab, max_images=1)
+    constraint = ImageSpanLogitsProcessor(vocab, max_images=1, max_new_tokens=None)
     ids_img = vocab.codes_to_ids(torch.zeros(vocab.tokens_per_image, dtype=torch.long)).tolist()
     text_row = [20, 21, 22]
     rows = torch.tensor(

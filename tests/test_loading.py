@@ -28,7 +28,7 @@ def test_saved_and_reloaded_model_behaves_identically(tmp_path):
     )
     torch.testing.assert_close(loaded(input_ids=ids[None]).logits, model(input_ids=ids[None]).logits)
 
-    processors = [ImageSpanLogitsProcessor(vocab), ImageSpanLogitsProcessor(reloaded_vocab)]
+    processors = [ImageSpanLogitsProcessor(v, max_new_tokens=30) for v in (vocab, reloaded_vocab)]
     outs = []
     for m, proc in zip((model, loaded), processors):
         torch.manual_seed(0)

@@ -51,4 +51,8 @@ def test_evaluation_renders_a_few_constrained_answers(tmp_path):
     assert math.isfinite(metrics["eval_loss"])
     pages = sorted((tmp_path / "rendered_trajectories").glob("step_*/*.html"))
     assert len(pages) == 2
-    assert "eval row" in pages[0].read_text()
+    # Each answer is shown with its question as written (no template text) and its prompt image.
+    page = pages[0].read_text()
+    question = " ".join(part["text"].strip() for part in rows[0]["prompt"] if part["type"] == "text")
+    assert f"eval row row-0: {question}" in page and "You are a helpful assistant" not in page
+    assert page.count('alt="prompt image 1"') == 1

@@ -118,38 +118,37 @@ def test_no_segments(vocab):
     assert segs.stray_image_tokens.tolist() == [0, 0]
 
 
-def test_completions_continue_an_image_their_prompt_opened(vocab):
-    """`parse_completions`: leading image codes finish the image a prompt opened with BOI (start -1)."""
-    boi, eoi = vocab.boi_token_id, vocab.eoi_token_id
+def test_completions_continue_an_image_opened_by_the_prompt(vocab):
+    """One parse for completions: a completion that begins with image codes finishes the image its prompt opened
+    (a prompt ending with BOI): that image is its first segment, at start -1, complete with all its codes."""
+    boi, eoi, pad = vocab.boi_token_id, vocab.eoi_token_id, 1
     c1, i1 = _img(vocab, 1)
     c2, i2 = _img(vocab, 2)
-    _, partial = _img(vocab, 3, n=30)
     completions = [
-        [*i1, eoi, *T, boi, *i2, eoi],  # finishes the prompt's image, then draws one more
-        [*partial],  # the length limit cut the prompt's image
-        T + [boi, *i2, eoi],  # an ordinary completion
+        [*i1, eoi] + T + [boi, *i2, eoi],  # the opened image, then one of its own
+        [*i2[:20]],  # cut by the budget
+        T + [boi, *i1, eoi],  # the prompt opened nothing
         [],
     ]
-    segments = vocab.parse_completions(completions)
-    assert segments.batch_index.tolist() == [0, 0, 1, 2]
-    assert segments.start.tolist() == [-1, 68, -1, 3]
-    assert segments.end.tolist() == [65, 134, 30, 69]
-    assert segments.complete.tolist() == [True, True, False, True]
-    torch.testing.assert_close(segments[0].codes, c1)
-    assert segments[2].codes.numel() == 30
-    torch.testing.assert_close(segments.complete_codes.reshape(3, -1), torch.stack([c1, c2, c2]))
-    assert segments.stray_image_tokens.tolist() == [0, 0, 0, 0]
-    # Read strictly (e.g. to validate training rows), the same leading codes are stray tokens.
-    strict = vocab.parse_segments(completions)
-    assert strict.stray_image_tokens.tolist() == [64, 30, 0, 0] and strict.start.tolist() == [68, 3]
-    # A right-padded tensor reads the same.
-    padded = torch.full((4, 134), 1)
-    mask = torch.zeros(4, 134, dtype=torch.long)
-    for row, ids in enumerate(completions):
-        padded[row, : len(ids)], mask[row, : len(ids)] = torch.tensor(ids, dtype=torch.long), 1
-    tensor_parse = vocab.parse_segments(padded, attention_mask=mask, continue_open_image=True)
-    assert tensor_parse.start.tolist() == segments.start.tolist()
-    assert tensor_parse.complete.tolist() == segments.complete.tolist()
+    segs = vocab.parse_completions(completions)
+    assert segs.batch_index.tolist() == [0, 0, 1, 2]
+    assert segs.start.tolist() == [-1, 68, -1, 3] and segs.end.tolist() == [65, 134, 20, 69]
+    assert segs.complete.tolist() == [True, True, False, True] and segs.stray_image_tokens.tolist() == [0] * 4
+    torch.testing.assert_close(segs.complete_codes.reshape(3, -1), torch.stack([c1, c2, c1]))
+    rows = segs.per_row(4)
+    torch.testing.assert_close(rows[0][0].codes, c1)
+    torch.testing.assert_close(rows[1][0].codes, c2[:20])
+    assert rows[3] == []
+    # A right-padded tensor reads the same; plain parse_segments counts the leading codes as stray.
+    width = max(len(row) for row in completions)
+    padded = torch.tensor([row + [pad] * (width - len(row)) for row in completions])
+    from_tensor = vocab.parse_completions(padded)
+    assert from_tensor.start.tolist()[:2] == [-1, 68] and from_tensor.complete_codes.shape == (3, 8, 8)
+    assert vocab.parse_segments(completions).stray_image_tokens.tolist() == [64, 20, 0, 0]
+    # parse_segments(continue_open_image=True) reads a right-padded tensor with its attention mask the same way.
+    mask = torch.tensor([[1] * len(row) + [0] * (width - len(row)) for row in completions])
+    masked = vocab.parse_segments(padded, attention_mask=mask, continue_open_image=True)
+    assert masked.start.tolist() == segs.start.tolist() and masked.complete.tolist() == segs.complete.tolist()
 
 
 def test_parse_completions_is_cached_by_identity(vocab):

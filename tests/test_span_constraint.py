@@ -171,7 +171,7 @@ def test_hf_processor_tracks_generations_without_host_reads(vocab, monkeypatch, 
     one is selected on the device) on the CPU.
     """
     monkeypatch.setattr(ImageSpanLogitsProcessor, "_resolve_on_device", staticmethod(lambda ids: on_device))
-    processor = ImageSpanLogitsProcessor(vocab, max_images=1)
+    processor = ImageSpanLogitsProcessor(vocab, max_images=1, max_new_tokens=None)
     boi, eoi, n = vocab.boi_token_id, vocab.eoi_token_id, vocab.tokens_per_image
     scores = torch.zeros(2, vocab.vocab_size)
 

@@ -1,5 +1,7 @@
 """The real-layout Anole fixture: the layout facts every user path depends on, read back through the core."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -40,9 +42,12 @@ def test_special_ids_follow_the_real_checkpoint(anole):
     assert (tokenizer.bos_token_id, tokenizer.pad_token_id, tokenizer.eos_token_id) == (0, 1, 2)
     assert tokenizer.sep_token_id == 8710
     assert [tokenizer.convert_tokens_to_ids(t) for t in ("<reserved12856>", "<reserved12867>")] == [12860, 12871]
-    # The conversion leaves ChameleonConfig's defaults in the config: only the tokenizer knows BOS is 0.
-    config = anole.model.config
-    assert (config.bos_token_id, config.eos_token_id, config.pad_token_id) == (1, 2, None)
+    # The conversion leaves ChameleonConfig's defaults in the saved config: only the tokenizer knows BOS is 0 ...
+    saved = json.loads((anole.path / "config.json").read_text())
+    assert (saved["bos_token_id"], saved["eos_token_id"], saved.get("pad_token_id")) == (1, 2, None)
+    # ... and load_omni_model takes the tokenizer's ids, for generation and the trainers.
+    for config in (anole.model.config, anole.model.generation_config):
+        assert (config.bos_token_id, config.eos_token_id, config.pad_token_id) == (0, 2, 1)
     # Like the real (Llama) tokenizer, BOS is prepended; special tokens are dropped when decoding.
     ids = tokenizer("Let me draw it. <reserved12856>").input_ids
     assert ids[0] == 0 and ids[-1] == 12860

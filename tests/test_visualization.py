@@ -347,6 +347,52 @@ def test_incomplete_segment_shows_other_tokens_inside(tiny, vocab, palette_decod
     assert rendered.pieces[2].text == " The answer is A."
 
 
+def test_prompt_images_are_shown_and_an_image_the_prompt_opened_is_the_first_drawing(tiny, vocab, palette_decoder):
+    model, processor = tiny
+    generator = torch.Generator().manual_seed(5)
+    problem, drawn = (torch.randint(0, vocab.num_codes, vocab.grid_size, generator=generator) for _ in range(2))
+    prompt = (
+        _text_ids(processor, "You are a helpful assistant. Which cell is red?")
+        + vocab.image_span_ids(problem).tolist()
+        + [vocab.boi_token_id]  # the prompt asks for a drawing
+    )
+    completion = vocab.codes_to_ids(drawn.flatten()).tolist() + [vocab.eoi_token_id] + _text_ids(processor, " B")
+    counting = _CountingDecoder(palette_decoder)
+    (rendered,) = render_trajectories([completion], processor, vocab, counting, prompt_ids=[prompt], titles=["q"])
+    assert counting.calls == [2]  # the drawing and the problem image, in one decode call
+    assert [p.kind for p in rendered.pieces] == ["image", "text"] and rendered.pieces[1].text == " B"
+    assert rendered.pieces[1].num_image_tokens == 0  # no stray tokens: the codes belong to the opened image
+    np.testing.assert_array_equal(np.asarray(rendered.images[0]), np.asarray(palette_decoder.decode(drawn)[0]))
+    np.testing.assert_array_equal(
+        np.asarray(rendered.prompt_images[0]), np.asarray(palette_decoder.decode(problem)[0])
+    )
+    page = rendered.to_html()
+    assert page.count("<img ") == 2 and 'alt="prompt image 1"' in page and 'alt="image 1"' in page
+    assert page.index("prompt image 1") < page.index('alt="image 1"')
+    assert "helpful assistant" not in page  # the prompt's text is the caller's to show (title / metadata)
+    # The PNG strip holds both images (label lines for the prompt and the answer).
+    without_prompt = render_trajectory(completion, processor, vocab, palette_decoder, image_display_size=64)
+    with_prompt = render_trajectory(
+        completion, processor, vocab, palette_decoder, prompt_ids=prompt, image_display_size=64
+    )
+    assert without_prompt.num_images == 1 and without_prompt.prompt_images == []  # the drawing needs no prompt
+    assert with_prompt.to_png().height > without_prompt.to_png().height + 64
+
+
+def test_callback_renders_submitted_prompts(tiny, vocab, palette_decoder, tmp_path):
+    from transformers import TrainerControl, TrainerState
+
+    model, processor = tiny
+    callback = RenderedTrajectoriesCallback(vocab, processor, palette_decoder, max_per_step=2, output_dir=tmp_path)
+    problem = vocab.image_span_ids(torch.zeros(vocab.grid_size, dtype=torch.long)).tolist()
+    completion = vocab.codes_to_ids(torch.ones(vocab.tokens_per_image, dtype=torch.long)).tolist()
+    callback.submit([completion + [vocab.eoi_token_id]], prompt_ids=[problem + [vocab.boi_token_id]])
+    args = types.SimpleNamespace(output_dir=str(tmp_path), report_to=["none"])
+    callback.on_log(args, TrainerState(global_step=1), TrainerControl())
+    page = open(tmp_path / "step_00000001" / "trajectory_00.html", encoding="utf-8").read()
+    assert 'alt="prompt image 1"' in page and 'alt="image 1"' in page and "stray" not in page
+
+
 def test_callback_checks_its_log_budget_when_made():
     import pytest
 

@@ -186,8 +186,9 @@ def tiny_chameleon(
 # - ids 0..3 are `<s>` (BOS), `<pad>`, `</s>` (EOS), `<unk>`; the image tokens `IMGIMG<code in letters>Z` follow at ids
 #   4..8195 (id = code + 4, monotonic), then EOI `<eoss>` = 8196 and BOI `<racm3:break>` = 8197; every
 #   `<reservedNNNNN>` sits at id NNNNN + 4, so the separator `<reserved08706>` is 8710 and `<image>` is 8711;
-# - the tokenizer's pad is `<pad>` (1) and its sep `<reserved08706>`; the *config* keeps ChameleonConfig's defaults
-#   (bos_token_id=1, eos_token_id=2, pad_token_id=None), since the scripts do not set them;
+# - the tokenizer's pad is `<pad>` (1) and its sep `<reserved08706>`; the saved *config* keeps ChameleonConfig's
+#   defaults (bos_token_id=1, eos_token_id=2, pad_token_id=None), since the scripts do not set them (`load_omni_model`
+#   then takes the tokenizer's ids);
 # - the VQGAN (ChameleonVQVAEConfig's defaults, from the released vqgan.yaml): 512-pixel input, channel multipliers
 #   [1, 1, 2, 2, 4] (16x downsampling, so a 32x32 code grid), 128 base channels, 2 res blocks, 256 latent channels and
 #   an 8,192 x 256 codebook; the LM: hidden 4,096, 32 layers and heads, intermediate 11,008.

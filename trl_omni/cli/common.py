@@ -9,6 +9,7 @@ from typing import Any
 from trl import ScriptArguments
 
 from ..data.loading import DATASET_FORMATS
+from ..models.loading import read_adapter_config
 
 
 logger = logging.getLogger(__name__)
@@ -55,6 +56,11 @@ def load_model_and_processor(model_args: Any, trust_remote_code: bool = False, *
     """Loads the model named by a [`~trl.ModelConfig`] with [`load_omni_model`]: dtype, attention implementation,
     revision and 4/8-bit quantization (QLoRA) from the config.
 
+    When `model_name_or_path` is a LoRA / QLoRA output of an earlier stage (a PEFT adapter directory), training
+    continues from it: with `--use_peft` the adapter itself is loaded *trainable* and trained further (pass the
+    model to the trainer with [`peft_config_for`], which then gives no new adapter); without `--use_peft` the adapter
+    is merged into the base weights and everything trains. The PeSFT perception head comes along either way.
+
     Example:
         ```python
         >>> model, processor = load_model_and_processor(ModelConfig(model_name_or_path="leloy/Anole-7b-v0.1-hf"))
@@ -77,12 +83,64 @@ def load_model_and_processor(model_args: Any, trust_remote_code: bool = False, *
 
         load_kwargs["device_map"] = {"": PartialState().local_process_index}
     load_kwargs.update(kwargs)
-    return load_omni_model(
+    continue_adapter = read_adapter_config(model_args.model_name_or_path) is not None
+    model, processor = load_omni_model(
         model_args.model_name_or_path,
         dtype=model_args.dtype,
         quantization_config=quantization_config,
+        is_trainable=bool(model_args.use_peft),
         **load_kwargs,
     )
+    if continue_adapter and not model_args.use_peft:
+        if quantization_config is not None:
+            raise ValueError(
+                f"{model_args.model_name_or_path} is a LoRA adapter: full fine-tuning would merge it into a quantized "
+                "base, which loses precision. Add --use_peft to continue training the adapter, or drop "
+                "--load_in_4bit / --load_in_8bit."
+            )
+        model = model.merge_and_unload()
+        logger.info("Merged the adapter %s into its base model for full fine-tuning.", model_args.model_name_or_path)
+    return model, processor
+
+
+def peft_config_for(model: Any, model_args: Any) -> Any:
+    """The trainer's `peft_config`: `trl.get_peft_config(model_args)`, or None when `model` already carries a trainable
+    adapter loaded from an earlier stage's output (training continues that adapter; a second one would leave it
+    frozen and the output would not hold it).
+
+    `--lora_*` values that differ from the loaded adapter's own settings are reported and not applied.
+    """
+    from trl import get_peft_config
+
+    peft_config = get_peft_config(model_args)
+    if peft_config is None:
+        return None
+    from peft import PeftModel
+
+    if not isinstance(model, PeftModel):
+        return peft_config
+    loaded = model.peft_config[model.active_adapter]
+    ignored = []
+    for name in ("r", "lora_alpha", "lora_dropout", "target_modules"):
+        requested, actual = getattr(peft_config, name, None), getattr(loaded, name, None)
+        if name == "target_modules" and requested is not None and actual is not None:
+            differs = set([requested] if isinstance(requested, str) else requested) != set(
+                [actual] if isinstance(actual, str) else actual
+            )
+        else:
+            differs = requested is not None and requested != actual
+        if differs:
+            ignored.append(f"{name}={requested!r} (the adapter has {actual!r})")
+    if ignored:
+        logger.warning(
+            "Continuing the adapter of %s with its own settings; these arguments do not apply to it: %s. To train a "
+            "new adapter instead, merge this one into its base first (run without --use_peft, or `merge_and_unload`).",
+            model_args.model_name_or_path,
+            "; ".join(ignored),
+        )
+    else:
+        logger.info("Continuing the adapter of %s (trainable).", model_args.model_name_or_path)
+    return None
 
 
 def preflight_training(namespace: Any) -> None:

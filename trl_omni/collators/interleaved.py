@@ -9,6 +9,8 @@ Stable interface (consumed by the trainers):
 - `collator.encode_prompt(row) -> list[int]` / `collator.encode_prompts(rows)`: the prompt of a row with its images
   spliced in, laid out by the same template, ending where the model should start writing (for RL trainers);
   `collator.encode_prompt_batch(rows, padding_side="left")`: the same, padded, ready for `model.generate`.
+- `collator.sequence_lengths(rows)` / `collator.keeps(rows)`: each row's training length and whether the length
+  policy keeps it, computed without encoding images (the dataset-level length pass).
 - `collator.stats`: counters (`rows`, `batches`, `dropped`, `truncated`, `images_encoded`).
 
 Text pieces are tokenized separately (one batched tokenizer call per batch) and image spans are spliced between
@@ -204,7 +206,8 @@ class InterleavedDataCollator(_TemplateLayout, _RowEncoder):
             raise ValueError(
                 f"Every row of this batch ({len(rows)} rows) is longer than max_length={self.max_length} and was "
                 f"dropped (length_policy={self.length_policy!r}). Fix: raise max_length, use "
-                "length_policy='truncate', or filter long rows out of the dataset beforehand."
+                "length_policy='truncate', or filter the dataset with `collator.keeps(rows)` first (PeSFTTrainer "
+                "does)."
             )
         return self._pad(kept_ids, kept_prompt_lengths)
 
@@ -230,7 +233,9 @@ class InterleavedDataCollator(_TemplateLayout, _RowEncoder):
         Example:
             ```python
             >>> inputs = collator.encode_prompt_batch(rows)
-            >>> model.generate(**inputs, logits_processor=[ImageSpanLogitsProcessor(vocab)])
+            >>> budget = vocab.generation_budget(num_images=1, text_tokens=256)
+            >>> model.generate(**inputs, max_new_tokens=budget,
+            ...                logits_processor=[ImageSpanLogitsProcessor(vocab, max_new_tokens=budget)])
             ```
         """
         if padding_side not in ("left", "right"):
@@ -245,11 +250,35 @@ class InterleavedDataCollator(_TemplateLayout, _RowEncoder):
             attention_mask[row, span] = 1
         return {"input_ids": input_ids, "attention_mask": attention_mask}
 
+    def sequence_lengths(self, rows: Sequence[Mapping[str, Any]]) -> list[int]:
+        """Length of each row's training sequence (images counted as whole spans), without encoding any image.
+
+        With the `"templated"` template the lead phrase is drawn per batch; the longest one is counted, so no batch
+        gives a row more tokens than this.
+
+        Example:
+            ```python
+            >>> collator.sequence_lengths(rows)  # e.g. [1187, 2251] on Anole: 1 and 2 images of 1,026 tokens
+            ```
+        """
+        return [length for length, _, _, _ in self._layout_lengths(rows)]
+
+    def keeps(self, rows: Sequence[Mapping[str, Any]]) -> list[bool]:
+        """Whether each row survives `max_length` under `length_policy` in every batch (the decision the collator
+        makes per batch, taken once per dataset: `PeSFTTrainer` filters its datasets with it before batching, so a
+        batch never holds only dropped rows, whatever the batch size)."""
+        return [
+            self._kept_length(length, prompt_length, starts, ends) is not None
+            for length, prompt_length, starts, ends in self._layout_lengths(rows)
+        ]
+
     # ------------------------------------------------------------------ length policy and padding
-    def _apply_length_policy(self, row, position, ids, prompt_length, image_starts, image_ends):
-        if self.max_length is None or ids.numel() <= self.max_length:
-            return ids
-        name = self._row_name(row, position)
+    def _kept_length(
+        self, length: int, prompt_length: int, image_starts: list[int], image_ends: list[int]
+    ) -> int | None:
+        """How many tokens of a row the length policy keeps, or None when it drops the row."""
+        if self.max_length is None or length <= self.max_length:
+            return length
         if self.length_policy == "truncate":
             cut = self.max_length
             for start, end in zip(image_starts, image_ends):
@@ -257,8 +286,18 @@ class InterleavedDataCollator(_TemplateLayout, _RowEncoder):
                     cut = start
                     break
             if cut > prompt_length:
-                self.stats["truncated"] += 1
-                return ids[:cut]
+                return cut
+        return None
+
+    def _apply_length_policy(self, row, position, ids, prompt_length, image_starts, image_ends):
+        kept = self._kept_length(ids.numel(), prompt_length, image_starts, image_ends)
+        if kept == ids.numel():
+            return ids
+        if kept is not None:
+            self.stats["truncated"] += 1
+            return ids[:kept]
+        name = self._row_name(row, position)
+        if self.length_policy == "truncate":
             reason = "nothing trainable is left before max_length"
         else:
             reason = "length_policy='drop'"

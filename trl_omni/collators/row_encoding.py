@@ -149,6 +149,45 @@ class _RowEncoder:
             results.append((ids, offset if prompt_length is None else prompt_length, starts, ends))
         return results
 
+    def _layout_lengths(self, rows: Sequence[Mapping[str, Any]]) -> list[tuple[int, int, list[int], list[int]]]:
+        """Per row: `(length, prompt_length, image_starts, image_ends)` of its training sequence, without encoding an
+        image or building ids: one batched tokenizer call, images counted as whole spans.
+
+        With the `"templated"` template the lead phrase (drawn per batch) is the longest one, so the lengths are the
+        largest any batch can give; the lead-phrase RNG is not advanced.
+        """
+        lead_phrase = self._longest_lead_phrase() if self.template == "templated" else None
+        names = [self._row_name(row, position) for position, row in enumerate(rows)]
+        row_chunks = [self._row_chunks(row, name, True, lead_phrase) for row, name in zip(rows, names)]
+        texts = [chunk[1] for chunks in row_chunks for chunk in chunks if chunk[0] == _TEXT]
+        token_table = self._tokenize(texts) if texts else {}
+        span = self.vocab.span_length
+        results = []
+        for chunks in row_chunks:
+            starts, ends, offset, prompt_length = [], [], 0, None
+            for kind, payload, trained, _ in chunks:
+                if trained and prompt_length is None:
+                    prompt_length = offset
+                if kind == _TEXT:
+                    offset += token_table[payload].numel()
+                elif kind == _IDS:
+                    offset += len(payload)
+                else:
+                    starts.append(offset)
+                    ends.append(offset + span)
+                    offset += span
+            results.append((offset, offset if prompt_length is None else prompt_length, starts, ends))
+        return results
+
+    def _longest_lead_phrase(self) -> str:
+        cached = getattr(self, "_longest_lead", None)
+        if cached is None:
+            chunks = [f" {lead} {self.reasoning_tokens[0]}" for lead in self.lead_phrases]
+            table = self._tokenize(chunks)
+            cached = max(self.lead_phrases, key=lambda lead: table[f" {lead} {self.reasoning_tokens[0]}"].numel())
+            self._longest_lead = cached
+        return cached
+
     def _raise_bad_text(self, row_chunks, names, token_table) -> None:
         """Names the first text field that tokenizes to an image / BOI / EOI / placeholder id."""
         for name, chunks in zip(names, row_chunks):

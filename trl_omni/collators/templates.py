@@ -45,6 +45,12 @@ class _TemplateLayout:
         row_id = row.get(self.id_column) if isinstance(row, Mapping) else None
         return f"{position} (id={row_id!r})" if row_id is not None else f"{position} (of the batch)"
 
+    def question_text(self, row: Mapping[str, Any]) -> str:
+        """The row's question as written: the text parts of its prompt, without the template's system text and
+        instruction, and without its images (for reports and renderings, which show the images themselves)."""
+        parts = normalize_parts(row.get(self.prompt_column), self._row_name(row, 0), self.prompt_column)
+        return "\n".join(part["text"].strip() for part in parts if part["type"] == "text" and part["text"].strip())
+
     def _parts_to_chunks(self, parts: list[dict], column: str, trained: bool) -> list[tuple]:
         return [
             (_TEXT, part["text"], trained, f"{column}[{i}].text")
@@ -53,7 +59,9 @@ class _TemplateLayout:
             for i, part in enumerate(parts)
         ]
 
-    def _row_chunks(self, row: Mapping[str, Any], name: str, with_completion: bool) -> list[tuple]:
+    def _row_chunks(
+        self, row: Mapping[str, Any], name: str, with_completion: bool, lead_phrase: str | None = None
+    ) -> list[tuple]:
         if not isinstance(row, Mapping):
             raise InterleavedDataError(name, "<row>", f"expected a dict, got {type(row).__name__}.", "pass dict rows.")
         if self.prompt_column not in row:
@@ -92,7 +100,7 @@ class _TemplateLayout:
         if self.template == "plain":
             return self._plain(prompt, completion, answer, with_completion)
         if self.template == "templated":
-            return self._templated(prompt, completion, answer, with_completion)
+            return self._templated(prompt, completion, answer, with_completion, lead_phrase)
         return self._chat(name, prompt, completion, answer, with_completion)
 
     def _plain(self, prompt, completion, answer, with_completion) -> list[tuple]:
@@ -107,13 +115,13 @@ class _TemplateLayout:
             chunks.append((_IDS, self.eos_ids, True, "eos"))
         return chunks
 
-    def _templated(self, prompt, completion, answer, with_completion) -> list[tuple]:
+    def _templated(self, prompt, completion, answer, with_completion, lead_phrase=None) -> list[tuple]:
         chunks = [(_IDS, self.bos_ids, False, "bos")] if self.bos_ids else []
         chunks.append((_TEXT, f"{self.system_prompt}\nUser: ", False, "system_prompt"))
         chunks += self._parts_to_chunks(prompt, self.prompt_column, False)
         chunks.append((_TEXT, f"{self.instruction}\nAssistant:", False, "instruction"))
         if with_completion:
-            lead = self.rng.choice(self.lead_phrases)
+            lead = self.rng.choice(self.lead_phrases) if lead_phrase is None else lead_phrase
             chunks.append((_TEXT, f" {lead} {self.reasoning_tokens[0]}", True, "lead_phrase"))
             chunks += self._parts_to_chunks(completion, self.completion_column, True)
             closing = f"{self.reasoning_tokens[1]}{self.answer_tokens[0]}{answer}{self.answer_tokens[1]}"

@@ -10,6 +10,7 @@ from .converters import (
     zebra_cot_row_to_interleaved,
 )
 from .images import load_image, resolve_image_path
+from .lengths import drop_overlong_rows
 from .loading import (
     DATASET_FORMATS,
     FORMAT_COLUMNS,
@@ -57,6 +58,7 @@ __all__ = [
     "convert_omni_bench",
     "convert_zebra_cot",
     "detect_format",
+    "drop_overlong_rows",
     "image_part",
     "interleaved_features",
     "load_any_dataset",

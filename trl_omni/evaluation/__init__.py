@@ -3,8 +3,9 @@ predictions JSONL with saved images, an HTML report with rendered trajectories; 
 
 Output directory layout:
 
-- `predictions.jsonl`: one line per row (`index, id, source, group, prompt, completion, extracted_answer, gold,
-  score, num_images, num_incomplete_images, image_paths, completion_ids`), appended and flushed batch by batch;
+- `predictions.jsonl`: one line per row (`index, id, source, group, question, prompt, completion, extracted_answer,
+  gold, score, num_images, num_incomplete_images, image_paths, completion_ids, prompt_ids`), appended and flushed
+  batch by batch (`question` is the row's own text, `prompt` the templated prompt the model saw);
 - `eval_state.json`: the identity of the run (every argument, the model, the processor and the data that shape
   the predictions), checked on resume;
 - `images/`: the completions' images as PNG (`<index>_<k>.png`);

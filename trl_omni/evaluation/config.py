@@ -16,6 +16,9 @@ DEFAULT_TASK_GROUPS: dict[str, list[str]] = {
     "vision_operational": ["vicbench", "vic-bench", "vic_bench", "vision_operational"],
 }
 OTHER_GROUP = "other"
+# The default generation budget: room for this many images of the model, plus this many text tokens.
+DEFAULT_EVAL_IMAGES = 2
+DEFAULT_EVAL_TEXT_TOKENS = 512
 
 
 @dataclass
@@ -33,10 +36,17 @@ class EvalConfig:
             `"chat"`.
         batch_size (`int`, *optional*, defaults to `8`):
             Rows generated together.
-        max_new_tokens (`int`, *optional*, defaults to `1024`):
-            Generation budget per row (one 512px Anole image is 1,026 tokens).
+        max_new_tokens (`int`, *optional*):
+            Generation budget per row. Defaults to room for `max_images` images of *this* model (2 when
+            `max_images` is unset) plus 512 text tokens: `ImageVocabulary.generation_budget(...)`, 2,564 on Anole,
+            whose images are 1,026 tokens. A value that cannot hold one image while images are allowed is refused.
         max_images (`int` or `None`, *optional*):
             Cap on images drawn per completion (`None`: no cap, `0`: text only).
+        open_with_image (`bool`, *optional*, defaults to `False`):
+            Open every answer with an image, like the authors' `--append-boi`: BOI is appended to each prompt, so the
+            model starts by drawing (continued by the constrained generation up to a whole image). That drawing is the
+            answer's first image: it counts towards `max_images` and `num_images`, is saved and shown in the report.
+            Needs `max_new_tokens` of at least one image (`tokens_per_image + 1`: the codes and EOI).
         do_sample (`bool`, *optional*, defaults to `False`):
             Sample instead of greedy decoding (seeded per batch, so results are reproducible and resumable).
         temperature (`float`, *optional*, defaults to `1.0`), top_p (`float`, *optional*, defaults to `1.0`):
@@ -73,8 +83,21 @@ class EvalConfig:
         metadata={"help": "Prompt layout: 'templated', 'plain' or 'chat'.", "choices": ["templated", "plain", "chat"]},
     )
     batch_size: int = field(default=8, metadata={"help": "Rows generated together."})
-    max_new_tokens: int = field(default=1024, metadata={"help": "Generation budget per row."})
+    max_new_tokens: int | None = field(
+        default=None,
+        metadata={
+            "help": "Generation budget per row. Default: room for max_images images of the model (2 when unset) plus "
+            "512 text tokens (2,564 on Anole)."
+        },
+    )
     max_images: int | None = field(default=None, metadata={"help": "Cap on images per completion (0: text only)."})
+    open_with_image: bool = field(
+        default=False,
+        metadata={
+            "help": "Open every answer with an image (the authors' --append-boi): BOI ends each prompt and the model "
+            "starts by drawing; that drawing is the answer's first image (counted in max_images and num_images)."
+        },
+    )
     do_sample: bool = field(default=False, metadata={"help": "Sample (seeded per batch) instead of greedy decoding."})
     temperature: float = field(default=1.0, metadata={"help": "Sampling temperature."})
     top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling threshold."})
@@ -117,8 +140,36 @@ class EvalConfig:
             raise ValueError("task_groups must map each group name to a list of source names.")
         if isinstance(self.source_columns, str):
             self.source_columns = [self.source_columns]
-        if self.batch_size < 1 or self.max_new_tokens < 1:
+        if self.batch_size < 1 or (self.max_new_tokens is not None and self.max_new_tokens < 1):
             raise ValueError("batch_size and max_new_tokens must be >= 1.")
+        if self.max_images is not None and self.max_images < 0:
+            raise ValueError(f"max_images must be None (no cap) or >= 0, got {self.max_images}.")
+        if self.open_with_image and self.max_images == 0:
+            raise ValueError(
+                "open_with_image=True opens every answer with an image, but max_images=0 allows none: set max_images "
+                ">= 1 (or None), or drop open_with_image."
+            )
+
+    def generation_budget(self, image_vocabulary: Any) -> int:
+        """`max_new_tokens`, or its default for the model of `image_vocabulary`; checked against the image span.
+
+        Raises:
+            ValueError: When images are allowed and the budget cannot hold one (naming the span and a value to set).
+        """
+        images_allowed = self.max_images != 0
+        if self.max_new_tokens is None:
+            images = DEFAULT_EVAL_IMAGES if self.max_images is None else self.max_images
+            return image_vocabulary.generation_budget(num_images=images, text_tokens=DEFAULT_EVAL_TEXT_TOKENS)
+        if images_allowed and self.max_new_tokens < image_vocabulary.span_length:
+            grid = image_vocabulary.grid_size
+            raise ValueError(
+                f"max_new_tokens={self.max_new_tokens} cannot hold one image of this model: an image takes "
+                f"{image_vocabulary.span_length} tokens (BOI + {grid[0]}x{grid[1]} codes + EOI), so the model could "
+                f"never draw. Set max_new_tokens >= {image_vocabulary.span_length} plus room for text (e.g. "
+                f"{image_vocabulary.generation_budget(1, DEFAULT_EVAL_TEXT_TOKENS)}), leave it unset to derive it, or "
+                "set max_images=0 to evaluate text-only answers."
+            )
+        return self.max_new_tokens
 
 
 @dataclass

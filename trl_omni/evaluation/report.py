@@ -21,7 +21,8 @@ def write_report(
     path: str | os.PathLike,
     config: EvalConfig,
 ) -> Path:
-    """Writes `report.html`: the accuracy table and up to `config.report_max_rows` rendered trajectories."""
+    """Writes `report.html`: the accuracy table and up to `config.report_max_rows` rendered trajectories, each with
+    its question (without the template's text) and its prompt's images next to the drawn ones."""
     from ..visualization import render_html_page, render_trajectories
 
     shown = list(records)[: config.report_max_rows]
@@ -32,10 +33,12 @@ def write_report(
             processor,
             vocab,
             decoder,
+            # Records written before prompts were stored have no `prompt_ids`: no prompt images for those.
+            prompt_ids=[record.get("prompt_ids") or [] for record in shown],
             titles=[f"#{record['index']} {record['id']} ({record['source']}, {record['group']})" for record in shown],
             metadata=[
                 {
-                    "question": record["prompt"][-300:],
+                    "question": record["question"] if "question" in record else record["prompt"][-300:],
                     "gold": record["gold"],
                     "extracted answer": record["extracted_answer"],
                     "score": record["score"],

@@ -30,6 +30,7 @@ class _EvalSession:
     restorer: Callable
     decoder: Any
     logits_processors: Sequence[Any]
+    max_new_tokens: int  # the generation budget, `config.generation_budget(vocab)`
 
 
 def _row_source(row: Mapping[str, Any], source_columns: Sequence[str]) -> tuple[str, list[Any]]:
@@ -70,17 +71,31 @@ def _open_session(
         restorer=_TagRestorer(processor, tags.control_tags, vocab),
         decoder=_resolve_decoder(decoder, vocab),
         logits_processors=logits_processors,
+        max_new_tokens=config.generation_budget(vocab),
     )
 
 
 def _generate_batch(
     session: _EvalSession, rows: list[Mapping[str, Any]], start: int
 ) -> tuple[list[list[int]], list[list[int]]]:
-    """Prompt ids (padding removed) and completion ids (cut at EOS) of one batch, image spans constrained."""
+    """Prompt ids (padding removed) and completion ids (cut at EOS) of one batch, image spans constrained.
+
+    With `open_with_image`, every prompt ends with BOI (the model is asked to draw first): the constrained generation
+    finishes that image, which is then the answer's first image (`ImageVocabulary.parse_completions`).
+    """
     from ..models import generate_with_images
 
     config, collator = session.config, session.collator
     inputs = collator.encode_prompt_batch(rows, padding_side="left")
+    max_images = config.max_images
+    if config.open_with_image:  # left padded: every prompt ends in the last column
+        boi = torch.full((len(rows), 1), session.vocab.boi_token_id, dtype=torch.long)
+        inputs = {
+            "input_ids": torch.cat([inputs["input_ids"], boi], dim=1),
+            "attention_mask": torch.cat([inputs["attention_mask"], torch.ones_like(boi)], dim=1),
+        }
+        # The constraint counts the images the completion opens; the one the prompt opened is the first.
+        max_images = None if max_images is None else max_images - 1
     # Seeded per batch: an uninterrupted run and a resumed one sample the same tokens for the same batch.
     torch.manual_seed(config.seed + start)
     sampling = {"temperature": config.temperature, "top_p": config.top_p} if config.do_sample else {}
@@ -88,8 +103,8 @@ def _generate_batch(
         session.model,
         session.vocab,
         **inputs,
-        max_new_tokens=config.max_new_tokens,
-        max_images=config.max_images,
+        max_new_tokens=session.max_new_tokens,
+        max_images=max_images,
         do_sample=config.do_sample,
         logits_processors=session.logits_processors,
         eos_token_id=collator.tokenizer.eos_token_id,
@@ -120,7 +135,7 @@ def _batch_records(
         prompts=prompt_texts, completions=completion_texts, completion_ids=completion_ids,
         **{config.answer_column: golds},
     )  # fmt: skip
-    segments = session.vocab.parse_segments(completion_ids).per_row(len(rows)) if completion_ids else []
+    segments = session.vocab.parse_completions(completion_ids).per_row(len(rows))
     image_paths = _save_images(segments, indices, session.decoder, out, config.save_images)
     records = []
     for position, (index, row) in enumerate(zip(indices, rows)):
@@ -134,6 +149,7 @@ def _batch_records(
                 "id": row.get(config.id_column, str(index)),
                 "source": source,
                 "group": task_group_of(source_values, config.task_groups),
+                "question": session.collator.question_text(row),
                 "prompt": prompt_texts[position],
                 "completion": completion_texts[position],
                 "extracted_answer": extract_answer(completion_texts[position], session.tags, config.answer_style),
@@ -143,6 +159,7 @@ def _batch_records(
                 "num_incomplete_images": len(segments[position]) - len(complete),
                 "image_paths": image_paths[position],
                 "completion_ids": completion_ids[position],
+                "prompt_ids": prompt_ids[position],
             }
         )
     return records
@@ -230,6 +247,9 @@ def evaluate(
     rows are never recomputed: the JSONL is appended and flushed per batch, and a second call with the same
     arguments (checked through a hash stored in `eval_state.json`) continues where the first stopped.
 
+    With `config.open_with_image`, each prompt ends with BOI and the answer starts with the drawing the model
+    finishes; that drawing is the answer's first image everywhere (`num_images`, saved images, the report).
+
     Args:
         model: A Chameleon / Anole model (image generation enabled, e.g. from [`load_omni_model`]).
         processor: Its processor.
@@ -249,7 +269,7 @@ def evaluate(
     Example:
         ```python
         >>> from trl_omni.evaluation import EvalConfig, evaluate
-        >>> result = evaluate(model, processor, omni_bench, EvalConfig(output_dir="eval", max_new_tokens=2048))
+        >>> result = evaluate(model, processor, omni_bench, EvalConfig(output_dir="eval"))  # budget: 2 images + text
         >>> print(result.table)
         ```
     """
@@ -264,9 +284,15 @@ def evaluate(
         keep = min(config.max_samples, len(dataset))
         dataset = dataset[:keep] if isinstance(dataset, list) else dataset.select(range(keep))
     vocab = ImageVocabulary.from_model(model, processor)
+    budget = config.generation_budget(vocab)  # refused here, before any work, when it cannot hold an image
     dataset = to_interleaved(dataset, dataset_format, model, processor, image_root=image_root)
     _check_golds(dataset, config)
-    extra = {"dataset_format": dataset_format, "decoder": type(decoder).__qualname__ if decoder is not None else None}
+    # The effective budget (derived when unset) is what shapes the predictions, so it is what a resume compares.
+    extra = {
+        "dataset_format": dataset_format,
+        "decoder": type(decoder).__qualname__ if decoder is not None else None,
+        "max_new_tokens": budget,
+    }
     records = _open_output_dir(config, _identity(config, model, processor, dataset, extra, logits_processors))
     done = {record["index"] for record in records}
     out = Path(config.output_dir)

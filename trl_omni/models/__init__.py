@@ -10,6 +10,7 @@ from .generation import (
 )
 from .image_vocabulary import ImageSegment, ImageSegments, ImageVocabulary, unwrap_model
 from .loading import CheckpointError, check_checkpoint, freeze_vq_model, load_omni_model, resolve_device
+from .precision import exact_float32_convolutions
 from .span_constraint import ImageSpanConstraint, SpanMode, SpanState
 from .text import decode_without_images, strip_image_tokens
 from .vq_decoder import (
@@ -45,6 +46,7 @@ __all__ = [
     "disable_image_generation",
     "enable_image_generation",
     "encode_images",
+    "exact_float32_convolutions",
     "freeze_vq_model",
     "generate_with_images",
     "is_image_generation_enabled",

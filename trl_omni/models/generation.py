@@ -102,16 +102,24 @@ class ImageSpanLogitsProcessor(LogitsProcessor):
     counted towards `max_images`; a prompt that ends inside an open image segment (e.g. ending with BOI to ask for
     a drawing) continues that segment. One instance may serve successive `generate` calls.
 
+    The generation budget is required: a logits processor cannot see the `max_new_tokens` of the `generate` call it
+    runs in, and without it an image opened near the end would be cut by the length limit. Pass the same value to
+    both; `None` states that generation never stops on length (it ends on EOS or your own stopping criterion).
+    To size a budget for a model, use [`ImageVocabulary.generation_budget`] (room for N images plus text).
+
     Args:
         image_vocabulary: The model's [`ImageVocabulary`].
         max_images: Optional cap on images opened per generated completion.
-        max_new_tokens: Optional generation budget; when set, BOI is only allowed if a whole span still fits.
+        max_new_tokens: The `max_new_tokens` of the `generate` call (or `None`, see above). BOI is only allowed while
+            a whole span (`image_vocabulary.span_length` tokens) still fits.
         allow_images: When False, images are banned entirely (text-only generation from an image-enabled model).
 
     Example:
         ```python
-        >>> processor = ImageSpanLogitsProcessor(ImageVocabulary.from_model(model), max_images=2)
-        >>> out = model.generate(**inputs, logits_processor=LogitsProcessorList([processor]), do_sample=True)
+        >>> vocab = ImageVocabulary.from_model(model)
+        >>> budget = vocab.generation_budget(num_images=2, text_tokens=256)
+        >>> processor = ImageSpanLogitsProcessor(vocab, max_images=2, max_new_tokens=budget)
+        >>> out = model.generate(**inputs, max_new_tokens=budget, logits_processor=LogitsProcessorList([processor]))
         ```
     """
 
@@ -119,14 +127,31 @@ class ImageSpanLogitsProcessor(LogitsProcessor):
         self,
         image_vocabulary: ImageVocabulary,
         max_images: int | None = None,
-        max_new_tokens: int | None = None,
+        *,
+        max_new_tokens: int | None,
         allow_images: bool = True,
     ):
+        if max_new_tokens is not None and (
+            isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1
+        ):
+            raise ValueError(
+                f"max_new_tokens must be the generate call's budget (an int >= 1) or None; got {max_new_tokens!r}."
+            )
         self.constraint = ImageSpanConstraint(
             image_vocabulary, max_images=max_images, max_new_tokens=max_new_tokens, allow_images=allow_images
         )
         self._state: SpanState | None = None
         self._previous: torch.Tensor | None = None  # the previous call's `input_ids`
+
+    @property
+    def max_new_tokens(self) -> int | None:
+        """The `generate` budget this processor was built for."""
+        return self.constraint.max_new_tokens
+
+    @property
+    def max_images(self) -> int | None:
+        """The cap on images opened per completion (`None`: no cap)."""
+        return self.constraint.max_images
 
     def reset(self) -> None:
         """Forgets the current generation (done automatically when a new `generate` call starts)."""

@@ -197,6 +197,22 @@ class ImageVocabulary:
         """Length of one full image span in a sequence (BOI + image tokens + EOI)."""
         return self.tokens_per_image + 2
 
+    def generation_budget(self, num_images: int, text_tokens: int) -> int:
+        """Generation budget (`max_new_tokens`) with room for `num_images` complete images and `text_tokens` of text.
+
+        Budgets in trl-omni are sized with this, never with a fixed number: one image is `span_length` tokens, 1,026
+        on Anole but 66 on the tiny test model.
+
+        Example:
+            ```python
+            >>> vocab.generation_budget(num_images=2, text_tokens=512)  # Anole: 2 * 1026 + 512
+            2564
+            ```
+        """
+        if num_images < 0 or text_tokens < 0:
+            raise ValueError(f"num_images and text_tokens must be >= 0, got {num_images} and {text_tokens}.")
+        return num_images * self.span_length + text_tokens
+
     def _on(self, name: str, tensor: torch.Tensor, device: torch.device | str) -> torch.Tensor:
         key = (name, str(torch.device(device)))
         cached = self._device_cache.get(key)
@@ -324,7 +340,8 @@ class ImageVocabulary:
         return parse_segments(self, ids, attention_mask, continue_open_image=continue_open_image)
 
     def parse_completions(self, completion_ids: Sequence[Sequence[int]] | torch.Tensor) -> ImageSegments:
-        """The image segments of generated completions: the one parse that rewards, metrics and rendering share.
+        """The image segments of generated completions: the one parse that rewards, metrics, rendering and
+        evaluation share.
 
         Completions are read as generated after their prompt (`parse_segments(..., continue_open_image=True)`): a
         prompt may end with BOI to ask for a drawing, and with the image-span constraint on

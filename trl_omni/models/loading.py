@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +17,11 @@ from .generation import enable_image_generation
 from .image_vocabulary import _chameleon_backbone
 
 
+logger = logging.getLogger(__name__)
+
+PERCEPTION_HEAD_NAME = "perception_head"
+"""Attribute under which PeSFT registers its perception head on the model (and key prefix in checkpoints)."""
+ADAPTER_CONFIG_NAME = "adapter_config.json"
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 _WEIGHT_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
@@ -26,6 +32,35 @@ _SUPPORTED_MODEL_TYPES = ("chameleon",)
 class CheckpointError(OSError):
     """A model path that cannot be loaded as a Chameleon / Anole checkpoint: a missing directory, config, weights
     or tokenizer, or another model type. The message names the path, what is missing or found, and the fix."""
+
+
+def _check_adapter(path: Path, name: str, files: list[str], listing: str, load_processor: bool) -> None:
+    """Checks a PEFT adapter directory (a LoRA / QLoRA output) and, through `base_model_name_or_path`, its base."""
+    try:
+        config = json.loads((path / ADAPTER_CONFIG_NAME).read_text())
+    except (OSError, ValueError) as error:
+        raise CheckpointError(
+            f"{path / ADAPTER_CONFIG_NAME} cannot be read as JSON ({error}). Fix: re-save it."
+        ) from error
+    base = config.get("base_model_name_or_path") if isinstance(config, dict) else None
+    if not base:
+        raise CheckpointError(
+            f"{path / ADAPTER_CONFIG_NAME} has no `base_model_name_or_path`. Fix: set it to the base checkpoint the "
+            "adapter was trained on (a Hub id or a local directory)."
+        )
+    if not any(weights in files for weights in ("adapter_model.safetensors", "adapter_model.bin")):
+        raise CheckpointError(
+            f"The adapter directory {name!r} has no adapter weights (adapter_model.safetensors / .bin) {listing}. "
+            "Fix: point to the directory `trainer.save_model` wrote."
+        )
+    if read_adapter_config(base) is not None:
+        raise CheckpointError(
+            f"The base model {base!r} of the adapter {name!r} is itself an adapter directory. Fix: merge that "
+            "adapter into its base (`merge_and_unload()` + `save_pretrained`) and point `base_model_name_or_path` at "
+            "the result."
+        )
+    processor_here = any(f in files for f in _TOKENIZER_FILES) and any(f in files for f in _IMAGE_PROCESSOR_FILES)
+    check_checkpoint(base, load_processor=load_processor and not processor_here)
 
 
 def _looks_like_local_path(name: str) -> bool:
@@ -66,13 +101,10 @@ def check_checkpoint(model_name_or_path: str | os.PathLike, load_processor: bool
     def missing(what: str, fix: str) -> CheckpointError:
         return CheckpointError(f"The checkpoint directory {name!r} has no {what} {listing}. Fix: {fix}")
 
+    if ADAPTER_CONFIG_NAME in files:  # load_omni_model loads it as an adapter on its base
+        _check_adapter(path, name, files, listing, load_processor)
+        return
     if "config.json" not in files:
-        if "adapter_config.json" in files:
-            raise missing(
-                "config.json: it is a PEFT adapter directory",
-                "load its base model with load_omni_model, then `PeftModel.from_pretrained(model, path)` (`trl-omni "
-                "eval` does both), or merge the adapter into the base model and save that.",
-            )
         raise missing("config.json", "point to the directory `save_pretrained` / `trainer.save_model` wrote.")
     try:
         config = json.loads((path / "config.json").read_text())
@@ -138,17 +170,28 @@ def load_omni_model(
     quantization_config: Any | None = None,
     load_processor: bool = True,
     processor_kwargs: dict | None = None,
+    is_trainable: bool = False,
     **from_pretrained_kwargs: Any,
 ) -> tuple[Any, Any]:
-    """Loads an Anole / Chameleon checkpoint ready to train and to draw.
+    """Loads an Anole / Chameleon checkpoint, or a trl-omni LoRA / QLoRA output, ready to train and to draw.
 
     The model is loaded with `ChameleonForConditionalGeneration.from_pretrained`, then image generation is enabled
     ([`enable_image_generation`]) and the VQ model is frozen ([`freeze_vq_model`]). Quantization (e.g.
     `BitsAndBytesConfig(load_in_4bit=True)` for QLoRA) keeps the VQ model and the language-model head in full
     precision, since both feed image codes.
 
+    The config's BOS / EOS / pad ids are set to the processor's tokenizer's (converted checkpoints keep stale
+    defaults there). Any stage's output loads here, so a later stage continues from it:
+    - a full checkpoint holding a trained PeSFT perception head (`perception_head.weight`) gets that head back as
+      `model.perception_head`;
+    - a PEFT adapter directory (the output of `trl-omni sft|rl --use_peft`, with `adapter_config.json`) is loaded on
+      top of its base model (`base_model_name_or_path`, loaded as above) as a `peft.PeftModel`; the perception head
+      it saved (`modules_to_save`) is restored too. `is_trainable=True` keeps the adapter trainable, so training
+      continues *that* adapter (pass the model to a trainer without `peft_config`).
+
     Args:
-        model_name_or_path: Hub id (e.g. `"leloy/Anole-7b-v0.1-hf"`) or local directory.
+        model_name_or_path: Hub id (e.g. `"leloy/Anole-7b-v0.1-hf"`) or local directory (a checkpoint or a PEFT
+            adapter).
         dtype: A `torch.dtype` or its name (`"bfloat16"`, `"float32"`, ...); `"auto"` (or None) keeps the
             checkpoint's dtype.
         device: Where to put the model once loaded: a device (`"cuda"`, `"cuda:1"`, `"cpu"`), `"auto"` (the
@@ -157,6 +200,8 @@ def load_omni_model(
         quantization_config: Optional transformers quantization config (bitsandbytes 4-bit / 8-bit, ...).
         load_processor: Also load the `ChameleonProcessor` from the same path.
         processor_kwargs: Extra keyword arguments for the processor's `from_pretrained`.
+        is_trainable: For a PEFT adapter directory: load the adapter trainable (to continue training it) instead of
+            frozen (inference).
         **from_pretrained_kwargs: Forwarded to the model's `from_pretrained` (`device_map`, `attn_implementation`,
             `revision`, `trust_remote_code`, ...).
 
@@ -187,6 +232,19 @@ def load_omni_model(
             "Pass either `device` or a quantization config / `device_map` to load_omni_model: quantized weights and a "
             "device map are placed while loading (use device_map={'': index} for one device)."
         )
+    adapter_config = read_adapter_config(model_name_or_path)
+    if adapter_config is not None:
+        return _load_adapter(
+            os.fspath(model_name_or_path),
+            adapter_config,
+            is_trainable=is_trainable,
+            dtype=dtype,
+            device=device,
+            quantization_config=quantization_config,
+            load_processor=load_processor,
+            processor_kwargs=processor_kwargs,
+            **from_pretrained_kwargs,
+        )
     check_checkpoint(model_name_or_path, load_processor=load_processor)
     dtype = "auto" if dtype is None else dtype
     if quantization_config is not None:
@@ -214,7 +272,84 @@ def load_omni_model(
         model.to(resolve_device(device))
     enable_image_generation(model)
     freeze_vq_model(model)
+    if _checkpoint_holds_perception_head(model_name_or_path):
+        from ..trainers.perception import add_perception_head
+
+        add_perception_head(model, int(model.config.vq_config.embed_dim), load_saved=True)
+    if processor is not None:
+        _align_special_ids(model, processor.tokenizer)
     return model, processor
+
+
+def _align_special_ids(model: Any, tokenizer: Any) -> None:
+    """Sets the config's and generation config's BOS / EOS / pad ids to the tokenizer's.
+
+    Chameleon / Anole checkpoints converted by transformers keep ChameleonConfig's defaults in the config
+    (`bos_token_id=1`, which is `<pad>`, and no pad id) while the tokenizer knows BOS is `<s>` (0) and pad `<pad>` (1).
+    Generation and TRL read the config, so without this `generate` warns about the missing pad id on every call and
+    every trainer reports that it changed the config.
+    """
+    for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
+        value = getattr(tokenizer, name, None)
+        if value is None:
+            continue
+        for config in (model.config, getattr(model, "generation_config", None)):
+            if config is not None and getattr(config, name, None) != value:
+                logger.info("Setting %s.%s to the tokenizer's %d.", type(config).__name__, name, value)
+                setattr(config, name, value)
+
+
+def read_adapter_config(path: str | os.PathLike) -> dict | None:
+    """The `adapter_config.json` of a local PEFT adapter directory, or None when `path` is not one."""
+    config_file = os.path.join(os.fspath(path), ADAPTER_CONFIG_NAME)
+    if not os.path.isfile(config_file):
+        return None
+    with open(config_file, encoding="utf-8") as handle:
+        return json.load(handle)
+
+
+def _load_adapter(path: str, adapter_config: dict, *, is_trainable: bool, load_processor: bool, **kwargs: Any):
+    from peft import PeftModel
+
+    check_checkpoint(path, load_processor=load_processor)  # the adapter and its base, with errors naming the fix
+    base_path = adapter_config["base_model_name_or_path"]
+    processor_here = os.path.isfile(os.path.join(path, "processor_config.json"))  # trainers save it with the adapter
+    model, processor = load_omni_model(base_path, load_processor=load_processor and not processor_here, **kwargs)
+    if load_processor and processor_here:
+        from transformers import ChameleonProcessor
+
+        processor = ChameleonProcessor.from_pretrained(path, **(kwargs.get("processor_kwargs") or {}))
+        _align_special_ids(model, processor.tokenizer)
+    if PERCEPTION_HEAD_NAME in (adapter_config.get("modules_to_save") or []) and not hasattr(
+        model, PERCEPTION_HEAD_NAME
+    ):
+        # The module must exist on the base for PEFT to load the trained copy the adapter saved into it.
+        from ..trainers.perception import add_perception_head
+
+        add_perception_head(model, int(model.config.vq_config.embed_dim), load_saved=False)
+    model = PeftModel.from_pretrained(model, path, is_trainable=is_trainable)
+    logger.info("Loaded the adapter %s on %s (trainable: %s).", path, base_path, is_trainable)
+    return model, processor
+
+
+def _checkpoint_holds_perception_head(path: str | os.PathLike) -> bool:
+    """Whether a local checkpoint's safetensors hold a PeSFT perception head (a full fine-tune saved by PeSFT)."""
+    path = os.fspath(path)
+    if not os.path.isdir(path):
+        return False
+    index_file = os.path.join(path, "model.safetensors.index.json")
+    prefix = PERCEPTION_HEAD_NAME + "."
+    if os.path.isfile(index_file):
+        with open(index_file, encoding="utf-8") as handle:
+            return any(key.startswith(prefix) for key in json.load(handle).get("weight_map", {}))
+    from safetensors import safe_open
+
+    for name in sorted(os.listdir(path)):
+        if name.endswith(".safetensors"):
+            with safe_open(os.path.join(path, name), framework="pt") as handle:
+                if any(key.startswith(prefix) for key in handle.keys()):  # noqa: SIM118
+                    return True
+    return False
 
 
 def resolve_device(device: torch.device | str | None = "auto") -> torch.device:
@@ -234,7 +369,7 @@ def resolve_device(device: torch.device | str | None = "auto") -> torch.device:
 # Anole checkpoints carry the VQGAN decoder (`model.vqmodel.decoder.*`), and a full PeSFT checkpoint its perception head
 # (`perception_head.weight`); transformers' Chameleon has no module for either. trl-omni reads them itself
 # (`load_vq_decoder`; `add_perception_head`, which PeSFT calls), so they are expected, not "unexpected".
-_VQ_DECODER_KEYS = r"(model\.vqmodel\.decoder\.)|(^perception_head\.)"
+_VQ_DECODER_KEYS = rf"(model\.vqmodel\.decoder\.)|(^{PERCEPTION_HEAD_NAME}\.)"
 
 
 @contextlib.contextmanager

@@ -86,51 +86,19 @@ class EvalModelArguments:
     )
 
 
-def load_model_or_adapter(path: str, dtype: Any = "auto", device: Any = None) -> tuple[Any, Any]:
-    """Loads a full checkpoint with [`load_omni_model`], or a PEFT adapter directory (a LoRA / QLoRA output of
-    `trl-omni sft|rl`) on top of its base model; the processor comes from `path` when it was saved there."""
-    import json
-    import os
-
-    from transformers import ChameleonProcessor
-
-    from trl_omni.models import ImageVocabulary, load_omni_model
-
-    adapter_config = os.path.join(path, "adapter_config.json")
-    if not os.path.isfile(adapter_config):
-        return load_omni_model(path, dtype=dtype, device=device)
-    from peft import PeftModel
-
-    from trl_omni.trainers import add_perception_head
-
-    with open(adapter_config) as handle:
-        config = json.load(handle)
-    if not config.get("base_model_name_or_path"):
-        raise ValueError(
-            f"{adapter_config} has no `base_model_name_or_path`: set it to the base checkpoint the adapter was "
-            "trained on (a Hub id or a local directory)."
-        )
-    model, processor = load_omni_model(config["base_model_name_or_path"], dtype=dtype, device=device)
-    if os.path.isfile(os.path.join(path, "processor_config.json")):
-        processor = ChameleonProcessor.from_pretrained(path)
-    if "perception_head" in (config.get("modules_to_save") or []):
-        # A PeSFT adapter saves its perception head; the module must exist on the base to receive it.
-        add_perception_head(model, ImageVocabulary.from_model(model, processor))
-    return PeftModel.from_pretrained(model, path), processor
-
-
 def main(script_args: Any, eval_config: Any, model_args: Any) -> int:
     """Loads the model and data, then runs [`trl_omni.evaluation.evaluate`]."""
 
     from trl_omni.data.loading import load_any_dataset, select_split
     from trl_omni.evaluation import evaluate
-    from trl_omni.models import ImageVocabulary
+    from trl_omni.models import ImageVocabulary, load_omni_model
 
     if not model_args.model_name_or_path:
         raise ValueError("--model_name_or_path is required.")
     if not script_args.dataset_name:
         raise ValueError("--dataset_name is required: a Hub dataset, a local json/jsonl/parquet file or a directory.")
-    model, processor = load_model_or_adapter(
+    # A full checkpoint or a LoRA / QLoRA output of `trl-omni sft|rl` (base + adapter + perception head).
+    model, processor = load_omni_model(
         model_args.model_name_or_path, dtype=model_args.dtype, device=model_args.device or "auto"
     )
 

@@ -138,9 +138,7 @@ def preflight(namespace: Any) -> None:
 
 def main(script_args: Any, training_args: Any, model_args: Any) -> int:
     """Loads the model, the data and the rewards named by the arguments, trains with [`PeRPOTrainer`], saves."""
-    from trl import get_peft_config
-
-    from trl_omni.cli.common import load_model_and_processor, train_and_save
+    from trl_omni.cli.common import load_model_and_processor, peft_config_for, train_and_save
     from trl_omni.data.loading import load_any_dataset, select_split, to_interleaved
     from trl_omni.data.report import SkipReport
     from trl_omni.models import ImageVocabulary
@@ -185,7 +183,7 @@ def main(script_args: Any, training_args: Any, model_args: Any) -> int:
         args=training_args,
         train_dataset=train,
         processing_class=processor,
-        peft_config=get_peft_config(model_args),
+        peft_config=peft_config_for(model, model_args),
     )
     return train_and_save(trainer, training_args, script_args, skip_report=report)
 

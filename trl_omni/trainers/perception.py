@@ -17,11 +17,10 @@ import torch
 from torch import nn
 
 from ..models import ImageVocabulary, unwrap_model
+from ..models.loading import PERCEPTION_HEAD_NAME
 
 
 logger = logging.getLogger(__name__)
-
-PERCEPTION_HEAD_NAME = "perception_head"
 
 
 class PerceptionHead(nn.Module):

@@ -16,14 +16,16 @@ from ..collators import InterleavedDataCollator
 from ..models import (
     ImageSpanLogitsProcessor,
     ImageVocabulary,
+    decode_without_images,
     enable_image_generation,
     freeze_vq_model,
     load_omni_model,
+    strip_image_tokens,
     unwrap_model,
 )
-from ..models.text import decode_without_images, strip_image_tokens
 from ..rewards import PerceptionCalibratedReward, PerceptionReward, ReferenceImageReward, safe_reward_funcs
 from ..visualization import RenderedTrajectoriesCallback
+from .perception import get_perception_head
 from .perpo_config import PeRPOConfig
 from .perpo_metrics import log_image_metrics, log_modality_loss_metrics, log_perception_metrics, policy_token_outputs
 from .perpo_prompts import TokenizedPrompt, check_prompt_ids, is_parts
@@ -57,7 +59,10 @@ class PeRPOTrainer(GRPOTrainer):
     - modality-aware metrics: `images/token_share`, `images/per_completion`, `images/complete_rate`,
       `images/stray_tokens`, `entropy/text|image`, `clip_ratio/text|image/{low,high,region}_mean` and
       `perception/score_mean|score_min|scored_frac` (from the perception scorer the reward uses, scored once);
-    - optional degenerate-group filtering (`filter_degenerate_groups`).
+    - optional degenerate-group filtering (`filter_degenerate_groups`);
+    - a PeSFT perception head on the model (a PeSFT output loaded with [`~trl_omni.load_omni_model`]) is frozen and
+      kept: the output still carries it. To continue a PeSFT LoRA adapter, load it with
+      `load_omni_model(path, is_trainable=True)` and pass no `peft_config` (a new adapter would leave it frozen).
 
     The training log-probabilities are those of the full vocabulary (the constraint only shapes sampling), as in
     TRL for any logits processor.
@@ -146,6 +151,11 @@ class PeRPOTrainer(GRPOTrainer):
             quantization_config = None
         enable_image_generation(model)
         freeze_vq_model(model)
+        head = get_perception_head(model)
+        if head is not None:
+            # A PeSFT output's perception head is carried through RL unchanged (and saved with the model or adapter);
+            # RL has no loss on it, and a trainable parameter without a gradient would stall DDP.
+            head.requires_grad_(False)
         vocab = ImageVocabulary.from_model(
             model, processing_class if isinstance(processing_class, ProcessorMixin) else None
         )

@@ -51,8 +51,10 @@ class PeSFTConfig(SFTConfig):
             At each evaluation, this many eval prompts (interleaved rows) are answered with constrained drawing,
             rendered and logged to the active trackers (or written under `<output_dir>/rendered_trajectories/`);
             `0` disables.
-        eval_generation_max_new_tokens (`int`, *optional*, defaults to `1200`):
-            Generation budget of those answers (one Anole image is 1,026 tokens).
+        eval_generation_max_new_tokens (`int`, *optional*):
+            Generation budget of those answers. Defaults to room for one image plus 256 text tokens of *this* model
+            (`ImageVocabulary.generation_budget(1, 256)`: 1,282 on Anole); a value that cannot hold one image span is
+            refused when the trainer is built.
         interleaved_template (`str`, *optional*, defaults to `"templated"`):
             Layout of interleaved rows built by the default [`InterleavedDataCollator`]: `"templated"`, `"plain"`
             or `"chat"`. Ignored for pre-tokenized rows or when a `data_collator` is passed.
@@ -67,9 +69,10 @@ class PeSFTConfig(SFTConfig):
             dataset conversion and image encoding.
 
     > [!NOTE]
-    > `max_length` defaults to `5100` (the authors' limit) instead of `1024`: one 512x512 image alone is 1,026
-    > tokens. Pre-tokenized rows longer than `max_length` are *dropped* (counted and logged), never truncated,
-    > since a cut would slice an image.
+    > `max_length` defaults to `5100` (the authors' limit: four 1,026-token Anole images plus text) instead of
+    > `1024`. Rows that do not fit are dropped (counted and logged) once per dataset, before batching, so no batch is
+    > ever left empty, at any batch size: pre-tokenized rows longer than `max_length` (never truncated, since a cut
+    > would slice an image) and interleaved rows the collator's `length_policy` would drop.
 
     Example:
         ```python
@@ -91,8 +94,8 @@ class PeSFTConfig(SFTConfig):
     max_length: int | None = field(
         default=5100,
         metadata={
-            "help": "Maximum sequence length. Pre-tokenized rows longer than this are dropped (counted and logged), "
-            "never truncated, because a cut would slice an image. Defaults to the Omni-R1 authors' limit."
+            "help": "Maximum sequence length. Rows longer than this are dropped (counted and logged) before "
+            "batching, never cut inside an image. Defaults to the Omni-R1 authors' limit (4 Anole images + text)."
         },
     )
     gradient_checkpointing: bool | None = gradient_checkpointing_field()
@@ -128,9 +131,12 @@ class PeSFTConfig(SFTConfig):
             "`<output_dir>/rendered_trajectories/` when none is active; 0 disables."
         },
     )
-    eval_generation_max_new_tokens: int = field(
-        default=1200,
-        metadata={"help": "Generation budget of those rendered evaluation answers."},
+    eval_generation_max_new_tokens: int | None = field(
+        default=None,
+        metadata={
+            "help": "Generation budget of those rendered evaluation answers. Default: room for one image of the "
+            "model plus 256 text tokens (1,282 on Anole)."
+        },
     )
     interleaved_template: str = field(
         default="templated",
@@ -148,8 +154,8 @@ class PeSFTConfig(SFTConfig):
     length_policy: str = field(
         default="drop",
         metadata={
-            "help": "What the default collator does with an interleaved row longer than `max_length`: 'drop' it "
-            "(counted and logged, as the authors did) or 'truncate' it at an image boundary.",
+            "help": "What happens to an interleaved row longer than `max_length`: 'drop' it (counted and logged "
+            "before batching, as the authors did) or 'truncate' it at an image boundary.",
             "choices": list(LENGTH_POLICIES),
         },
     )
@@ -166,6 +172,10 @@ class PeSFTConfig(SFTConfig):
     def __post_init__(self):
         set_activation_checkpointing_default(self)
         super().__post_init__()
+        if self.eval_generation_max_new_tokens is not None and self.eval_generation_max_new_tokens < 1:
+            raise ValueError(
+                f"eval_generation_max_new_tokens must be >= 1 (or unset), got {self.eval_generation_max_new_tokens}."
+            )
         if self.log_rendered_trajectories < 0:
             raise ValueError(f"log_rendered_trajectories must be >= 0, got {self.log_rendered_trajectories}.")
         if self.perception_alignment not in PERCEPTION_ALIGNMENTS:

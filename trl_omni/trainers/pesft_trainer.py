@@ -15,6 +15,7 @@ from trl import SFTTrainer
 from trl.models.utils import unwrap_model_for_generation
 
 from ..collators import InterleavedDataCollator
+from ..data.lengths import drop_overlong_rows
 from ..data.loading import check_not_empty
 from ..data.pretokenize import check_interleaved_storage
 from ..data.pretokenized import validate_pretokenized_rows
@@ -66,7 +67,9 @@ class PeSFTTrainer(SFTTrainer):
             format) use TRL's language-modeling collator.
         train_dataset: Training rows. Pre-tokenized rows are checked once ([`validate_pretokenized_rows`]: cut
             image spans, stray image tokens, mask lengths, ids out of range) and refused, or dropped and counted
-            under `args.on_error="skip"`; those longer than `args.max_length` are dropped, never cut.
+            under `args.on_error="skip"`. Rows that cannot be trained within `args.max_length` (pre-tokenized or
+            interleaved) are dropped, counted and logged before batching, never cut inside an image (see
+            [`~trl_omni.data.drop_overlong_rows`]), so any batch size trains.
         eval_dataset: Evaluation rows (checked the same way).
         processing_class: The `ChameleonProcessor` (or its tokenizer). Loaded with the model when `model` is a path.
         peft_config: Optional PEFT config; `"perception_head"` is added to (a copy of) its `modules_to_save`.
@@ -147,14 +150,19 @@ class PeSFTTrainer(SFTTrainer):
             args.completion_only_loss = True
         if data_collator is None:
             data_collator = self._default_data_collator(sample, args, processing_class)
-        # Rows skipped before training (conversion under `on_error="skip"`, bad or over-long pre-tokenized rows),
-        # summarised with the collator's length drops at the end of training. `trl-omni sft` merges its own into it.
+        # Rows skipped before training (conversion under `on_error="skip"`, bad pre-tokenized rows, rows too long for
+        # `max_length`), summarised with the collator's length drops at the end of training. `trl-omni sft` merges
+        # its own into it. Over-long rows go here, once per dataset, so no batch (of any size) is left empty and TRL
+        # never truncates pre-tokenized rows (which could cut an image).
         self.skip_report = SkipReport()
-        train_dataset = self._prepare_pretokenized(train_dataset, args, "train")
+        length_collator = data_collator if isinstance(data_collator, InterleavedDataCollator) else None
+        train_dataset = self._check_and_bound_rows(train_dataset, args, "train", length_collator)
         if isinstance(eval_dataset, dict):
-            eval_dataset = {name: self._prepare_pretokenized(ds, args, name) for name, ds in eval_dataset.items()}
+            eval_dataset = {
+                name: self._check_and_bound_rows(ds, args, name, length_collator) for name, ds in eval_dataset.items()
+            }
         elif eval_dataset is not None:
-            eval_dataset = self._prepare_pretokenized(eval_dataset, args, "eval")
+            eval_dataset = self._check_and_bound_rows(eval_dataset, args, "eval", length_collator)
 
         if get_perception_head(model) is None:
             if unwrap_model(model) is not model and hasattr(model, "peft_config"):
@@ -171,6 +179,7 @@ class PeSFTTrainer(SFTTrainer):
                 peft_config = copy.copy(peft_config)
                 peft_config.modules_to_save = [*modules_to_save, PERCEPTION_HEAD_NAME]
 
+        self._eval_generation_budget = self._rendered_answer_budget(args, self.image_vocabulary)
         self._perception_capture: _PerceptionCapture | None = None
         self._window_image_tokens: int | None = None
         super().__init__(
@@ -228,50 +237,34 @@ class PeSFTTrainer(SFTTrainer):
             seed=args.seed,
         )
 
-    def _prepare_pretokenized(self, dataset: Any, args: PeSFTConfig, name: str) -> Any:
-        """Checks pre-tokenized rows (refused, or dropped and counted under `on_error="skip"`), then drops the ones
-        longer than `max_length`. Interleaved datasets get the checks their column types allow (codes stored as
-        integers, answers as strings); the collator checks each of their rows."""
+    def _check_and_bound_rows(self, dataset: Any, args: PeSFTConfig, name: str, collator: Any) -> Any:
+        """Checks pre-tokenized rows (refused, or dropped and counted under `on_error="skip"`; interleaved datasets get
+        the checks their column types allow, the collator checks each row), then drops the rows that cannot be trained
+        within `max_length` (see [`~trl_omni.data.drop_overlong_rows`])."""
         columns = getattr(dataset, "column_names", None) or []
-        if "input_ids" not in columns:
-            if isinstance(dataset, Dataset) and "prompt" in columns:
-                check_interleaved_storage(dataset)
-            return dataset
-        dataset = validate_pretokenized_rows(
-            dataset, self.image_vocabulary, on_error=args.on_error, what=name, skip_report=self.skip_report
-        )
-        before = len(dataset) if isinstance(dataset, Dataset) else None
-        dataset = self._drop_overlong_rows(dataset, args, name)
-        if before is not None:
-            reason = f"longer than max_length={args.max_length}"
-            self.skip_report.add(f"pre-tokenized {name} rows", before - len(dataset), before, reason, log=False)
-        return dataset
+        if "input_ids" in columns:
+            dataset = validate_pretokenized_rows(
+                dataset, self.image_vocabulary, on_error=args.on_error, what=name, skip_report=self.skip_report
+            )
+        elif isinstance(dataset, Dataset) and "prompt" in columns:
+            check_interleaved_storage(dataset)
+        return drop_overlong_rows(dataset, args.max_length, collator, name, skip_report=self.skip_report)
 
     @staticmethod
-    def _drop_overlong_rows(dataset: Any, args: PeSFTConfig, name: str) -> Any:
-        """Drops pre-tokenized rows longer than `max_length` so TRL never truncates (and so never cuts an image)."""
-        if args.max_length is None or not isinstance(dataset, Dataset | IterableDataset):
-            return dataset
-        if "input_ids" not in (dataset.column_names or []):
-            return dataset
-        max_length = args.max_length
-        kept = dataset.filter(lambda row: len(row["input_ids"]) <= max_length)
-        if isinstance(dataset, Dataset):
-            dropped = len(dataset) - len(kept)
-            if dropped:
-                logger.warning(
-                    "Dropped %d of %d %s rows longer than max_length=%d (PeSFT never truncates: a cut could slice an "
-                    "image). Raise `max_length` to keep them.",
-                    dropped,
-                    len(dataset),
-                    name,
-                    max_length,
-                )
-            if len(kept) == 0:
-                raise ValueError(
-                    f"Every {name} row is longer than max_length={max_length}; raise `max_length` in PeSFTConfig."
-                )
-        return kept
+    def _rendered_answer_budget(args: PeSFTConfig, vocab: ImageVocabulary) -> int:
+        """`eval_generation_max_new_tokens`, or room for one image of this model plus 256 text tokens."""
+        budget = args.eval_generation_max_new_tokens
+        if budget is None:
+            return vocab.generation_budget(num_images=1, text_tokens=256)
+        if args.log_rendered_trajectories > 0 and budget < vocab.span_length:
+            raise ValueError(
+                f"eval_generation_max_new_tokens={budget} cannot hold one image of this model: an image takes "
+                f"{vocab.span_length} tokens (BOI + {vocab.grid_size[0]}x{vocab.grid_size[1]} codes + EOI), so the "
+                f"rendered eval answers could never draw. Set it to at least {vocab.span_length} plus room for text "
+                f"(e.g. {vocab.generation_budget(1, 256)}), leave it unset to derive it, or set "
+                "log_rendered_trajectories=0."
+            )
+        return budget
 
     # ------------------------------------------------------------------ evaluation
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"):
@@ -295,15 +288,20 @@ class PeSFTTrainer(SFTTrainer):
                 unwrapped,
                 self.image_vocabulary,
                 **inputs,
-                max_new_tokens=self.args.eval_generation_max_new_tokens,
+                max_new_tokens=self._eval_generation_budget,
                 do_sample=False,
                 pad_token_id=collator.pad_token_id,
             )
         if self.accelerator.is_main_process:
+            # Shown with the question as written and the prompt's images (the template's text left out).
+            prompt_ids = [
+                ids[mask.bool()].tolist() for ids, mask in zip(inputs["input_ids"], inputs["attention_mask"])
+            ]
             callback.submit(
                 completions,
-                titles=[f"eval row {row.get('id', i)}" for i, row in enumerate(rows)],
+                titles=[f"eval row {row.get('id', i)}: {collator.question_text(row)}" for i, row in enumerate(rows)],
                 metadata=[{"answer": row.get("answer")} for row in rows],
+                prompt_ids=prompt_ids,
             )
 
     # ------------------------------------------------------------------ hooks

@@ -70,7 +70,10 @@ class RenderedTrajectoriesCallback(TrainerCallback):
         # The logger is built at the first log (it needs the trainer's output_dir and report_to); its budget is checked
         # now, so a bad value fails where the callback is made rather than steps into training.
         self.log_budget = check_log_budget(max_per_step, max_bytes_per_step, max_bytes_per_item, png_width)
-        self._pending: deque[tuple[list[int], str | None, dict[str, Any]]] = deque(maxlen=max(1, max_per_step))
+        # (completion ids, prompt ids or None, title, metadata)
+        self._pending: deque[tuple[list[int], list[int] | None, str | None, dict[str, Any]]] = deque(
+            maxlen=max(1, max_per_step)
+        )
         self._logger: TrajectoryLogger | None = None
         self.last_report: TrajectoryLogReport | None = None
 
@@ -89,6 +92,7 @@ class RenderedTrajectoriesCallback(TrainerCallback):
         titles: Sequence[str | None] | None = None,
         metadata: Sequence[dict[str, Any]] | None = None,
         attention_mask: Any | None = None,
+        prompt_ids: Sequence[Sequence[int]] | None = None,
     ) -> None:
         """Hands completions to the callback; only the latest `max_per_step` are kept until the next log.
 
@@ -98,12 +102,15 @@ class RenderedTrajectoriesCallback(TrainerCallback):
             titles: Optional title per completion (e.g. the prompt).
             metadata: Optional dict per completion (e.g. `{"reward": 0.8}`), shown with the trajectory.
             attention_mask: Optional mask for a padded tensor of ids (0 = padding, dropped).
+            prompt_ids: Optional prompt of each completion (padding removed): its images (the problem image) are
+                shown with the completion (see [`render_trajectories`]).
         """
         rows = _rows_of(completion_ids, attention_mask)
         for i, row in enumerate(rows):
             title = None if titles is None else titles[i]
             facts = {} if metadata is None else dict(metadata[i])
-            self._pending.append((row, title, facts))
+            prompt = None if prompt_ids is None else [int(token) for token in prompt_ids[i]]
+            self._pending.append((row, prompt, title, facts))
 
     @property
     def num_pending(self) -> int:
@@ -145,13 +152,15 @@ class RenderedTrajectoriesCallback(TrainerCallback):
             self.image_vocabulary = ImageVocabulary.from_model(model, processing_class)
         if self.decoder is None:
             self.decoder = FalseColorDecoder(self.image_vocabulary)
+        with_prompts = any(prompt is not None for _, prompt, _, _ in pending)
         rendered = render_trajectories(
-            [row for row, _, _ in pending],
+            [row for row, _, _, _ in pending],
             processing_class,
             self.image_vocabulary,
             self.decoder,
-            titles=[title for _, title, _ in pending],
-            metadata=[{"step": state.global_step, **facts} for _, _, facts in pending],
+            prompt_ids=[prompt or [] for _, prompt, _, _ in pending] if with_prompts else None,
+            titles=[title for _, _, title, _ in pending],
+            metadata=[{"step": state.global_step, **facts} for _, _, _, facts in pending],
         )
         self.last_report = self._get_logger(args).log(rendered, step=state.global_step)
 

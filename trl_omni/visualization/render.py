@@ -51,6 +51,7 @@ figure { margin: .5em 0; }
 figure img { image-rendering: pixelated; border: 1px solid #ccc; }
 figcaption { color: #777; font-size: .8em; }
 .incomplete { display: inline-block; border: 2px dashed #c66; color: #a33; padding: .6em 1em; margin: .5em 0; }
+.prompt-images { display: flex; flex-wrap: wrap; gap: .8em; padding-bottom: .5em; border-bottom: 1px solid #eee; }
 """
 
 
@@ -67,6 +68,7 @@ class RenderedTrajectory:
     Attributes:
         pieces: The [`TrajectoryPiece`]s in sequence order.
         title: Optional heading (e.g. the prompt or a sample id).
+        prompt_images: The prompt's own images (e.g. the problem image), decoded; shown before the pieces.
         metadata: Optional key/value facts shown under the title (rewards, step, ...).
         image_display_size: Width images are shown at in HTML and in the PNG strip (small images are enlarged with
             nearest-neighbour scaling so codes stay crisp).
@@ -76,9 +78,11 @@ class RenderedTrajectory:
     title: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
     image_display_size: int = 256
+    prompt_images: list[Image.Image] = field(default_factory=list)
 
     @property
     def images(self) -> list[Image.Image]:
+        """The drawn (complete) images, in order; the prompt's images are in `prompt_images`."""
         return [piece.image for piece in self.pieces if piece.kind == "image"]
 
     @property
@@ -111,6 +115,12 @@ class RenderedTrajectory:
         if self.metadata:
             facts = "\n".join(f"{key}: {value}" for key, value in self.metadata.items())
             out.append(f'<div class="meta">{html.escape(facts)}</div>')
+        if self.prompt_images:
+            figures = [
+                self._figure_html(image, f"prompt image {number}")
+                for number, image in enumerate(self.prompt_images, start=1)
+            ]
+            out.append('<div class="prompt-images">' + "".join(figures) + "</div>")
         image_number = 0
         for piece in self.pieces:
             if piece.kind == "text":
@@ -122,17 +132,19 @@ class RenderedTrajectory:
                     )
             elif piece.kind == "image":
                 image_number += 1
-                data = base64.b64encode(_png_bytes(piece.image)).decode("ascii")
-                width = max(piece.image.width, self.image_display_size)
-                out.append(
-                    f'<figure><img src="data:image/png;base64,{data}" width="{width}" '
-                    f'alt="image {image_number}"><figcaption>image {image_number} ({piece.image.width}x'
-                    f"{piece.image.height} px)</figcaption></figure>"
-                )
+                out.append(self._figure_html(piece.image, f"image {image_number}"))
             else:
                 out.append(f'<div class="incomplete">{html.escape(_incomplete_label(piece))}</div>')
         out.append("</section>")
         return "\n".join(out)
+
+    def _figure_html(self, image: Image.Image, label: str) -> str:
+        data = base64.b64encode(_png_bytes(image)).decode("ascii")
+        width = max(image.width, self.image_display_size)
+        return (
+            f'<figure><img src="data:image/png;base64,{data}" width="{width}" alt="{label}"><figcaption>{label} '
+            f"({image.width}x{image.height} px)</figcaption></figure>"
+        )
 
     def to_html(self) -> str:
         """A self-contained HTML page (no external resources)."""
@@ -147,7 +159,8 @@ class RenderedTrajectory:
         max_height: int = 8192,
         font: Any | None = None,
     ) -> Image.Image:
-        """A vertical PNG strip: title, metadata, wrapped text, images, incomplete-image placeholders.
+        """A vertical PNG strip: title, metadata, the prompt's images, wrapped text, images, incomplete-image
+        placeholders.
 
         Height is `2 * margin + sum(block heights) + gap * (blocks - 1)`; images are `image_display_size` wide
         (capped at `width - 2 * margin`). Strips taller than `max_height` are cut with a "truncated" line.
@@ -161,6 +174,11 @@ class RenderedTrajectory:
         if self.metadata:
             facts = "  ".join(f"{key}: {value}" for key, value in self.metadata.items())
             blocks.append(("lines", (_wrap(facts, font, inner), (90, 90, 90))))
+        for number, image in enumerate(self.prompt_images, start=1):
+            blocks.append(("lines", ([f"prompt image {number}:"], (90, 90, 90))))
+            blocks.append(("image", self._strip_image(image, inner)))
+        if self.prompt_images:
+            blocks.append(("lines", (["answer:"], (90, 90, 90))))
         for piece in self.pieces:
             if piece.kind == "text":
                 if piece.text.strip():
@@ -169,10 +187,7 @@ class RenderedTrajectory:
                     note = f"[{piece.num_image_tokens} stray image token(s) dropped]"
                     blocks.append(("lines", (_wrap(note, font, inner), (170, 100, 0))))
             elif piece.kind == "image":
-                size = min(self.image_display_size, inner)
-                height = max(1, round(piece.image.height * size / piece.image.width))
-                resample = Image.NEAREST if size >= piece.image.width else Image.LANCZOS
-                blocks.append(("image", piece.image.convert("RGB").resize((size, height), resample)))
+                blocks.append(("image", self._strip_image(piece.image, inner)))
             else:
                 blocks.append(("box", _wrap(_incomplete_label(piece), font, inner - 12)))
 
@@ -218,6 +233,12 @@ class RenderedTrajectory:
         if truncated:
             draw.text((margin, total - margin - line_height), "... (truncated)", fill=(170, 40, 40), font=font)
         return canvas
+
+    def _strip_image(self, image: Image.Image, inner: int) -> Image.Image:
+        size = min(self.image_display_size, inner)
+        height = max(1, round(image.height * size / image.width))
+        resample = Image.NEAREST if size >= image.width else Image.LANCZOS
+        return image.convert("RGB").resize((size, height), resample)
 
     def save(self, path_prefix: str | os.PathLike, png_width: int = 512) -> tuple[str, str]:
         """Writes `<path_prefix>.html` and `<path_prefix>.png`; returns both paths."""
@@ -298,6 +319,7 @@ def render_trajectories(
     image_vocabulary: ImageVocabulary,
     decoder: Any | None = None,
     *,
+    prompt_ids: Sequence[Sequence[int]] | None = None,
     attention_mask: Any | None = None,
     titles: Sequence[str | None] | None = None,
     metadata: Sequence[dict[str, Any]] | None = None,
@@ -306,17 +328,22 @@ def render_trajectories(
 ) -> list[RenderedTrajectory]:
     """Renders a batch of token sequences (completions or full sequences) as interleaved text and images.
 
-    One vectorised `parse_segments` call finds every image (a row that begins with image codes finishes the image its
-    prompt opened with BOI, as [`~trl_omni.ImageVocabulary.parse_completions`] reads completions); all complete
-    images of the batch are decoded in one `decoder.decode` call. Text between images is decoded with the tokenizer
-    after removing image spans (stray image tokens outside any segment are dropped from the text and counted in the
-    piece). Incomplete images become placeholders with their token count.
+    The core's `ImageVocabulary.parse_completions` finds every image; all images of the batch (prompt
+    images included) are decoded in one `decoder.decode` call. Text between images is decoded with the tokenizer after
+    removing image spans (stray image tokens outside any segment are dropped from the text and counted in the piece).
+    Incomplete images become placeholders with their token count.
+
+    A completion that begins with image codes finishes the image its prompt opened (a prompt ending with BOI, as when
+    a model is asked to draw): that image is shown as the completion's first. With `prompt_ids`, each trajectory also
+    shows its prompt's images (the problem image: `prompt_images`). The prompt's *text* is not rendered (it holds the
+    template's system text): put the question in `titles` or `metadata`.
 
     Args:
         ids: `(B, L)` tensor (with `attention_mask` for padding) or a list of id lists.
         processing_class: The processor or tokenizer (for text).
         image_vocabulary: The model's [`~trl_omni.models.ImageVocabulary`].
         decoder: Any object with `decode(codes) -> list[PIL.Image]`; defaults to [`FalseColorDecoder`].
+        prompt_ids: Optional prompt of each row (a list of ids, padding removed), when `ids` are completions.
         attention_mask: Optional mask for tensor `ids`.
         titles: Optional title per row.
         metadata: Optional dict per row (rewards, prompt id, ...), shown under the title.
@@ -329,22 +356,33 @@ def render_trajectories(
     Example:
         ```python
         >>> from trl_omni.visualization import render_trajectories
-        >>> rendered = render_trajectories(completion_ids, processor, vocab)
+        >>> rendered = render_trajectories(completion_ids, processor, vocab, prompt_ids=prompt_ids)
         >>> rendered[0].to_png().save("trajectory.png")
         ```
     """
     rows = _rows_of(ids, attention_mask)
     tokenizer = _tokenizer_of(processing_class)
     decoder = decoder or FalseColorDecoder(image_vocabulary)
-    # A row that begins with image codes finishes an image opened before it (a prompt ending with BOI).
-    segments = image_vocabulary.parse_segments(rows, continue_open_image=True)
-    complete_images = decoder.decode(segments.complete_codes) if len(segments.complete_codes) else []
-    if len(complete_images) != len(segments.complete_codes):
+    if prompt_ids is not None:
+        prompt_ids = [[int(token) for token in prompt] for prompt in prompt_ids]
+        if len(prompt_ids) != len(rows):
+            raise ValueError(f"Got {len(prompt_ids)} prompts for {len(rows)} sequences.")
+    segments = image_vocabulary.parse_completions(rows)
+    codes = segments.complete_codes
+    prompt_image_rows: list[int] = []
+    if prompt_ids is not None and rows:
+        prompt_segments = image_vocabulary.parse_segments(prompt_ids)
+        codes = torch.cat([codes, prompt_segments.complete_codes])
+        prompt_image_rows = prompt_segments.complete_batch_index.tolist()
+    decoded = decoder.decode(codes) if len(codes) else []
+    if len(decoded) != len(codes):
         raise ValueError(
-            f"{type(decoder).__name__}.decode returned {len(complete_images)} images for "
-            f"{len(segments.complete_codes)} code grids."
+            f"{type(decoder).__name__}.decode returned {len(decoded)} images for {len(codes)} code grids."
         )
-    image_iter = iter(complete_images)
+    image_iter = iter(decoded[: len(segments.complete_codes)])
+    prompt_images: list[list[Image.Image]] = [[] for _ in rows]
+    for row_index, image in zip(prompt_image_rows, decoded[len(segments.complete_codes) :]):
+        prompt_images[row_index].append(image)
     per_row = segments.per_row(len(rows))
     rendered = []
     for index, (row, row_segments) in enumerate(zip(rows, per_row)):
@@ -372,7 +410,7 @@ def render_trajectories(
                     )
                 )
             else:
-                inside = torch.tensor(row[segment.start + 1 : segment.end], dtype=torch.long)
+                inside = torch.tensor(row[max(segment.start + 1, 0) : segment.end], dtype=torch.long)
                 if inside.numel() and int(inside[-1]) == image_vocabulary.eoi_token_id:
                     inside = inside[:-1]
                 pieces.append(
@@ -391,6 +429,7 @@ def render_trajectories(
                 title=None if titles is None else titles[index],
                 metadata=dict(metadata[index]) if metadata is not None else {},
                 image_display_size=image_display_size,
+                prompt_images=prompt_images[index],
             )
         )
     return rendered
@@ -402,6 +441,7 @@ def render_trajectory(
     image_vocabulary: ImageVocabulary,
     decoder: Any | None = None,
     *,
+    prompt_ids: Sequence[int] | None = None,
     title: str | None = None,
     metadata: dict[str, Any] | None = None,
     skip_special_tokens: bool = True,
@@ -409,12 +449,15 @@ def render_trajectory(
 ) -> RenderedTrajectory:
     """Renders one token sequence (a completion or a full sequence) as interleaved text and images.
 
-    See [`render_trajectories`] for the arguments; `ids` is one sequence (list or 1-D tensor).
+    See [`render_trajectories`] for the arguments; `ids` is one sequence (list or 1-D tensor) and `prompt_ids` its
+    prompt (its images are shown first).
 
     Example:
         ```python
         >>> from trl_omni.visualization import render_trajectory
-        >>> rendered = render_trajectory(completion_ids, processor, vocab, decoder=palette_decoder, title="sample 0")
+        >>> rendered = render_trajectory(
+        ...     completion_ids, processor, vocab, decoder=vq_decoder, prompt_ids=prompt_ids, title=question
+        ... )
         >>> open("trajectory.html", "w").write(rendered.to_html())
         >>> rendered.to_png(width=512).save("trajectory.png")
         ```
@@ -428,6 +471,7 @@ def render_trajectory(
         processing_class,
         image_vocabulary,
         decoder,
+        prompt_ids=None if prompt_ids is None else [prompt_ids],
         titles=[title],
         metadata=None if metadata is None else [metadata],
         skip_special_tokens=skip_special_tokens,

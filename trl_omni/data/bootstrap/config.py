@@ -124,6 +124,15 @@ class BootstrapConfig:
             "perception score; e.g. 2 rejects single-code images)."
         },
     )
+    max_length: int | None = field(
+        default=5100,
+        metadata={
+            "help": "Token budget of a written row laid out with `template` (set it to the SFT max_length; 5100, the "
+            "authors' limit, by default). A row that would exceed it keeps every step's text but draws images only "
+            "for the first steps that fit (counted: rows_shortened, images_skipped_for_length); a row too long even "
+            "without drawings is dropped (samples_too_long). None: no budget."
+        },
+    )
     # Output
     template: str = field(
         default="templated",
@@ -145,6 +154,8 @@ class BootstrapConfig:
             raise ValueError(f"max_steps must be >= 1, got {self.max_steps}.")
         if self.batch_size < 1 or self.shard_size < 1 or self.encode_batch_size < 1:
             raise ValueError("batch_size, shard_size and encode_batch_size must be >= 1.")
+        if self.max_length is not None and self.max_length < 1:
+            raise ValueError(f"max_length must be >= 1 or None, got {self.max_length}.")
         if self.max_redraws < 0:
             raise ValueError(f"max_redraws must be >= 0, got {self.max_redraws}.")
         if self.on_low_quality not in LOW_QUALITY_POLICIES:

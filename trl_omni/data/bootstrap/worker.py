@@ -49,6 +49,14 @@ class _Bootstrapper:
         if isinstance(splitter, str) and splitter not in known and not splitter.startswith("regex:"):
             splitter = resolve_dotted_path(splitter, argument="step_splitter", require_callable=True)
         self.splitter = splitter
+        self.length_collator = None
+        if config.max_length is not None:
+            from ...collators import InterleavedDataCollator
+
+            # The layout the rows will be trained with measures them (images as whole spans, nothing encoded).
+            self.length_collator = InterleavedDataCollator(
+                processor, self.vocab, template=config.template, max_length=config.max_length
+            )
 
     def features(self):
         from datasets import List, Value
@@ -141,14 +149,17 @@ class _Bootstrapper:
             question_text.append("\n".join(t.strip() for t in texts))
             question_codes.append([torch.tensor(codes) for codes in images])
 
+        drawable = self._drawable_steps(questions, steps, counts)
         # best[(sample, step)] = (ok, score, codes)
         best: dict[tuple[int, int], tuple[bool, float, list[int]]] = {}
         jobs = []
         for sample, sample_steps in enumerate(steps):
+            if questions[sample] is None:
+                continue
             try:  # every prompt of the sample is built (and checked) before any of them is drawn
                 sample_jobs = [
                     self._job(sample, step, 0, start, question_text, question_codes, sample_steps)
-                    for step in range(len(sample_steps))
+                    for step in range(drawable[sample])
                 ]
             except InterleavedDataError as error:
                 self._skip(error, counts)
@@ -188,8 +199,10 @@ class _Bootstrapper:
                 continue
             completion, scores, drop = [], [], False
             for step, text in enumerate(steps[sample]):
-                ok, score, codes = best[(sample, step)]
                 completion.append(text_part(text))
+                if step >= drawable[sample]:
+                    continue  # beyond the length budget: text only (counted in _drawable_steps)
+                ok, score, codes = best[(sample, step)]
                 if ok or config.on_low_quality == "keep_best":
                     completion.append(image_part(codes=codes))
                     scores.append(score)
@@ -219,6 +232,49 @@ class _Bootstrapper:
         if progress is not None:
             progress.update(len(rows))
         return out
+
+    def _drawable_steps(self, questions: list, steps: list[list[str]], counts: dict[str, int]) -> list[int]:
+        """Per sample, how many of its first steps get a drawing within `max_length` (all without a budget).
+
+        Each step's text is always kept; drawings are added step by step while the row, laid out with the training
+        template, still fits. A sample too long even as text is dropped (its question is set to None).
+        """
+        drawable = [len(sample_steps) for sample_steps in steps]
+        if self.length_collator is None:
+            return drawable
+        placeholder = image_part(codes=[0] * self.vocab.tokens_per_image)  # any codes: a span's length is fixed
+        candidates, owners = [], []
+        for sample, (q, sample_steps) in enumerate(zip(questions, steps, strict=True)):
+            if q is None or not sample_steps:
+                continue
+            for k in range(len(sample_steps) + 1):  # k = number of drawn steps
+                completion = []
+                for step, text in enumerate(sample_steps):
+                    completion += [text_part(text), placeholder] if step < k else [text_part(text)]
+                candidates.append(
+                    {"id": q["id"], "prompt": q["prompt"], "completion": completion, "answer": q["answer"]}
+                )
+                owners.append((sample, k))
+        fits = self.length_collator.keeps(candidates) if candidates else []
+        best = {sample: -1 for sample, _ in owners}
+        for (sample, k), ok in zip(owners, fits, strict=True):
+            if ok:
+                best[sample] = max(best[sample], k)
+        for sample, k in best.items():
+            if k < 0:
+                counts["samples_too_long"] += 1
+                counts["samples_dropped"] += 1
+                logger.warning(
+                    "Dropped sample %s: longer than max_length=%d even without drawings.",
+                    questions[sample]["id"],
+                    self.config.max_length,
+                )
+                questions[sample], steps[sample], drawable[sample] = None, [], 0
+            elif k < len(steps[sample]):
+                counts["rows_shortened"] += 1
+                counts["images_skipped_for_length"] += len(steps[sample]) - k
+                drawable[sample] = k
+        return drawable
 
     def _job(self, sample, step, attempt, start, question_text, question_codes, sample_steps) -> _Job:
         prompt = self.drawer.prompt_ids(

@@ -71,6 +71,9 @@ def _empty_counts() -> dict[str, int]:
             "steps_without_image",
             "prompt_images_encoded",
             "samples_skipped_bad_input",
+            "rows_shortened",
+            "images_skipped_for_length",
+            "samples_too_long",
         ),
         0,
     )
@@ -89,7 +92,9 @@ def _readme(config: BootstrapConfig, manifest: Mapping[str, Any]) -> str:
         f'# PeSFTConfig(..., interleaved_template="{config.template}")\n```\n\n'
         f"Rows: {counts.get('rows_written', 0)} from {counts.get('input_rows', 0)} input rows; images kept "
         f"{counts.get('images_kept', 0)} of {counts.get('images_drawn', 0)} drawn ({counts.get('redraws', 0)} "
-        f"redraws). See `manifest.json`.\n"
+        f"redraws). Budget: max_length={config.max_length} tokens; {counts.get('rows_shortened', 0)} rows drew "
+        f"fewer images to fit ({counts.get('images_skipped_for_length', 0)} images skipped), "
+        f"{counts.get('samples_too_long', 0)} were too long even as text. See `manifest.json`.\n"
     )
 
 
@@ -115,7 +120,8 @@ def no_rows_reason(counts: Mapping[str, int], config: Mapping[str, Any] | None =
     splitter = arguments.get("step_splitter", "auto")
     bad = counts.get("samples_skipped_bad_input", 0)
     no_steps = counts.get("samples_without_steps", 0)
-    low_quality = counts.get("samples_dropped", 0) - bad - no_steps
+    too_long = counts.get("samples_too_long", 0)
+    low_quality = counts.get("samples_dropped", 0) - bad - no_steps - too_long
     reasons = []
     if bad:
         reasons.append(
@@ -127,6 +133,11 @@ def no_rows_reason(counts: Mapping[str, int], config: Mapping[str, Any] | None =
             f"{no_steps} had no reasoning step in their {rationale!r} column (split with --step_splitter "
             f"{splitter!r}; give a text rationale, map the right column with --rationale_column, or choose another "
             "--step_splitter)"
+        )
+    if too_long:
+        reasons.append(
+            f"{too_long} were longer than --max_length={arguments.get('max_length')} tokens even without drawings "
+            "(raise --max_length to the SFT max_length you train with, or shorten the questions / rationales)"
         )
     if low_quality > 0:
         reasons.append(

@@ -166,6 +166,7 @@ def load_vq_decoder(
     device: torch.device | str | None = None,
     dtype: torch.dtype = torch.float32,
     prefixes: Sequence[str] = KEY_PREFIXES,
+    pixel_rounding: str = "truncate",
 ) -> ChameleonVQDecoder:
     """Builds a [`ChameleonVQDecoder`] from a model's `vq_config` and loads its weights from an Anole checkpoint.
 
@@ -181,9 +182,11 @@ def load_vq_decoder(
             loaded from the Hub). Defaults to the model's `config._name_or_path`.
         image_processor: Chameleon image processor defining the pixel normalisation to invert (optional).
         device: Device for the decoder; defaults to the model's device (CPU for a config).
-        dtype: Parameter dtype of the decoder (float32 by default: decoding is a small share of the cost and
-            GroupNorm is more faithful in float32).
+        dtype: Parameter dtype of the decoder: float32 by default, whatever the model's dtype (on CPU a bfloat16
+            decoder is far slower, and GroupNorm is more faithful in float32; see docs/benchmarks.md).
         prefixes: Candidate key prefixes, see [`read_vq_decoder_state_dict`].
+        pixel_rounding: `"truncate"` (the Omni-R1 authors' uint8 conversion, default) or `"round"`, see
+            [`ChameleonVQDecoder`].
 
     Returns:
         The decoder in eval mode, parameters frozen.
@@ -200,7 +203,9 @@ def load_vq_decoder(
         ```
     """
     is_model = isinstance(model_or_config, nn.Module)
-    decoder = ChameleonVQDecoder(_vq_config_of(model_or_config), image_processor=image_processor)
+    decoder = ChameleonVQDecoder(
+        _vq_config_of(model_or_config), image_processor=image_processor, pixel_rounding=pixel_rounding
+    )
     if checkpoint_dir is None and is_model:
         checkpoint_dir = getattr(unwrap_model(model_or_config).config, "_name_or_path", None) or None
     if checkpoint_dir is not None and not os.path.isdir(checkpoint_dir):

@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 
 from ..image_vocabulary import ImageVocabulary
+from ..precision import exact_float32_convolutions
 from .network import ChameleonVQDecoder
 
 
@@ -59,7 +60,8 @@ def decode_images(
     """Decodes VQ code grids to PIL images: codebook embeddings -> `post_quant_conv` -> decoder -> pixels.
 
     The embeddings come from `image_vocabulary.codebook` (the core's frozen copy), so the decoder needs no copy of
-    the codebook. Runs without gradients, in chunks of `batch_size`, on the decoder's device and dtype.
+    the codebook. Runs without gradients, in chunks of `batch_size`, on the decoder's device and dtype (on GPUs a
+    float32 decoder runs without TF32 convolutions, see [`exact_float32_convolutions`]).
 
     Args:
         codes: `(H, W)`, `(N, H, W)` or `(N, H*W)` codes (tensor or array), or a list of grids / `ImageSegment`s.
@@ -85,7 +87,7 @@ def decode_images(
     parameter = next(decoder.parameters())
     codebook = image_vocabulary.codebook_on(parameter.device, parameter.dtype)
     images: list[Image.Image] = []
-    with torch.no_grad():
+    with torch.no_grad(), exact_float32_convolutions(parameter.device):
         for chunk in grids.split(max(1, batch_size)):
             latents = codebook[chunk.to(parameter.device)].permute(0, 3, 1, 2)  # (n, D, H, W)
             images.extend(decoder.to_pil(decoder(latents)))
