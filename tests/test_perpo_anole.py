@@ -3,11 +3,15 @@ a drawing, and the reward, the metrics and the rendered rollouts all see the ima
 
 import math
 
+import pytest
 from datasets import Dataset
 
 from trl_omni import ImageVocabulary, PeRPOConfig, PeRPOTrainer
 from trl_omni.rewards import PerceptionReward
 
+
+# About a minute of CPU: a 1,030-token rollout and its loss over 65,536-wide logits.
+pytestmark = pytest.mark.slow
 
 PROMPT = "Draw the answer:<racm3:break>"
 

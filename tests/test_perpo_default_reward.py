@@ -1,6 +1,5 @@
 """`PeRPOTrainer(reward_funcs=None)` trains with the perception-calibrated reward ."""
 
-import inspect
 import math
 
 import pytest
@@ -99,10 +98,6 @@ def test_reward_settings_are_config_fields_and_cli_flags(tmp_path):
         build_reward_funcs(["accuracy"], processor, vocab, {"format_style": "thought"})
 
 
-@pytest.mark.skipif(
-    "rules" not in inspect.signature(PerceptionCalibratedReward).parameters,
-    reason="the accuracy rules (issue 13 item 1) have not landed: `PerceptionCalibratedReward(rules=...)`",
-)
 def test_accuracy_rules_reach_the_default_reward(tmp_path):
     """`accuracy_rules="omni_r1"` gives the default reward the authors' cascade: equal number lists score 1 whatever
     the words there ("12 cats" for "12 birds"), while `default` refuses the answer."""

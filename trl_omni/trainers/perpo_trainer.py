@@ -173,9 +173,8 @@ class PeRPOTrainer(GRPOTrainer):
                 mapping=args.perception_mapping,
                 aggregation=args.perception_aggregation,
                 format_style=args.format_style,
+                rules=args.accuracy_rules,
                 processing_class=processing_class,
-                # The authors' released accuracy cascade when asked for; the reward's own default otherwise.
-                **({"rules": args.accuracy_rules} if args.accuracy_rules != "default" else {}),
             )
             self.perception_scorer = reward_funcs.perception
         # Every reward's output is validated (one finite float or None per completion); failures name the reward and
