@@ -263,8 +263,8 @@ def bench_perpo_step_rewards(repeats: int) -> None:
     `perception/*` metrics. Before, the metrics had a second `PerceptionReward` of their own: it parsed the
     completions and scored every image again (with its own codebook distance table, until the table moved into the
     vocabulary). After, the metrics read the scores of the reward's own perception term (one scorer per trainer) and
-    every reader shares the core's cached parse. "Before" is reproduced with today's classes by giving the metrics a separate scorer and
-    its own copy of the ids, exactly the work the previous trainer did.
+    every reader shares the core's cached parse. "Before" is reproduced with today's classes by giving the metrics a
+    separate scorer and its own copy of the ids, exactly the work the previous trainer did.
     """
     from trl_omni.rewards import PerceptionCalibratedReward
 
