@@ -377,7 +377,8 @@ class PeRPOTrainer(GRPOTrainer):
     def _submit_rendered_trajectories(
         self, prompts: list[Any], completion_ids: list[list[int]], rewards_per_func: torch.Tensor
     ) -> None:
-        """Hands this process's rollouts and their rewards to the rendering callback (it renders at the next log)."""
+        """Hands this process's rollouts, their rewards and the prompts' images to the rendering callback (it renders
+        at the next log)."""
         callback = RenderedTrajectoriesCallback.find(self)
         if callback is None or not self.accelerator.is_main_process:
             return
@@ -388,7 +389,9 @@ class PeRPOTrainer(GRPOTrainer):
             for row in local
         ]
         titles = [prompt if isinstance(prompt, str) else None for prompt in prompts]
-        callback.submit(completion_ids, titles=titles, metadata=metadata)
+        # Prompts given as ids (a `prompt_ids` column, interleaved parts) carry their images: show them too.
+        prompt_ids = [list(p.ids) for p in prompts] if all(isinstance(p, TokenizedPrompt) for p in prompts) else None
+        callback.submit(completion_ids, titles=titles, metadata=metadata, prompt_ids=prompt_ids)
 
     # ------------------------------------------------------------------ degenerate groups
     def _find_degenerate_rows(self, rewards_per_func: torch.Tensor) -> torch.Tensor:
