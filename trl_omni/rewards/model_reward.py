@@ -51,7 +51,7 @@ class RewardBatch:
     def drawn_images(self, image_vocabulary: Any) -> tuple[torch.Tensor, torch.Tensor]:
         """Every complete image the completions drew: `((M, H, W) codes, (M,) completion index)`, in order.
 
-        Read from the `image_segments` column that `PeRPOTrainer` passes, else parsed once from `completion_ids`.
+        From the core's parse of `completion_ids` ([`~trl_omni.ImageVocabulary.parse_completions`], cached per batch).
         Decode the codes to pixels (e.g. [`~trl_omni.decode_images`]) to show them to a vision helper model, and
         map the helper's per-image scores back to completions with [`RewardBatch.per_completion`].
         """

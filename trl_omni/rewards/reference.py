@@ -48,8 +48,9 @@ class ReferenceImageReward:
     references are not scored, and the completion's score is the mean over the row's references. So a completion
     that draws nothing scores 0 when the row has references.
 
-    All pairs of a batch are scored at once: drawn codes come from one parse of `completion_ids` (or from the
-    `image_segments` PeRPO passes), cell similarities from a lookup in the vocabulary's `(K, K)` table of squared
+    All pairs of a batch are scored at once: drawn codes come from the core's parse of `completion_ids`
+    ([`~trl_omni.ImageVocabulary.parse_completions`], cached per batch and shared with the other rewards), cell
+    similarities from a lookup in the vocabulary's `(K, K)` table of squared
     codebook distances ([`~trl_omni.ImageVocabulary.codebook_distances`], shared with the perception reward) or,
     when it would exceed `max_table_bytes`, from gathered embeddings.
 

@@ -11,6 +11,8 @@ from .config_defaults import gradient_checkpointing_field, set_activation_checkp
 
 _MAPPINGS = ("inverse", "exp")
 _AGGREGATIONS = ("min", "mean", "max", "median")
+_FORMAT_STYLES = ("tags", "thought")
+_ACCURACY_RULES = ("default", "omni_r1")
 
 
 @dataclass
@@ -59,6 +61,13 @@ class PeRPOConfig(GRPOConfig):
             How the scores of a completion's images are combined: `"min"`, `"mean"`, `"max"` or `"median"`.
         perception_reward_weight (`float`, *optional*, defaults to `0.05`):
             Weight `w` of the perception score in `(1 - w) * (0.9 acc + 0.1 fmt) + w * pe`.
+        format_style (`str`, *optional*, defaults to `"tags"`):
+            Output format the calibrated reward's format term checks: `"tags"`, the Omni-R1 control tags (reasoning
+            and answer tags in order, non-empty answer); `"thought"`, the authors' released rule for Zebra-CoT-style
+            traces (`THOUGHT` ... `Final Answer:`). The accuracy term reads the answer in either format.
+        accuracy_rules (`str`, *optional*, defaults to `"default"`):
+            Rules of the accuracy term: `"default"`, this project's cascade (never pays a wrong number); `"omni_r1"`,
+            the authors' released cascade, rule for rule. See `trl_omni.rewards.answer_score`.
 
         > Interleaved prompts
 
@@ -137,6 +146,22 @@ class PeRPOConfig(GRPOConfig):
     perception_reward_weight: float = field(
         default=0.05, metadata={"help": "Weight of the perception score in the calibrated reward."}
     )
+    format_style: str = field(
+        default="tags",
+        metadata={
+            "help": "Output format the calibrated reward's format term checks: 'tags' (Omni-R1 control tags) or "
+            "'thought' (THOUGHT ... Final Answer:, the authors' released rule).",
+            "choices": list(_FORMAT_STYLES),
+        },
+    )
+    accuracy_rules: str = field(
+        default="default",
+        metadata={
+            "help": "Rules of the calibrated reward's accuracy term: 'default' (never pays a wrong number) or "
+            "'omni_r1' (the authors' released cascade, rule for rule).",
+            "choices": list(_ACCURACY_RULES),
+        },
+    )
 
     # Interleaved prompts
     interleaved_template: str = field(
@@ -186,6 +211,10 @@ class PeRPOConfig(GRPOConfig):
             raise ValueError(
                 f"perception_aggregation must be one of {_AGGREGATIONS}, got {self.perception_aggregation!r}."
             )
+        if self.format_style not in _FORMAT_STYLES:
+            raise ValueError(f"format_style must be one of {_FORMAT_STYLES}, got {self.format_style!r}.")
+        if self.accuracy_rules not in _ACCURACY_RULES:
+            raise ValueError(f"accuracy_rules must be one of {_ACCURACY_RULES}, got {self.accuracy_rules!r}.")
         if not 0.0 <= self.perception_reward_weight <= 1.0:
             raise ValueError(f"perception_reward_weight must lie in [0, 1], got {self.perception_reward_weight}.")
         if self.perception_tau <= 0:
