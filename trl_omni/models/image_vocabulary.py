@@ -351,7 +351,8 @@ class ImageVocabulary:
 
         The last few results are cached by the identity of `completion_ids`: TRL hands one `completion_ids` list to
         every reward function of a step, so the step parses it once however many rewards, metrics and renderings
-        read it. Do not modify a list in place after parsing it.
+        read it. A change in place that alters a row's length (or a tensor's contents) is seen and parsed again; do not
+        replace ids in place without changing a length.
 
         Args:
             completion_ids: TRL's list of completion id lists (padding removed), or a right-padded `(B, L)` tensor.
@@ -367,13 +368,18 @@ class ImageVocabulary:
         """
         cache = self._parse_cache
         key = id(completion_ids)
+        # What an in-place change would alter: a tensor's version counter, or every row's length of a list.
+        if isinstance(completion_ids, torch.Tensor):
+            signature = (completion_ids._version, tuple(completion_ids.shape))
+        else:
+            signature = tuple(len(row) for row in completion_ids)
         hit = cache.get(key)
-        if hit is not None and hit[0] is completion_ids and hit[1] == len(completion_ids):
+        if hit is not None and hit[0] is completion_ids and hit[1] == signature:
             cache.move_to_end(key)
             return hit[2]
         segments = parse_segments(self, completion_ids, continue_open_image=True)
         # The cache holds the parsed object itself, so its id cannot be reused by another object while cached.
-        cache[key] = (completion_ids, len(completion_ids), segments)
+        cache[key] = (completion_ids, signature, segments)
         while len(cache) > _PARSE_CACHE_SIZE:
             cache.popitem(last=False)
         return segments
