@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -130,6 +130,48 @@ def resolve_restorer(own: _TagRestorer | None, kwargs: dict, tags: Sequence[str]
         cache.clear()
         cache[key] = _TagRestorer(processing_class, tags, kwargs.get("image_vocabulary"))
     return cache[key]
+
+
+def text_reward(
+    score_texts: Callable[[list[str], dict[str, Any]], list[float | None]],
+    name: str,
+    doc: str,
+    tags: OutputTags,
+    processing_class: Any | None = None,
+    image_vocabulary: Any | None = None,
+    read_tags: bool = True,
+    warn_as: str | None = None,
+    other_markers: Sequence[str] = (),
+) -> Callable[..., list[float | None]]:
+    """A TRL reward callable named `name` that scores completion texts with `score_texts(texts, kwargs)`.
+
+    With `read_tags`, the texts hold the control tags even when they are special tokens: they are read from
+    `completion_ids` through `processing_class` (given here, or as a keyword at call time). With `warn_as`, a batch
+    in which no text holds any tag (nor any of `other_markers`) while the tags could not be read from ids logs one
+    warning, under that reward name ([`warn_if_tags_stripped`]).
+    """
+    restorer = (
+        _TagRestorer(processing_class, tags.control_tags, image_vocabulary) if processing_class and read_tags else None
+    )
+    call_cache: dict = {}
+
+    def reward(
+        prompts: Sequence[Any] | None = None,
+        completions: Sequence[Any] | None = None,
+        completion_ids: Sequence[Sequence[int]] | None = None,
+        **kwargs: Any,
+    ) -> list[float | None]:
+        active = resolve_restorer(restorer, kwargs, tags.control_tags, call_cache) if read_tags else None
+        texts = completion_texts(list(completions or []), completion_ids, active)
+        scores = score_texts(texts, kwargs)
+        if warn_as is not None:
+            warn_if_tags_stripped(warn_as, texts, completion_ids, active, tags, other_markers)
+        return scores
+
+    reward.__name__ = name
+    reward.__qualname__ = name
+    reward.__doc__ = doc
+    return reward
 
 
 _WARNED: set[str] = set()
