@@ -174,6 +174,37 @@ def text_reward(
     return reward
 
 
+class CompletionIdsReward:
+    """Base of the reward classes that score the generated token ids.
+
+    `__call__` is TRL's reward call: it refuses a call without `completion_ids` (naming the reward, then
+    `missing_ids_hint`) and hands the batch to `_reward`, which subclasses implement.
+    """
+
+    name: str
+    missing_ids_hint = ""
+
+    def __call__(
+        self,
+        prompts: Sequence[Any] | None = None,
+        completions: Sequence[Any] | None = None,
+        completion_ids: Sequence[Sequence[int]] | None = None,
+        log_metric: Any | None = None,
+        **kwargs: Any,
+    ) -> list[float | None]:
+        if completion_ids is None:
+            raise ValueError(
+                f"{self.name} needs `completion_ids` (the generated token ids); TRL's GRPOTrainer passes them."
+                + self.missing_ids_hint
+            )
+        return self._reward(prompts, completions, completion_ids, log_metric, kwargs)
+
+    def _reward(
+        self, prompts: Any, completions: Any, completion_ids: Any, log_metric: Any, kwargs: dict[str, Any]
+    ) -> list[float | None]:
+        raise NotImplementedError
+
+
 _WARNED: set[str] = set()
 
 
