@@ -10,6 +10,12 @@ from typing import Any
 
 logger = logging.getLogger(__name__)
 
+# The arguments and result of TRL's reward call: `reward(prompts=, completions=, completion_ids=, **columns)` returns
+# one value per completion (None: not scored).
+Batch = Sequence[Any] | None
+TokenIds = Sequence[Sequence[int]] | None
+Rewards = list[float | None]
+
 # The authors' defaults (Omni-R1 templated format); every reward takes them as arguments so other checkpoints and
 # templates can override them.
 DEFAULT_REASONING_OPEN = "<reserved12856>"
@@ -156,11 +162,8 @@ def text_reward(
     call_cache: dict = {}
 
     def reward(
-        prompts: Sequence[Any] | None = None,
-        completions: Sequence[Any] | None = None,
-        completion_ids: Sequence[Sequence[int]] | None = None,
-        **kwargs: Any,
-    ) -> list[float | None]:
+        prompts: Batch = None, completions: Batch = None, completion_ids: TokenIds = None, **kwargs: Any
+    ) -> Rewards:
         active = resolve_restorer(restorer, kwargs, tags.control_tags, call_cache) if read_tags else None
         texts = completion_texts(list(completions or []), completion_ids, active)
         scores = score_texts(texts, kwargs)
@@ -186,12 +189,12 @@ class CompletionIdsReward:
 
     def __call__(
         self,
-        prompts: Sequence[Any] | None = None,
-        completions: Sequence[Any] | None = None,
-        completion_ids: Sequence[Sequence[int]] | None = None,
+        prompts: Batch = None,
+        completions: Batch = None,
+        completion_ids: TokenIds = None,
         log_metric: Any | None = None,
         **kwargs: Any,
-    ) -> list[float | None]:
+    ) -> Rewards:
         if completion_ids is None:
             raise ValueError(
                 f"{self.name} needs `completion_ids` (the generated token ids); TRL's GRPOTrainer passes them."
