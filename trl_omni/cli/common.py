@@ -10,6 +10,7 @@ from trl import ScriptArguments
 
 from ..data.loading import DATASET_FORMATS
 from ..models.loading import read_adapter_config
+from ..utils.config_fields import choice_field
 
 
 logger = logging.getLogger(__name__)
@@ -36,13 +37,11 @@ class OmniScriptArguments(ScriptArguments):
             Images per VQ-encoder forward when images are encoded into codes before training.
     """
 
-    dataset_format: str = field(
-        default="auto",
-        metadata={
-            "help": "Row layout: 'interleaved' (trl-omni schema), 'pretokenized' (input_ids rows), 'zebra_cot', "
-            "'m3cot', 'omni_bench' (converted on the fly) or 'auto' (detected from the columns).",
-            "choices": list(DATASET_FORMATS),
-        },
+    dataset_format: str = choice_field(
+        "auto",
+        DATASET_FORMATS,
+        "Row layout: 'interleaved' (trl-omni schema), 'pretokenized' (input_ids rows), 'zebra_cot', "
+        "'m3cot', 'omni_bench' (converted on the fly) or 'auto' (detected from the columns).",
     )
     max_train_samples: int | None = field(
         default=None, metadata={"help": "Keep only the first N training rows (quick runs, debugging)."}

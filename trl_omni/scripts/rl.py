@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from trl_omni.cli.common import OmniScriptArguments
+from trl_omni.utils.config_fields import choice_field
 
 
 @dataclass
@@ -48,13 +49,11 @@ class RLScriptArguments(OmniScriptArguments):
             "reward."
         },
     )
-    on_error: str = field(
-        default="raise",
-        metadata={
-            "help": "Bad rows / images: 'raise' (an error naming the row, the field and the fix) or 'skip' (dropped, "
-            "counted, logged and summarised at the end).",
-            "choices": ["raise", "skip"],
-        },
+    on_error: str = choice_field(
+        "raise",
+        ("raise", "skip"),
+        "Bad rows / images: 'raise' (an error naming the row, the field and the fix) or 'skip' (dropped, "
+        "counted, logged and summarised at the end).",
     )
 
 
