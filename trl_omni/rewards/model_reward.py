@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from ._common import message_text
+from ._common import Batch, Rewards, TokenIds, message_text
 from ._images import completion_images, segment_reduce
 
 
@@ -229,12 +229,8 @@ class ModelReward:
         return values
 
     def __call__(
-        self,
-        prompts: Sequence[Any] | None = None,
-        completions: Sequence[Any] | None = None,
-        completion_ids: Sequence[Sequence[int]] | None = None,
-        **kwargs: Any,
-    ) -> list[float | None]:
+        self, prompts: Batch = None, completions: Batch = None, completion_ids: TokenIds = None, **kwargs: Any
+    ) -> Rewards:
         values = self.compute_scores(prompts, completions, completion_ids, **kwargs)
         log_metric = kwargs.get("log_metric")
         if log_metric is not None:

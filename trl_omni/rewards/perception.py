@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from ._common import CompletionIdsReward
 from ._images import AGGREGATIONS, completion_images, pack_completion_ids, segment_reduce
 
 
@@ -33,7 +34,7 @@ def total_variation_energy(embeddings: torch.Tensor) -> torch.Tensor:
     return ((tv_x if tv_x is not None else zero) + (tv_y if tv_y is not None else zero)) / d
 
 
-class PerceptionReward:
+class PerceptionReward(CompletionIdsReward):
     """Perception reward: smoothness of each generated image, measured on its codebook embeddings.
 
     For every complete image segment in a completion (BOI + exactly H*W image tokens + EOI, as parsed by
@@ -74,6 +75,8 @@ class PerceptionReward:
         [0.93, None, 0.71]
         ```
     """
+
+    missing_ids_hint = " Call `.score(completion_ids)` when using it outside a trainer."
 
     def __init__(
         self,
@@ -202,19 +205,9 @@ class PerceptionReward:
         values = self.score_tensor(completion_ids, log_metric=log_metric, image_segments=image_segments).tolist()
         return [None if v != v else float(v) for v in values]
 
-    def __call__(
-        self,
-        prompts: Sequence[Any] | None = None,
-        completions: Sequence[Any] | None = None,
-        completion_ids: Sequence[Sequence[int]] | None = None,
-        log_metric: Any | None = None,
-        **kwargs: Any,
+    def _reward(
+        self, prompts: Any, completions: Any, completion_ids: Any, log_metric: Any, kwargs: dict[str, Any]
     ) -> list[float | None]:
-        if completion_ids is None:
-            raise ValueError(
-                f"{self.name} needs `completion_ids` (the generated token ids); TRL's GRPOTrainer passes them. "
-                "Call `.score(completion_ids)` when using it outside a trainer."
-            )
         return self.score(completion_ids, log_metric=log_metric, image_segments=kwargs.get("image_segments"))
 
     def __repr__(self) -> str:

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from trl_omni.cli.common import OmniScriptArguments
+from trl_omni.utils.config_fields import choice_field
 
 
 @dataclass
@@ -48,13 +49,11 @@ class RLScriptArguments(OmniScriptArguments):
             "reward."
         },
     )
-    on_error: str = field(
-        default="raise",
-        metadata={
-            "help": "Bad rows / images: 'raise' (an error naming the row, the field and the fix) or 'skip' (dropped, "
-            "counted, logged and summarised at the end).",
-            "choices": ["raise", "skip"],
-        },
+    on_error: str = choice_field(
+        "raise",
+        ("raise", "skip"),
+        "Bad rows / images: 'raise' (an error naming the row, the field and the fix) or 'skip' (dropped, "
+        "counted, logged and summarised at the end).",
     )
 
 
@@ -138,16 +137,20 @@ def preflight(namespace: Any) -> None:
 
 def main(script_args: Any, training_args: Any, model_args: Any) -> int:
     """Loads the model, the data and the rewards named by the arguments, trains with [`PeRPOTrainer`], saves."""
-    from trl_omni.cli.common import load_model_and_processor, peft_config_for, train_and_save
-    from trl_omni.data.loading import load_any_dataset, select_split, to_interleaved
+    from trl_omni.cli.common import (
+        load_model_and_processor,
+        load_train_split,
+        peft_config_for,
+        prepare_datasets,
+        train_and_save,
+    )
     from trl_omni.data.report import SkipReport
     from trl_omni.models import ImageVocabulary
     from trl_omni.trainers import PeRPOTrainer
 
-    if not script_args.dataset_name:
-        raise ValueError("--dataset_name is required: a Hub dataset, a local json/jsonl/parquet file or a directory.")
     # Unknown rewards fail here, before any loading (the launcher already checked them once).
     check_rewards(script_args.reward_funcs, training_args.reward_weights)
+    _, train = load_train_split(script_args)
     model, processor = load_model_and_processor(model_args, trust_remote_code=training_args.trust_remote_code)
     reward_funcs = None
     if script_args.reward_funcs:
@@ -158,24 +161,12 @@ def main(script_args: Any, training_args: Any, model_args: Any) -> int:
             options=reward_options(training_args),
         )
 
-    raw = load_any_dataset(script_args.dataset_name, script_args.dataset_config)
-    train = select_split(raw, script_args.dataset_train_split)
-    if script_args.max_train_samples is not None:
-        train = train.select(range(min(script_args.max_train_samples, len(train))))
     report = SkipReport()
     text_prompts = "prompt" in train.column_names and len(train) > 0 and isinstance(train[0]["prompt"], str)
     if not text_prompts and script_args.dataset_format != "pretokenized":
-        with training_args.main_process_first(desc="converting the dataset and encoding its images"):
-            train = to_interleaved(
-                train,
-                script_args.dataset_format,
-                model,
-                processor,
-                image_root=training_args.image_root,
-                on_error=script_args.on_error,
-                encode_batch_size=script_args.pretokenize_batch_size,
-                skip_report=report,
-            )
+        (train,) = prepare_datasets(
+            [train], script_args, training_args, model, processor, script_args.on_error, report
+        )
 
     trainer = PeRPOTrainer(
         model=model,

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from trl import GRPOConfig
 
+from ..utils.config_fields import choice_field
 from .config_defaults import gradient_checkpointing_field, set_activation_checkpointing_default
 
 
@@ -135,32 +136,24 @@ class PeRPOConfig(GRPOConfig):
     perception_tau: float = field(
         default=3.0, metadata={"help": "Temperature of the total-variation -> perception-score mapping."}
     )
-    perception_mapping: str = field(
-        default="inverse",
-        metadata={"help": "Mapping of the 2D total variation E to a score.", "choices": list(_MAPPINGS)},
-    )
-    perception_aggregation: str = field(
-        default="min",
-        metadata={"help": "Aggregation of per-image scores in a completion.", "choices": list(_AGGREGATIONS)},
+    perception_mapping: str = choice_field("inverse", _MAPPINGS, "Mapping of the 2D total variation E to a score.")
+    perception_aggregation: str = choice_field(
+        "min", _AGGREGATIONS, "Aggregation of per-image scores in a completion."
     )
     perception_reward_weight: float = field(
         default=0.05, metadata={"help": "Weight of the perception score in the calibrated reward."}
     )
-    format_style: str = field(
-        default="tags",
-        metadata={
-            "help": "Output format the calibrated reward's format term checks: 'tags' (Omni-R1 control tags) or "
-            "'thought' (THOUGHT ... Final Answer:, the authors' released rule).",
-            "choices": list(_FORMAT_STYLES),
-        },
+    format_style: str = choice_field(
+        "tags",
+        _FORMAT_STYLES,
+        "Output format the calibrated reward's format term checks: 'tags' (Omni-R1 control tags) or "
+        "'thought' (THOUGHT ... Final Answer:, the authors' released rule).",
     )
-    accuracy_rules: str = field(
-        default="default",
-        metadata={
-            "help": "Rules of the calibrated reward's accuracy term: 'default' (never pays a wrong number) or "
-            "'omni_r1' (the authors' released cascade, rule for rule).",
-            "choices": list(_ACCURACY_RULES),
-        },
+    accuracy_rules: str = choice_field(
+        "default",
+        _ACCURACY_RULES,
+        "Rules of the calibrated reward's accuracy term: 'default' (never pays a wrong number) or "
+        "'omni_r1' (the authors' released cascade, rule for rule).",
     )
 
     # Interleaved prompts
@@ -205,16 +198,14 @@ class PeRPOConfig(GRPOConfig):
             )
         if self.log_rendered_trajectories < 0:
             raise ValueError(f"log_rendered_trajectories must be >= 0, got {self.log_rendered_trajectories}.")
-        if self.perception_mapping not in _MAPPINGS:
-            raise ValueError(f"perception_mapping must be one of {_MAPPINGS}, got {self.perception_mapping!r}.")
-        if self.perception_aggregation not in _AGGREGATIONS:
-            raise ValueError(
-                f"perception_aggregation must be one of {_AGGREGATIONS}, got {self.perception_aggregation!r}."
-            )
-        if self.format_style not in _FORMAT_STYLES:
-            raise ValueError(f"format_style must be one of {_FORMAT_STYLES}, got {self.format_style!r}.")
-        if self.accuracy_rules not in _ACCURACY_RULES:
-            raise ValueError(f"accuracy_rules must be one of {_ACCURACY_RULES}, got {self.accuracy_rules!r}.")
+        for name, allowed in (
+            ("perception_mapping", _MAPPINGS),
+            ("perception_aggregation", _AGGREGATIONS),
+            ("format_style", _FORMAT_STYLES),
+            ("accuracy_rules", _ACCURACY_RULES),
+        ):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}.")
         if not 0.0 <= self.perception_reward_weight <= 1.0:
             raise ValueError(f"perception_reward_weight must lie in [0, 1], got {self.perception_reward_weight}.")
         if self.perception_tau <= 0:
