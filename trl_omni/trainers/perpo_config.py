@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from trl import GRPOConfig
 
-from ..utils.config_fields import choice_field
+from ..utils.config_fields import check_choices, choice_field
 from .config_defaults import gradient_checkpointing_field, set_activation_checkpointing_default
 
 
@@ -198,14 +198,7 @@ class PeRPOConfig(GRPOConfig):
             )
         if self.log_rendered_trajectories < 0:
             raise ValueError(f"log_rendered_trajectories must be >= 0, got {self.log_rendered_trajectories}.")
-        for name, allowed in (
-            ("perception_mapping", _MAPPINGS),
-            ("perception_aggregation", _AGGREGATIONS),
-            ("format_style", _FORMAT_STYLES),
-            ("accuracy_rules", _ACCURACY_RULES),
-        ):
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}.")
+        check_choices(self)
         if not 0.0 <= self.perception_reward_weight <= 1.0:
             raise ValueError(f"perception_reward_weight must lie in [0, 1], got {self.perception_reward_weight}.")
         if self.perception_tau <= 0:

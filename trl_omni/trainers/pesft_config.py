@@ -9,7 +9,7 @@ from trl import SFTConfig
 
 from ..collators.interleaved import LENGTH_POLICIES
 from ..collators.templates import TEMPLATES as INTERLEAVED_TEMPLATES
-from ..utils.config_fields import choice_field
+from ..utils.config_fields import check_choices, choice_field
 from .config_defaults import gradient_checkpointing_field, set_activation_checkpointing_default
 
 
@@ -169,15 +169,7 @@ class PeSFTConfig(SFTConfig):
             )
         if self.log_rendered_trajectories < 0:
             raise ValueError(f"log_rendered_trajectories must be >= 0, got {self.log_rendered_trajectories}.")
-        for name, allowed in (
-            ("perception_alignment", PERCEPTION_ALIGNMENTS),
-            ("perception_reduction", PERCEPTION_REDUCTIONS),
-            ("interleaved_template", INTERLEAVED_TEMPLATES),
-            ("length_policy", LENGTH_POLICIES),
-            ("on_error", ON_ERROR_POLICIES),
-        ):
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"{name}={getattr(self, name)!r} is not supported; use one of {list(allowed)}.")
+        check_choices(self)
         if not math.isfinite(self.perception_loss_weight) or self.perception_loss_weight < 0:
             raise ValueError(
                 f"perception_loss_weight must be a finite number >= 0, got {self.perception_loss_weight}."
