@@ -123,7 +123,7 @@ def processor_calls(vocab, prompt_ids: torch.Tensor, args: argparse.Namespace) -
     classes = {"legacy processor (0426e78)": LegacyImageSpanLogitsProcessor, "processor": ImageSpanLogitsProcessor}
 
     def block(processor_class) -> float:
-        processor = processor_class(vocab)
+        processor = processor_class(vocab, max_new_tokens=args.new_tokens + 1)
         if args.device.startswith("cuda"):
             torch.cuda.synchronize()
         start = time.perf_counter()

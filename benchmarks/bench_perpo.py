@@ -7,11 +7,13 @@ sampled token, segment parsing, image-free decoding and the modality metrics. Ea
 step of each run is warm-up and is left out.
 
 Also reported: the share of PeRPO's step time spent in generation (`_generate_single_turn`) and in reward
-computation (`_calculate_rewards`).
+computation (`_calculate_rewards`), and the ratio of the steps' CPU time (`time.process_time`; with one torch thread
+this is the step's own work, much steadier than wall time on a machine shared with other jobs).
 
 Usage:
     python benchmarks/bench_perpo.py                       # defaults below
     python benchmarks/bench_perpo.py --reward calibrated   # the default PeRPO reward (needs trl_omni.rewards)
+    python benchmarks/bench_perpo.py --sampling-only       # the span constraint: forward hook vs generate argument
 """
 
 from __future__ import annotations
@@ -53,11 +55,12 @@ def instrument(trainer, timings):
 
     def timed(name, method):
         def wrapper(*args, **kwargs):
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             try:
                 return method(*args, **kwargs)
             finally:
                 timings[name].append(time.perf_counter() - start)
+                timings[f"{name} cpu"].append(time.process_time() - cpu_start)
 
         return wrapper
 
@@ -110,6 +113,50 @@ def build(kind, cli, output_dir):
     )
 
 
+def bench_sampling_paths(cli) -> None:
+    """The span constraint as PeRPO applies it (a forward hook around the `generate` call TRL makes) against the
+    constraint passed to `generate(logits_processor=...)`: same samples, and the cost per generated token."""
+    from transformers import LogitsProcessorList
+
+    from trl_omni.models import ImageSpanLogitsProcessor
+    from trl_omni.trainers.perpo_sampling import next_token_logits_processed
+
+    model, processor = tiny_chameleon(seed=0, hidden_size=cli.hidden_size, num_hidden_layers=cli.layers)
+    vocab = ImageVocabulary.from_model(model, processor)
+    tokenizer = processor.tokenizer
+    tokenizer.padding_side = "left"
+    inputs = tokenizer((PROMPTS * cli.batch_size)[: cli.batch_size], return_tensors="pt", padding=True)
+    length = cli.completion_length
+    kwargs = dict(max_new_tokens=length, min_new_tokens=length, do_sample=True)
+    span = ImageSpanLogitsProcessor(vocab, max_new_tokens=length)
+
+    def as_argument():
+        torch.manual_seed(0)
+        return model.generate(**inputs, logits_processor=LogitsProcessorList([span]), **kwargs)
+
+    def as_hook():
+        torch.manual_seed(0)
+        with next_token_logits_processed(model, span):
+            return model.generate(**inputs, **kwargs)
+
+    with torch.inference_mode():
+        same = torch.equal(as_argument(), as_hook())
+        times = {"argument": [], "hook": []}
+        for repeat in range(cli.rounds):
+            order = ("argument", "hook") if repeat % 2 == 0 else ("hook", "argument")
+            for name in order:
+                start = time.process_time()
+                (as_argument if name == "argument" else as_hook)()
+                times[name].append((time.process_time() - start) / length)
+    argument, hook = (statistics.median(times[name]) for name in ("argument", "hook"))
+    print(
+        f"span constraint, {cli.batch_size} rows x {length} tokens, {cli.rounds} alternating repeats, CPU time per "
+        f"token: generate(logits_processor=) {argument * 1e3:.3f} ms, PeRPO's forward hook {hook * 1e3:.3f} ms, "
+        f"ratio {hook / argument:.3f}x median, {min(times['hook']) / min(times['argument']):.3f}x min; "
+        f"identical samples: {same}"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=12)
@@ -121,8 +168,14 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1 is stable on shared CPUs)")
     parser.add_argument("--reward", choices=["text", "calibrated"], default="text")
+    parser.add_argument(
+        "--sampling-only", action="store_true", help="compare the constraint as a forward hook vs a generate argument"
+    )
     cli = parser.parse_args()
     torch.set_num_threads(cli.threads)
+    if cli.sampling_only:
+        bench_sampling_paths(cli)
+        return
 
     timings = {kind: defaultdict(list) for kind in ("grpo", "perpo")}
     with tempfile.TemporaryDirectory() as tmp:
@@ -157,6 +210,14 @@ def main() -> None:
         )
     print(
         f"PeRPO / GRPO step time: {ratio:.3f}x median, {fastest['perpo'] / fastest['grpo']:.3f}x min (target <= 1.05x)"
+    )
+    # CPU time of this process (one torch thread, no loader workers): what the step itself costs, far less sensitive
+    # than wall time to the other jobs of a shared machine.
+    cpu_ratio = median["perpo"]["step cpu"] / median["grpo"]["step cpu"]
+    cpu_fastest = min(timings["perpo"]["step cpu"]) / min(timings["grpo"]["step cpu"])
+    print(
+        f"PeRPO / GRPO step CPU time: {cpu_ratio:.3f}x median, {cpu_fastest:.3f}x min "
+        f"(GRPO {median['grpo']['step cpu']:.4f} s, PeRPO {median['perpo']['step cpu']:.4f} s median)"
     )
 
 

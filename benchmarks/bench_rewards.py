@@ -6,9 +6,13 @@
 2. Share of a GRPO step: TRL's own `GRPOTrainer` on the tiny Chameleon, generation steered so that completions hold
    images (as PeRPO's constrained generation does), with `PerceptionReward` as the reward; the reward's wall time is
    measured inside the step and printed as a share of the step time (target < 1%).
+3. Reward time per PeRPO step (the default calibrated reward plus the `perception/*` metrics) at Anole sizes, with
+   perception scored twice (the previous trainer: a second scorer for the metrics) and once (one scorer per trainer,
+   shared parse), and the distance tables each holds.
 
 Usage (from the repository root):
     PYTHONPATH=. python benchmarks/bench_rewards.py [--repeats 10] [--steps 4] [--threads N] [--skip-grpo]
+        [--only-perpo-step]
 """
 
 from __future__ import annotations
@@ -115,6 +119,20 @@ def timed(fn, repeats):
     return min(times), result
 
 
+def interleaved(calls, repeats):
+    """Times every call once per repeat, back to back, so the load of a shared machine hits them alike.
+
+    Returns the per-call lists of wall times and the last output of each call."""
+    times = {label: [] for label in calls}
+    outputs = {}
+    for _ in range(repeats):
+        for label, fn in calls.items():
+            start = time.perf_counter()
+            outputs[label] = fn()
+            times[label].append(time.perf_counter() - start)
+    return times, outputs
+
+
 # ---------------------------------------------------------------------------------------------- part 1
 def bench_throughput(repeats: int) -> None:
     vocab = anole_sized_vocabulary()
@@ -135,39 +153,45 @@ def bench_throughput(repeats: int) -> None:
         setup[method] = time.perf_counter() - start
 
     # Interleaved: each repeat times the baseline and both methods back to back, so that load from other processes
-    # on a shared machine hits them alike; the ratio is the median of the per-repeat ratios.
-    # PeRPO passes the segments it parsed for its own use: the reward then skips its parse.
-    image_segments = vocab.parse_segments(completions).per_row(len(completions))
+    # on a shared machine hits them alike; the ratio is the median of the per-repeat ratios. Each call gets a fresh
+    # copy of the completions (nothing cached); "table+cached parse" scores the list PeRPO's metrics already parsed
+    # (`parse_completions` caches it per batch), as the reward does inside a PeRPO step.
+    shared = [list(row) for row in completions]
+    vocab.parse_completions(shared)
+
+    def fresh(method):
+        return lambda: rewards[method].score([list(row) for row in completions])
+
+    def cached_parse():
+        rewards["table"]._last_scores = None  # score again (a new step would): only the parse is shared
+        return rewards["table"].score(shared)
+
     calls = {
         "baseline": baseline,
-        "table": lambda: rewards["table"].score(completions),
-        "gather": lambda: rewards["gather"].score(completions),
-        "table+segments": lambda: rewards["table"].score(completions, image_segments=image_segments),
+        "table": fresh("table"),
+        "gather": fresh("gather"),
+        "table+cached parse": cached_parse,
     }
-    times = {label: [] for label in calls}
-    outputs = {}
-    for _ in range(repeats):
-        for label, fn in calls.items():
-            start = time.perf_counter()
-            outputs[label] = fn()
-            times[label].append(time.perf_counter() - start)
+    times, outputs = interleaved(calls, repeats)
 
     print(f"PerceptionReward throughput: {len(completions)} completions, {num_images} images of "
           f"{vocab.grid_size[0]}x{vocab.grid_size[1]} codes, codebook {vocab.num_codes}x{vocab.codebook_dim}, "
           f"{repeats} interleaved repeats")  # fmt: skip
     print(f"  per-sample Python baseline         : {min(times['baseline']) * 1e3:9.1f} ms (best)")
-    for label in ("table", "gather", "table+segments"):
+    for label in ("table", "gather", "table+cached parse"):
         ratios = [b / f for b, f in zip(times["baseline"], times[label])]
         max_error = max(abs(a - b) for a, b in zip(outputs[label], outputs["baseline"]))
         cache = setup[label.split("+")[0]]
-        print(f"  PerceptionReward[{label:14s}] : {min(times[label]) * 1e3:7.1f} ms (best)   speed-up "
+        print(f"  PerceptionReward[{label:18s}] : {min(times[label]) * 1e3:7.1f} ms (best)   speed-up "
               f"x{statistics.median(ratios):5.1f} (median of repeats; best-vs-best "
               f"x{min(times['baseline']) / min(times[label]):.1f})   one-time cache {cache * 1e3:.0f} ms; "
               f"max |diff| vs baseline {max_error:.1e}")  # fmt: skip
 
     reward = rewards["table"]
     pack_time, (ids, mask) = timed(lambda: reward._to_batch(completions), repeats)
-    parse_time, segments = timed(lambda: vocab.parse_segments(ids, attention_mask=mask), repeats)
+    parse_time, segments = timed(
+        lambda: vocab.parse_segments(ids, attention_mask=mask, continue_open_image=True), repeats
+    )
     tv_time, _ = timed(lambda: reward.image_scores(segments.complete_codes), repeats)
     print(f"      table breakdown (best): pack ids {pack_time * 1e3:.1f} ms, ImageVocabulary.parse_segments "
           f"{parse_time * 1e3:.1f} ms, TV of all images {tv_time * 1e3:.1f} ms")  # fmt: skip
@@ -231,20 +255,71 @@ def bench_grpo_share(steps: int) -> None:
           f"{statistics.mean(reward_times) * 1e3:.2f} ms -> share {share * 100:.2f}%")  # fmt: skip
 
 
+# ---------------------------------------------------------------------------------------------- part 3
+def bench_perpo_step_rewards(repeats: int) -> None:
+    """The reward-side work of one PeRPO step with the default reward, before and after "perception scored once".
+
+    A step runs the calibrated reward (accuracy + format + perception) on the rollouts and logs the
+    `perception/*` metrics. Before, the metrics had a second `PerceptionReward` of their own: it parsed the
+    completions and scored every image again (with its own codebook distance table, until the table moved into the
+    vocabulary). After, the metrics read the scores of the reward's own perception term (one scorer per trainer) and
+    every reader shares the core's cached parse. "Before" is reproduced with today's classes by giving the metrics a
+    separate scorer and its own copy of the ids, exactly the work the previous trainer did.
+    """
+    from trl_omni.rewards import PerceptionCalibratedReward
+
+    vocab = anole_sized_vocabulary()
+    completions = make_completions(vocab)
+    texts = ["THOUGHT 0: look. Final Answer: B"] * len(completions)
+    answers = ["B"] * len(completions)
+
+    def step(reward, metric_scorer, copy_for_metrics):
+        ids = [list(row) for row in completions]  # TRL's fresh list of the step
+        vocab.parse_completions(ids)  # the trainer's image metrics
+        reward(prompts=["Q"] * len(ids), completions=texts, completion_ids=ids, answer=answers)
+        return metric_scorer.score([list(row) for row in ids] if copy_for_metrics else ids)
+
+    before_reward = PerceptionCalibratedReward(vocab, format_style="thought")
+    before_metrics = PerceptionReward(vocab)  # the previous trainer's second scorer
+    after_reward = PerceptionCalibratedReward(vocab, format_style="thought")
+    calls = {
+        "before": lambda: step(before_reward, before_metrics, copy_for_metrics=True),
+        "after": lambda: step(after_reward, after_reward.perception, copy_for_metrics=False),
+    }
+    for fn in calls.values():
+        fn()  # builds the distance tables
+    times, outputs = interleaved(calls, repeats)
+    assert outputs["before"] == outputs["after"]
+    scorers = {"before": (before_reward.perception, before_metrics), "after": (after_reward.perception,)}
+    tables = {label: len({id(s.distance_table("cpu")) for s in group}) for label, group in scorers.items()}
+    table_mib = vocab.num_codes**2 * 4 / 2**20
+    ratios = [b / a for b, a in zip(times["before"], times["after"])]
+    print(f"PeRPO step, reward side (calibrated reward + perception metrics), {len(completions)} completions, "
+          f"Anole sizes, {repeats} interleaved repeats:")  # fmt: skip
+    for label in calls:
+        print(f"  {label:6s}: {statistics.median(times[label]) * 1e3:7.1f} ms (median), "
+              f"{min(times[label]) * 1e3:7.1f} ms (best); distance tables held: {tables[label]} "
+              f"({tables[label] * table_mib:.0f} MiB)")  # fmt: skip
+    print(f"  before / after: x{statistics.median(ratios):.2f} (median of repeats)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--skip-grpo", action="store_true")
+    parser.add_argument("--only-perpo-step", action="store_true", help="run part 3 only")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {os.cpu_count()} CPU cores visible, torch threads {torch.get_num_threads()}, "
           f"{platform.processor() or platform.machine()}")  # fmt: skip
-    bench_throughput(args.repeats)
-    if not args.skip_grpo:
-        bench_grpo_share(args.steps)
+    if not args.only_perpo_step:
+        bench_throughput(args.repeats)
+        if not args.skip_grpo:
+            bench_grpo_share(args.steps)
+    bench_perpo_step_rewards(args.repeats)
 
 
 if __name__ == "__main__":

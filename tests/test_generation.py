@@ -185,3 +185,41 @@ def test_training_forward_finite_on_image_labels_only_after_enablement():
     assert model.lm_head.weight.grad[vocab.image_token_ids].abs().sum() > 0
     disable_image_generation(model)
     assert not torch.isfinite(model(input_ids=ids, labels=ids).loss)
+
+
+def test_enablement_swaps_the_mapping_without_touching_the_stock_one():
+    """The mask list is emptied on a stand-in mapping; the stock mapping (and its cached properties) stay as they
+    were, the stand-in answers every table from it, and disabling puts the same stock object back."""
+    import copy
+
+    model, processor = tiny_chameleon(seed=0, enable_generation=False)
+    stock = model.model.vocabulary_mapping
+    image_tokens = list(stock.image_tokens)
+    assert len(image_tokens) == 64
+    enable_image_generation(model)
+    mapping = model.model.vocabulary_mapping
+    assert mapping is not stock and mapping.stock is stock
+    assert mapping.image_tokens == [] and stock.image_tokens == image_tokens  # nothing shadowed on the stock object
+    assert mapping.bpe2img == stock.bpe2img and len(mapping.bpe2img) == 64
+    codes = torch.arange(64)
+    assert torch.equal(mapping.convert_img2bpe(codes), stock.convert_img2bpe(codes))
+    assert mapping.image_token_id == stock.image_token_id
+    # A copied model (e.g. a reference model) keeps drawing.
+    assert is_image_generation_enabled(copy.deepcopy(model))
+    disable_image_generation(model)
+    assert model.model.vocabulary_mapping is stock and not is_image_generation_enabled(model)
+
+
+def test_enablement_through_a_peft_wrapper():
+    from peft import LoraConfig, get_peft_model
+
+    model, processor = tiny_chameleon(seed=0, enable_generation=False)
+    peft_model = get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj"]))
+    enable_image_generation(peft_model)
+    assert is_image_generation_enabled(model) and is_image_generation_enabled(peft_model)
+    vocab = ImageVocabulary.from_model(peft_model, processor)
+    span = vocab.image_span_ids(torch.arange(64) % vocab.num_codes)
+    ids = torch.cat([torch.tensor([20, 21]), span]).unsqueeze(0)
+    assert torch.isfinite(peft_model(input_ids=ids, labels=ids).loss)
+    disable_image_generation(peft_model)
+    assert not is_image_generation_enabled(model)

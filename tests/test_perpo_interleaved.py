@@ -52,6 +52,9 @@ def test_interleaved_prompts_with_images_and_the_default_calibrated_reward(tmp_p
     log = [entry for entry in trainer.state.log_history if "loss" in entry][-1]
     assert math.isfinite(log["loss"]) and "rewards/perception_calibrated/mean" in log
     assert any(not torch.equal(p, before[n]) for n, p in model.named_parameters() if p.requires_grad)
+    # The rendered rollouts show each prompt's image next to what the policy wrote.
+    pages = sorted((tmp_path / "rendered_trajectories").glob("step_*/*.html"))
+    assert pages and all("prompt image 1" in page.read_text() for page in pages)
 
 
 def test_rollouts_are_rendered_at_each_logging_step(tmp_path):

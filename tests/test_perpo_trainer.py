@@ -1,6 +1,8 @@
 """PeRPOTrainer on the tiny Chameleon: GRPO equivalence, image rollouts, reward inputs, metrics, edge cases."""
 
+import inspect
 import math
+import re
 
 import pytest
 import torch
@@ -59,6 +61,57 @@ class Recorder:
             float(sum(s.complete for s in segments)) + 0.01 * len(text)
             for text, segments in zip(completions, image_segments)
         ]
+
+
+def test_overridden_trl_methods_are_the_documented_ones():
+    """Every GRPOTrainer method PeRPOTrainer overrides is listed, with its reason, in the class docstring: a new
+    override has to be added there (and this list stays the surface to re-check on each TRL release)."""
+    section = PeRPOTrainer.__doc__.split("Overridden TRL methods", 1)[1].split("\n\n    Args:", 1)[0]
+    documented = set(re.findall(r"^    - `(\w+)`", section, flags=re.MULTILINE))
+    overridden = {
+        name
+        for name, value in vars(PeRPOTrainer).items()
+        if not name.startswith("__")
+        and hasattr(GRPOTrainer, name)
+        and (inspect.isfunction(value) or isinstance(value, (staticmethod, classmethod, property)))
+    }
+    expected = {
+        "_generate_single_turn",
+        "_tokenize_prompts",
+        "_generate_and_score_completions",
+        "_calculate_rewards",
+        "compute_loss",
+    }
+    assert overridden == documented == expected
+
+
+def test_constraint_through_the_forward_hook_samples_what_generate_would(tiny, vocab):
+    """The hook PeRPO puts around TRL's `generate` gives the span processor exactly what `generate(logits_processor=)`
+    gives it: same seed, same samples; the model is left without the hook."""
+    from transformers import LogitsProcessorList
+
+    from trl_omni.models import ImageSpanLogitsProcessor
+    from trl_omni.trainers.perpo_sampling import next_token_logits_processed
+
+    model, _ = tiny
+    prompts = torch.tensor([[1, 20, 21, 22], [0, 1, 23, vocab.boi_token_id]])  # left-padded; row 1 opens an image
+    inputs = {"input_ids": prompts, "attention_mask": (prompts != 0).long()}
+    boi = {"sequence_bias": {(vocab.boi_token_id,): 8.0}}
+    processor = ImageSpanLogitsProcessor(vocab, max_new_tokens=90)
+    torch.manual_seed(3)
+    expected = model.generate(
+        **inputs, max_new_tokens=90, do_sample=True, logits_processor=LogitsProcessorList([processor]), **boi
+    )
+    torch.manual_seed(3)
+    with next_token_logits_processed(model, processor):
+        hooked = model.generate(**inputs, max_new_tokens=90, do_sample=True, **boi)
+    assert torch.equal(hooked, expected)
+    segments = vocab.parse_completions(hooked[:, prompts.shape[1] :].tolist())
+    assert len(segments) >= 2 and bool(segments.complete.all()) and -1 in segments.start.tolist()
+    assert not model._forward_hooks
+    torch.manual_seed(3)
+    free = model.generate(**inputs, max_new_tokens=90, do_sample=True, **boi)
+    assert not torch.equal(free, expected)  # without the hook, sampling is unconstrained again
 
 
 def test_equals_grpo_when_image_constraint_is_off(tmp_path):

@@ -37,8 +37,8 @@ def test_model_and_processor_fingerprints_name_what_changed(tiny):
 
     from trl_omni.testing import tiny_chameleon
 
-    model, processor = tiny
-    base = fingerprint_model(model)
+    processor = tiny[1]
+    base = fingerprint_model(tiny_chameleon(seed=0)[0])  # not the shared model: its identity is what is compared
     assert set(base) == {"name_or_path", "class", "dtype", "quantization", "adapters", "generation_config", "weights"}
     assert fingerprint_model(tiny_chameleon(seed=0)[0]) == base  # same content, same identity
     assert fingerprint_model(tiny_chameleon(seed=1)[0])["weights"] != base["weights"]
@@ -55,6 +55,10 @@ def test_model_and_processor_fingerprints_name_what_changed(tiny):
     settings = fingerprint_processor(processor)
     assert settings["processor"]["image_seq_length"] == 64 and settings["image_processor"]["size"]
     other = tiny_chameleon(seed=0)[1]
+    # What a tokenizer was last asked to do (truncation, padding) is state, not identity.
+    other.tokenizer(["a b c", "a"], truncation=True, max_length=2, padding="max_length")
+    other.tokenizer.padding_side = "left" if other.tokenizer.padding_side == "right" else "right"
+    assert fingerprint_processor(other) == settings
     other.image_processor.size = {"shortest_edge": 40}
     other.tokenizer.add_tokens(["<new-token>"])
     changed = differing_fields({"p": settings}, {"p": fingerprint_processor(other)})

@@ -145,3 +145,21 @@ def test_completions_continue_an_image_opened_by_the_prompt(vocab):
     from_tensor = vocab.parse_completions(padded)
     assert from_tensor.start.tolist()[:2] == [-1, 68] and from_tensor.complete_codes.shape == (3, 8, 8)
     assert vocab.parse_segments(completions).stray_image_tokens.tolist() == [64, 20, 0, 0]
+    # parse_segments(continue_open_image=True) reads a right-padded tensor with its attention mask the same way.
+    mask = torch.tensor([[1] * len(row) + [0] * (width - len(row)) for row in completions])
+    masked = vocab.parse_segments(padded, attention_mask=mask, continue_open_image=True)
+    assert masked.start.tolist() == segs.start.tolist() and masked.complete.tolist() == segs.complete.tolist()
+
+
+def test_parse_completions_is_cached_by_identity(vocab):
+    """One parse per batch object: TRL hands the same `completion_ids` list to every reward of a step."""
+    _, ids = _img(vocab, 4)
+    batch = [[*ids, vocab.eoi_token_id], T]
+    first = vocab.parse_completions(batch)
+    assert vocab.parse_completions(batch) is first
+    equal_copy = [list(row) for row in batch]
+    again = vocab.parse_completions(equal_copy)
+    assert again is not first and again.start.tolist() == first.start.tolist() == [-1]
+    for _ in range(8):  # older batches leave the small cache
+        vocab.parse_completions([list(T)])
+    assert vocab.parse_completions(batch) is not first

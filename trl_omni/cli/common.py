@@ -10,6 +10,7 @@ from trl import ScriptArguments
 
 from ..data.loading import DATASET_FORMATS
 from ..models.loading import read_adapter_config
+from ..utils.config_fields import choice_field
 
 
 logger = logging.getLogger(__name__)
@@ -36,13 +37,11 @@ class OmniScriptArguments(ScriptArguments):
             Images per VQ-encoder forward when images are encoded into codes before training.
     """
 
-    dataset_format: str = field(
-        default="auto",
-        metadata={
-            "help": "Row layout: 'interleaved' (trl-omni schema), 'pretokenized' (input_ids rows), 'zebra_cot', "
-            "'m3cot', 'omni_bench' (converted on the fly) or 'auto' (detected from the columns).",
-            "choices": list(DATASET_FORMATS),
-        },
+    dataset_format: str = choice_field(
+        "auto",
+        DATASET_FORMATS,
+        "Row layout: 'interleaved' (trl-omni schema), 'pretokenized' (input_ids rows), 'zebra_cot', "
+        "'m3cot', 'omni_bench' (converted on the fly) or 'auto' (detected from the columns).",
     )
     max_train_samples: int | None = field(
         default=None, metadata={"help": "Keep only the first N training rows (quick runs, debugging)."}
@@ -50,6 +49,54 @@ class OmniScriptArguments(ScriptArguments):
     pretokenize_batch_size: int = field(
         default=32, metadata={"help": "Images per VQ-encoder forward when encoding images into codes."}
     )
+
+
+def load_train_split(script_args: Any) -> tuple[Any, Any]:
+    """The dataset named by a training command's arguments and its training split (cut to `max_train_samples`).
+
+    Returns `(raw, train)`: `raw` is what [`~trl_omni.data.load_any_dataset`] returned, for the other splits.
+
+    Raises:
+        ValueError: When no `--dataset_name` is given.
+    """
+    from ..data.loading import load_any_dataset, select_split
+
+    if not script_args.dataset_name:
+        raise ValueError("--dataset_name is required: a Hub dataset, a local json/jsonl/parquet file or a directory.")
+    raw = load_any_dataset(script_args.dataset_name, script_args.dataset_config)
+    train = select_split(raw, script_args.dataset_train_split)
+    if script_args.max_train_samples is not None:
+        train = train.select(range(min(script_args.max_train_samples, len(train))))
+    return raw, train
+
+
+def prepare_datasets(
+    datasets: list[Any], script_args: Any, training_args: Any, model: Any, processor: Any, on_error: str, report: Any
+) -> list[Any]:
+    """[`~trl_omni.data.to_interleaved`] of each dataset (None stays None) with the command's format, image root and
+    encoder batch size; bad rows follow `on_error` and skipped ones are added to `report`.
+
+    The main process converts and encodes first; every other rank then reads the encoded images from the datasets
+    cache it wrote.
+    """
+    from ..data.loading import to_interleaved
+
+    with training_args.main_process_first(desc="converting the dataset and encoding its images"):
+        return [
+            None
+            if dataset is None
+            else to_interleaved(
+                dataset,
+                script_args.dataset_format,
+                model,
+                processor,
+                image_root=training_args.image_root,
+                on_error=on_error,
+                encode_batch_size=script_args.pretokenize_batch_size,
+                skip_report=report,
+            )
+            for dataset in datasets
+        ]
 
 
 def load_model_and_processor(model_args: Any, trust_remote_code: bool = False, **kwargs: Any) -> tuple[Any, Any]:

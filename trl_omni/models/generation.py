@@ -11,7 +11,33 @@ from .image_vocabulary import ImageVocabulary, _chameleon_backbone
 from .span_constraint import ImageSpanConstraint, SpanState
 
 
-_ORIGINAL_IMAGE_TOKENS = "_trl_omni_image_tokens"
+class ImageGenerationVocabularyMapping:
+    """Chameleon's image-vocabulary mapping with an empty image-logit mask.
+
+    `ChameleonForConditionalGeneration.forward` sets the logits of every id in `vocabulary_mapping.image_tokens` to
+    the float minimum. This stand-in answers `image_tokens` with an empty list, so the forward keeps every logit, and
+    hands every other attribute (`bpe2img`, `img2bpe`, `convert_img2bpe`, `image_token_id`, ...) to the model's own
+    mapping, kept as `stock`: the id <-> code tables stay the stock ones, built from the full image-token list
+    (`stock.image_tokens`). No model code is copied or patched and no cached property is shadowed: only the model's
+    mapping object is swapped, and [`disable_image_generation`] puts the stock one back.
+
+    Args:
+        stock: The model's own `ChameleonImageVocabularyMapping`.
+    """
+
+    def __init__(self, stock: Any):
+        self.stock = stock
+
+    @property
+    def image_tokens(self) -> list[int]:
+        """Empty: the ids whose logits the forward masks (the image-token ids are `stock.image_tokens`)."""
+        return []
+
+    def __getattr__(self, name: str) -> Any:
+        stock = self.__dict__.get("stock")  # absent while copy / pickle rebuild the object
+        if stock is None:
+            raise AttributeError(name)
+        return getattr(stock, name)
 
 
 def enable_image_generation(model: Any) -> Any:
@@ -19,10 +45,11 @@ def enable_image_generation(model: Any) -> Any:
 
     Stock `ChameleonForConditionalGeneration.forward` sets every image-token logit to the float minimum (reading
     the list from `model.model.vocabulary_mapping.image_tokens`), so its cross-entropy on image tokens is infinite
-    and `generate` never draws. This function empties that list *on this model instance only*, after caching the
-    id <-> code tables that are derived from it, so the forward keeps every logit and nothing else changes. The
-    model code is untouched; [`disable_image_generation`] restores the mask. Works through PEFT and accelerate
-    wrappers. Idempotent.
+    and `generate` never draws. This function swaps the model's mapping for an
+    [`ImageGenerationVocabularyMapping`]: its mask list is empty and its id <-> code tables are the stock mapping's,
+    so the forward keeps every logit and nothing else changes. The model code is untouched; [`disable_image_generation`]
+    restores the stock mapping. Works through PEFT and accelerate wrappers (the mapping lives on the Chameleon
+    backbone they wrap). Idempotent.
 
     Use together with [`ImageSpanLogitsProcessor`] when sampling, so images come out as exact spans.
 
@@ -38,30 +65,23 @@ def enable_image_generation(model: Any) -> Any:
         >>> model = enable_image_generation(ChameleonForConditionalGeneration.from_pretrained(path))
         ```
     """
-    mapping = _chameleon_backbone(model).vocabulary_mapping
-    if _ORIGINAL_IMAGE_TOKENS in mapping.__dict__:
-        return model
-    image_tokens = list(mapping.image_tokens)
-    # Materialise every table derived from `image_tokens` while it still holds the real ids.
-    for name in ("bpe2img", "img2bpe", "bpe2img_search_tensors", "img2bpe_mapping_tensor"):
-        getattr(mapping, name)
-    mapping.__dict__[_ORIGINAL_IMAGE_TOKENS] = image_tokens
-    # `image_tokens` is a cached_property (a non-data descriptor): the instance attribute takes precedence.
-    mapping.__dict__["image_tokens"] = []
+    backbone = _chameleon_backbone(model)
+    if not isinstance(backbone.vocabulary_mapping, ImageGenerationVocabularyMapping):
+        backbone.vocabulary_mapping = ImageGenerationVocabularyMapping(backbone.vocabulary_mapping)
     return model
 
 
 def disable_image_generation(model: Any) -> Any:
     """Restores Chameleon's stock image-logit mask removed by [`enable_image_generation`]."""
-    mapping = _chameleon_backbone(model).vocabulary_mapping
-    if _ORIGINAL_IMAGE_TOKENS in mapping.__dict__:
-        mapping.__dict__["image_tokens"] = mapping.__dict__.pop(_ORIGINAL_IMAGE_TOKENS)
+    backbone = _chameleon_backbone(model)
+    if isinstance(backbone.vocabulary_mapping, ImageGenerationVocabularyMapping):
+        backbone.vocabulary_mapping = backbone.vocabulary_mapping.stock
     return model
 
 
 def is_image_generation_enabled(model: Any) -> bool:
     """Whether [`enable_image_generation`] is in effect on `model`."""
-    return _ORIGINAL_IMAGE_TOKENS in _chameleon_backbone(model).vocabulary_mapping.__dict__
+    return isinstance(_chameleon_backbone(model).vocabulary_mapping, ImageGenerationVocabularyMapping)
 
 
 class ImageSpanLogitsProcessor(LogitsProcessor):

@@ -7,13 +7,22 @@ decoding ask an [`ImageVocabulary`]; none of them computes ids, offsets or grid 
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from itertools import chain
 from typing import Any
 
-import numpy as np
 import torch
+
+from .segments import ImageSegment, ImageSegments, parse_segments
+
+
+__all__ = ["ImageSegment", "ImageSegments", "ImageVocabulary", "unwrap_model"]
+
+
+# Batches of completions whose parse `ImageVocabulary.parse_completions` keeps (a step's rewards, metrics and
+# rendering read one batch; a few more cover evaluation interleaved with training).
+_PARSE_CACHE_SIZE = 4
 
 
 def unwrap_model(model: Any) -> Any:
@@ -57,84 +66,6 @@ def _gathered_copy(weight: torch.Tensor) -> torch.Tensor:
     return weight.detach().float().cpu().clone()
 
 
-def _pack_rows(rows: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-pads lists of ids of any lengths into `(B, L)` ids and a mask, with one flat copy (no per-row tensors)."""
-    lengths = torch.tensor([len(row) for row in rows], dtype=torch.long)
-    length = int(lengths.max()) if len(rows) else 0
-    flat = torch.from_numpy(np.fromiter(chain.from_iterable(rows), dtype=np.int64, count=int(lengths.sum())))
-    mask = torch.arange(length).expand(len(rows), length) < lengths[:, None]
-    padded = torch.zeros(len(rows), length, dtype=torch.long)
-    padded[mask] = flat
-    return padded, mask
-
-
-@dataclass
-class ImageSegment:
-    """One image segment found in a token sequence.
-
-    Attributes:
-        batch_index: Row of the batch holding the segment.
-        start: Position of the BOI token.
-        end: One past the last position of the segment (the EOI position + 1 when closed; otherwise the position
-            where the segment was cut: the next BOI, the first padding position, or the sequence length).
-        codes: VQ codes of the image tokens inside the segment, in order (1-D `LongTensor`).
-        complete: Whether the segment is closed by EOI and holds exactly `tokens_per_image` image tokens and
-            nothing else.
-    """
-
-    batch_index: int
-    start: int
-    end: int
-    codes: torch.Tensor
-    complete: bool
-
-
-@dataclass
-class ImageSegments:
-    """All image segments of a batch, as tensors (one entry per segment, ordered by row then position).
-
-    Attributes:
-        batch_index: `(N,)` row of each segment.
-        start: `(N,)` BOI position of each segment.
-        end: `(N,)` exclusive end of each segment (see [`ImageSegment`]).
-        complete: `(N,)` bool, whether each segment is a complete image.
-        num_image_tokens: `(N,)` number of image tokens inside each segment.
-        complete_codes: `(M, H, W)` codes of the `M` complete segments, in segment order.
-        complete_batch_index: `(M,)` row of each complete segment.
-        stray_image_tokens: `(B,)` image tokens found outside any segment, per row.
-    """
-
-    batch_index: torch.Tensor
-    start: torch.Tensor
-    end: torch.Tensor
-    complete: torch.Tensor
-    num_image_tokens: torch.Tensor
-    complete_codes: torch.Tensor
-    complete_batch_index: torch.Tensor
-    stray_image_tokens: torch.Tensor
-    _ids: torch.Tensor = field(repr=False)
-    _codes: torch.Tensor = field(repr=False)
-
-    def __len__(self) -> int:
-        return int(self.batch_index.numel())
-
-    def __iter__(self) -> Iterator[ImageSegment]:
-        for i in range(len(self)):
-            yield self[i]
-
-    def __getitem__(self, i: int) -> ImageSegment:
-        row, start, end = int(self.batch_index[i]), int(self.start[i]), int(self.end[i])
-        inner = self._codes[row, start + 1 : end]
-        return ImageSegment(row, start, end, inner[inner >= 0], bool(self.complete[i]))
-
-    def per_row(self, num_rows: int) -> list[list[ImageSegment]]:
-        """Groups the segments by batch row."""
-        rows: list[list[ImageSegment]] = [[] for _ in range(num_rows)]
-        for segment in self:
-            rows[segment.batch_index].append(segment)
-        return rows
-
-
 @dataclass
 class ImageVocabulary:
     """Image-token facts of a unified-vocabulary model, read from the model itself.
@@ -173,6 +104,7 @@ class ImageVocabulary:
     backend: str = "chameleon"
     _id_to_code: torch.Tensor = field(init=False, repr=False)
     _device_cache: dict = field(init=False, repr=False, default_factory=dict)
+    _parse_cache: OrderedDict = field(init=False, repr=False, default_factory=OrderedDict, compare=False)
 
     def __post_init__(self) -> None:
         self.image_token_ids = self.image_token_ids.long().cpu()
@@ -202,7 +134,7 @@ class ImageVocabulary:
         config = unwrap_model(model).config
         mapping = backbone.vocabulary_mapping
         vocab_map = config.vocabulary_map or {}
-        # bpe2img is cached before `enable_image_generation` empties `image_tokens`, so it stays complete.
+        # With image generation enabled, the mapping's mask list is empty but its tables are the stock, complete ones.
         bpe2img: dict[int, int] = mapping.bpe2img
         if not bpe2img:
             raise ValueError("The model's vocabulary_map holds no image tokens (names starting with 'IMGIMG').")
@@ -383,6 +315,8 @@ class ImageVocabulary:
         self,
         ids: torch.Tensor | Sequence[Sequence[int]],
         attention_mask: torch.Tensor | None = None,
+        *,
+        continue_open_image: bool = False,
     ) -> ImageSegments:
         """Finds every image segment in a batch of token sequences, without a per-token Python loop.
 
@@ -392,84 +326,36 @@ class ImageVocabulary:
         every segment are counted as stray, per row. EOI tokens outside a segment are ignored.
 
         Args:
-            ids: `(B, L)` LongTensor (right or left padded) or a list of id lists of any lengths.
+            ids: `(B, L)` LongTensor (right padded when rows may begin with image codes, see below; else right or
+                left padded) or a list of id lists of any lengths.
             attention_mask: Optional `(B, L)` mask; positions where it is 0 are treated as absent.
+            continue_open_image: Read each row as the continuation of a sequence that ended with BOI: a row whose
+                first token is an image code continues the image opened just before it, a segment with `start == -1`
+                (its codes are the row's leading codes). This is how generated completions are read (see
+                [`parse_completions`]); leave it off to count leading image codes as stray (e.g. to validate rows).
 
         Returns:
             [`ImageSegments`].
         """
-        if not isinstance(ids, torch.Tensor):
-            ids, attention_mask = _pack_rows(ids)
-        ids = ids.long()
-        if ids.dim() == 1:
-            ids = ids.unsqueeze(0)
-        device = ids.device
-        batch, length = ids.shape
-        valid = torch.ones_like(ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
-
-        codes = torch.where(valid, self.ids_to_codes(ids), -1)
-        is_image = codes >= 0
-        is_boi = (ids == self.boi_token_id) & valid
-        is_eoi = (ids == self.eoi_token_id) & valid
-        # A segment is cut by the next BOI, the next EOI (which closes it) or the next absent position.
-        is_stop = is_boi | is_eoi | ~valid
-        positions = torch.arange(length, device=device).expand(batch, length)
-        stop_pos = torch.where(is_stop, positions, torch.full_like(positions, length))
-        # next_stop[b, t] = first stop position >= t (length when none).
-        next_stop = torch.flip(torch.cummin(torch.flip(stop_pos, [1]), dim=1).values, [1])
-        next_stop = torch.cat([next_stop, torch.full((batch, 1), length, device=device, dtype=torch.long)], dim=1)
-
-        seg_rows, seg_starts = is_boi.nonzero(as_tuple=True)
-        stop = next_stop[seg_rows, seg_starts + 1]
-        closed_by_eoi = torch.zeros_like(stop, dtype=torch.bool)
-        inside = stop < length
-        closed_by_eoi[inside] = is_eoi[seg_rows[inside], stop[inside]]
-        seg_ends = torch.where(closed_by_eoi, stop + 1, stop)
-
-        image_cumsum = torch.cat(
-            [torch.zeros(batch, 1, dtype=torch.long, device=device), is_image.long().cumsum(dim=1)], dim=1
-        )
-        inner_images = image_cumsum[seg_rows, stop] - image_cumsum[seg_rows, seg_starts + 1]
-        inner_length = stop - seg_starts - 1
-        complete = closed_by_eoi & (inner_length == self.tokens_per_image) & (inner_images == inner_length)
-
-        # Stray image tokens: image tokens not covered by any segment span.
-        coverage = torch.zeros(batch, length + 1, dtype=torch.long, device=device)
-        coverage.index_put_((seg_rows, seg_starts), torch.ones_like(seg_starts), accumulate=True)
-        coverage.index_put_((seg_rows, seg_ends), -torch.ones_like(seg_ends), accumulate=True)
-        covered = coverage.cumsum(dim=1)[:, :length] > 0
-        stray = (is_image & ~covered).sum(dim=1)
-
-        h, w = self.grid_size
-        c_rows, c_starts = seg_rows[complete], seg_starts[complete]
-        offsets = torch.arange(1, self.tokens_per_image + 1, device=device)
-        gather_pos = (c_starts[:, None] + offsets[None, :]).clamp(max=max(length - 1, 0))
-        complete_codes = codes[c_rows[:, None], gather_pos].reshape(-1, h, w)
-
-        return ImageSegments(
-            batch_index=seg_rows,
-            start=seg_starts,
-            end=seg_ends,
-            complete=complete,
-            num_image_tokens=inner_images,
-            complete_codes=complete_codes,
-            complete_batch_index=c_rows,
-            stray_image_tokens=stray,
-            _ids=ids,
-            _codes=codes,
-        )
+        return parse_segments(self, ids, attention_mask, continue_open_image=continue_open_image)
 
     def parse_completions(self, completion_ids: Sequence[Sequence[int]] | torch.Tensor) -> ImageSegments:
-        """The image segments of generated completions: the one parse that rewards, metrics, rendering and evaluation
-        share.
+        """The image segments of generated completions: the one parse that rewards, metrics, rendering and
+        evaluation share.
 
-        A completion is read as generated after its prompt. A prompt may end with BOI to ask for a drawing, and under
-        the image-span constraint ([`ImageSpanLogitsProcessor`]) a completion can only begin with image codes when it
-        continues the image its prompt opened: that image is the completion's first segment, with `start == -1`
-        (the prompt's BOI), complete when the completion closes it with EOI after exactly `tokens_per_image` codes.
+        Completions are read as generated after their prompt (`parse_segments(..., continue_open_image=True)`): a
+        prompt may end with BOI to ask for a drawing, and with the image-span constraint on
+        ([`ImageSpanLogitsProcessor`]) a completion can only begin with image codes when it continues the image its
+        prompt opened. That segment has `start == -1` and is complete when the completion closes it with EOI after
+        exactly `tokens_per_image` codes, so a reward, a metric and a rendering see the same image.
+
+        The last few results are cached by the identity of `completion_ids`: TRL hands one `completion_ids` list to
+        every reward function of a step, so the step parses it once however many rewards, metrics and renderings
+        read it. A change in place that alters a row's length (or a tensor's contents) is seen and parsed again; do not
+        replace ids in place without changing a length.
 
         Args:
-            completion_ids: A list of completion id lists (padding removed), or a right-padded `(B, L)` tensor.
+            completion_ids: TRL's list of completion id lists (padding removed), or a right-padded `(B, L)` tensor.
 
         Returns:
             [`ImageSegments`] with positions relative to each completion's first token.
@@ -480,22 +366,23 @@ class ImageVocabulary:
             >>> per_completion = segments.per_row(len(completion_ids))  # lists of ImageSegment
             ```
         """
+        cache = self._parse_cache
+        key = id(completion_ids)
+        # What an in-place change would alter: a tensor's version counter, or every row's length of a list.
         if isinstance(completion_ids, torch.Tensor):
-            ids = completion_ids.long().reshape(-1, completion_ids.shape[-1])
-            valid = torch.ones_like(ids, dtype=torch.bool)
+            signature = (completion_ids._version, tuple(completion_ids.shape))
         else:
-            ids, valid = _pack_rows(completion_ids)
-        # Put the prompt's BOI back (at position -1) before every completion that begins inside an image.
-        if ids.shape[1]:
-            opened = valid[:, :1] & self.is_image_token(ids[:, :1])
-        else:
-            opened = torch.zeros(ids.shape[0], 1, dtype=torch.bool, device=ids.device)
-        boi = torch.full((ids.shape[0], 1), self.boi_token_id, dtype=ids.dtype, device=ids.device)
-        parsed = self.parse_segments(torch.cat([boi, ids], dim=1), torch.cat([opened, valid], dim=1))
-        parsed.start, parsed.end = parsed.start - 1, parsed.end - 1
-        # `ImageSegments.__getitem__` reads a segment's codes from `start + 1`: index the completion's own positions.
-        parsed._ids, parsed._codes = parsed._ids[:, 1:], parsed._codes[:, 1:]
-        return parsed
+            signature = tuple(len(row) for row in completion_ids)
+        hit = cache.get(key)
+        if hit is not None and hit[0] is completion_ids and hit[1] == signature:
+            cache.move_to_end(key)
+            return hit[2]
+        segments = parse_segments(self, completion_ids, continue_open_image=True)
+        # The cache holds the parsed object itself, so its id cannot be reused by another object while cached.
+        cache[key] = (completion_ids, signature, segments)
+        while len(cache) > _PARSE_CACHE_SIZE:
+            cache.popitem(last=False)
+        return segments
 
     def __repr__(self) -> str:
         return (

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 
 logger = logging.getLogger(__name__)
+
+# The arguments and result of TRL's reward call: `reward(prompts=, completions=, completion_ids=, **columns)` returns
+# one value per completion (None: not scored).
+Batch = Sequence[Any] | None
+TokenIds = Sequence[Sequence[int]] | None
+Rewards = list[float | None]
 
 # The authors' defaults (Omni-R1 templated format); every reward takes them as arguments so other checkpoints and
 # templates can override them.
@@ -130,6 +136,76 @@ def resolve_restorer(own: _TagRestorer | None, kwargs: dict, tags: Sequence[str]
         cache.clear()
         cache[key] = _TagRestorer(processing_class, tags, kwargs.get("image_vocabulary"))
     return cache[key]
+
+
+def text_reward(
+    score_texts: Callable[[list[str], dict[str, Any]], list[float | None]],
+    name: str,
+    doc: str,
+    tags: OutputTags,
+    processing_class: Any | None = None,
+    image_vocabulary: Any | None = None,
+    read_tags: bool = True,
+    warn_as: str | None = None,
+    other_markers: Sequence[str] = (),
+) -> Callable[..., list[float | None]]:
+    """A TRL reward callable named `name` that scores completion texts with `score_texts(texts, kwargs)`.
+
+    With `read_tags`, the texts hold the control tags even when they are special tokens: they are read from
+    `completion_ids` through `processing_class` (given here, or as a keyword at call time). With `warn_as`, a batch
+    in which no text holds any tag (nor any of `other_markers`) while the tags could not be read from ids logs one
+    warning, under that reward name ([`warn_if_tags_stripped`]).
+    """
+    restorer = (
+        _TagRestorer(processing_class, tags.control_tags, image_vocabulary) if processing_class and read_tags else None
+    )
+    call_cache: dict = {}
+
+    def reward(
+        prompts: Batch = None, completions: Batch = None, completion_ids: TokenIds = None, **kwargs: Any
+    ) -> Rewards:
+        active = resolve_restorer(restorer, kwargs, tags.control_tags, call_cache) if read_tags else None
+        texts = completion_texts(list(completions or []), completion_ids, active)
+        scores = score_texts(texts, kwargs)
+        if warn_as is not None:
+            warn_if_tags_stripped(warn_as, texts, completion_ids, active, tags, other_markers)
+        return scores
+
+    reward.__name__ = name
+    reward.__qualname__ = name
+    reward.__doc__ = doc
+    return reward
+
+
+class CompletionIdsReward:
+    """Base of the reward classes that score the generated token ids.
+
+    `__call__` is TRL's reward call: it refuses a call without `completion_ids` (naming the reward, then
+    `missing_ids_hint`) and hands the batch to `_reward`, which subclasses implement.
+    """
+
+    name: str
+    missing_ids_hint = ""
+
+    def __call__(
+        self,
+        prompts: Batch = None,
+        completions: Batch = None,
+        completion_ids: TokenIds = None,
+        log_metric: Any | None = None,
+        **kwargs: Any,
+    ) -> Rewards:
+        if completion_ids is None:
+            raise ValueError(
+                f"{self.name} needs `completion_ids` (the generated token ids); TRL's GRPOTrainer passes them."
+                + self.missing_ids_hint
+            )
+        return self._reward(prompts, completions, completion_ids, log_metric, kwargs)
+
+    def _reward(
+        self, prompts: Any, completions: Any, completion_ids: Any, log_metric: Any, kwargs: dict[str, Any]
+    ) -> list[float | None]:
+        raise NotImplementedError
 
 
 _WARNED: set[str] = set()

@@ -71,30 +71,6 @@ def pack_completion_ids(completion_ids: Any, device: torch.device | str) -> tupl
     return ids.to(device), mask.to(device)
 
 
-def _from_image_segments(
-    image_segments: Any, num_rows: int, grid_size: tuple[int, int], device: torch.device
-) -> CompletionImages | None:
-    """Complete codes and rows from already-parsed segments (PeRPO's `image_segments`), or None to re-parse."""
-    if image_segments is None or len(image_segments) != num_rows:
-        return None
-    h, w = grid_size
-    codes, rows, incomplete = [], [], 0
-    for row, segments in enumerate(image_segments):
-        for segment in segments or ():
-            if not segment.complete:
-                incomplete += 1
-                continue
-            if segment.codes.numel() != h * w:
-                return None  # not what the core produces for this vocabulary: parse the ids instead
-            codes.append(segment.codes)
-            rows.append(row)
-    if not codes:
-        empty = torch.zeros(0, h, w, dtype=torch.long, device=device)
-        return CompletionImages(empty, torch.zeros(0, dtype=torch.long, device=device), incomplete)
-    stacked = torch.stack(codes).to(device=device, dtype=torch.long).view(-1, h, w)
-    return CompletionImages(stacked, torch.tensor(rows, dtype=torch.long, device=device), incomplete)
-
-
 def completion_images(
     image_vocabulary: Any,
     completion_ids: Any,
@@ -102,14 +78,19 @@ def completion_images(
     image_segments: Sequence[Sequence[Any]] | None = None,
     attention_mask: torch.Tensor | None = None,
 ) -> CompletionImages:
-    """The complete images of a batch, from the `image_segments` a trainer already parsed (PeRPO passes them) or
-    from one vectorised parse of `completion_ids` ([`~trl_omni.ImageVocabulary.parse_segments`])."""
-    device = torch.device(device)
-    parsed = _from_image_segments(image_segments, len(completion_ids), image_vocabulary.grid_size, device)
-    if parsed is not None:
-        return parsed
-    ids, mask = pack_completion_ids(completion_ids, device)
-    if attention_mask is not None:
-        mask = attention_mask.to(ids.device)
-    segments = image_vocabulary.parse_segments(ids, attention_mask=mask)
-    return CompletionImages(segments.complete_codes, segments.complete_batch_index, int((~segments.complete).sum()))
+    """The complete images of a batch, from the core's parse of `completion_ids`
+    ([`~trl_omni.ImageVocabulary.parse_completions`]: cached per batch, so every reward, metric and rendering of a
+    step shares one parse; an image a prompt opened with BOI counts once the completion finishes it).
+
+    `image_segments` (what `PeRPOTrainer` passes rewards) is accepted for compatibility and not needed: it holds the
+    same segments.
+    """
+    if isinstance(completion_ids, torch.Tensor) or attention_mask is not None:
+        ids, mask = pack_completion_ids(completion_ids, device)
+        if attention_mask is not None:
+            mask = attention_mask.to(ids.device)
+        segments = image_vocabulary.parse_segments(ids, attention_mask=mask, continue_open_image=True)
+    else:
+        segments = image_vocabulary.parse_completions(completion_ids)
+    rows = segments.complete_batch_index.to(device)
+    return CompletionImages(segments.complete_codes.to(device), rows, int((~segments.complete).sum()))

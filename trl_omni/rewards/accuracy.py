@@ -4,17 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
-from ._common import (
-    DEFAULT_TAGS,
-    OutputTags,
-    _TagRestorer,
-    completion_texts,
-    resolve_restorer,
-    warn_if_tags_stripped,
-)
+from ._common import DEFAULT_TAGS, OutputTags, text_reward
 from .rules_default import default_answer_score, has_math_signs, parse_choice, parse_formula, parse_number, similarity
 from .rules_omni_r1 import OmniR1Thresholds, omni_r1_answer_score
 
@@ -205,30 +198,16 @@ def make_accuracy_reward(
         raise ValueError("strict=True changes the authors' soft credit; it is only available with rules='default'.")
     thresholds = OmniR1Thresholds.from_env() if rules == "omni_r1" else OmniR1Thresholds()
     tags = OutputTags(reasoning_open, reasoning_close, answer_open, answer_close, final_answer_marker)
-    restorer = _TagRestorer(processing_class, tags.control_tags, image_vocabulary) if processing_class else None
-    call_cache: dict = {}
 
-    def reward(
-        prompts: Sequence[Any] | None = None,
-        completions: Sequence[Any] | None = None,
-        completion_ids: Sequence[Sequence[int]] | None = None,
-        **kwargs: Any,
-    ) -> list[float | None]:
-        completions = list(completions or [])
+    def score_texts(texts: list[str], kwargs: dict[str, Any]) -> list[float | None]:
         if answer_column not in kwargs:
             raise KeyError(
                 f"{name}: the dataset has no column {answer_column!r} (columns received: "
                 f"{sorted(k for k in kwargs if k not in ('trainer_state', 'log_metric', 'log_extra'))}). Add the "
                 f"column or build the reward with make_accuracy_reward(answer_column=...)."
             )
-        answers = kwargs[answer_column]
-        active = resolve_restorer(restorer, kwargs, tags.control_tags, call_cache)
-        texts = completion_texts(completions, completion_ids, active)
-        if answer_style != "thought":
-            markers = (tags.final_answer_marker,) if answer_style == "auto" else ()
-            warn_if_tags_stripped(name, texts, completion_ids, active, tags, markers)
         rewards: list[float | None] = []
-        for text, gold in zip(texts, answers, strict=True):
+        for text, gold in zip(texts, kwargs[answer_column], strict=True):
             if gold is None or (isinstance(gold, float) and math.isnan(gold)) or not str(gold).strip():
                 rewards.append(None)
                 continue
@@ -241,11 +220,17 @@ def make_accuracy_reward(
             )  # fmt: skip
         return rewards
 
-    reward.__name__ = name
-    reward.__qualname__ = name
-    reward.__doc__ = (
+    reward = text_reward(
+        score_texts,
+        name,
         f"Accuracy reward (column {answer_column!r}, style {answer_style!r}, rules {rules!r}); see "
-        "make_accuracy_reward."
+        "make_accuracy_reward.",
+        tags,
+        processing_class,
+        image_vocabulary,
+        # "thought" answers are read after the final-answer marker: the control tags do not matter there.
+        warn_as=None if answer_style == "thought" else name,
+        other_markers=(tags.final_answer_marker,) if answer_style == "auto" else (),
     )
     reward.rules = rules
     return reward

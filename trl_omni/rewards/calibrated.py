@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
+from ._common import CompletionIdsReward
 from .accuracy import make_accuracy_reward
 from .format import make_format_reward
 from .perception import PerceptionReward
 from .reference import REFERENCE_COLUMN, ReferenceImageReward
 
 
-class PerceptionCalibratedReward:
+class PerceptionCalibratedReward(CompletionIdsReward):
     """The authors' combined PeRPO reward as one callable.
 
     For each completion, with `acc` the accuracy ([`make_accuracy_reward`]), `fmt` the format score
@@ -130,16 +130,9 @@ class PerceptionCalibratedReward:
         base = self.accuracy_weight * accuracy + self.format_weight * fmt
         return (1.0 - sum(w for w, _ in present)) * base + sum(w * v for w, v in present)
 
-    def __call__(
-        self,
-        prompts: Sequence[Any] | None = None,
-        completions: Sequence[Any] | None = None,
-        completion_ids: Sequence[Sequence[int]] | None = None,
-        log_metric: Any | None = None,
-        **kwargs: Any,
+    def _reward(
+        self, prompts: Any, completions: Any, completion_ids: Any, log_metric: Any, kwargs: dict[str, Any]
     ) -> list[float | None]:
-        if completion_ids is None:
-            raise ValueError(f"{self.name} needs `completion_ids`; TRL's GRPOTrainer passes them.")
         accuracy = self.accuracy(prompts, completions, completion_ids, **kwargs)
         fmt = self.format(prompts, completions, completion_ids, **kwargs)
         perception = self.perception.score(

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
-from ._common import DEFAULT_TAGS, OutputTags, _TagRestorer, completion_texts, resolve_restorer, warn_if_tags_stripped
+from ._common import DEFAULT_TAGS, OutputTags, text_reward
 
 
 FORMAT_STYLES = ("tags", "thought")
@@ -85,30 +85,17 @@ def make_format_reward(
     tags = OutputTags(
         reasoning_open, reasoning_close, answer_open, answer_close, final_answer_marker, thought_marker
     )  # fmt: skip
-    reward_name = name or ("format_reward" if style == "tags" else "format_thought_reward")
     use_ids = style == "tags"
-    restorer = (
-        _TagRestorer(processing_class, tags.control_tags, image_vocabulary) if processing_class and use_ids else None
+    return text_reward(
+        lambda texts, _: [format_score(text, style, tags) for text in texts],
+        name or ("format_reward" if style == "tags" else "format_thought_reward"),
+        f"Format reward (style {style!r}); see make_format_reward.",
+        tags,
+        processing_class,
+        image_vocabulary,
+        read_tags=use_ids,
+        warn_as="format_reward" if use_ids else None,
     )
-    call_cache: dict = {}
-
-    def reward(
-        prompts: Sequence[Any] | None = None,
-        completions: Sequence[Any] | None = None,
-        completion_ids: Sequence[Sequence[int]] | None = None,
-        **kwargs: Any,
-    ) -> list[float | None]:
-        completions = list(completions or [])
-        active = resolve_restorer(restorer, kwargs, tags.control_tags, call_cache) if use_ids else None
-        texts = completion_texts(completions, completion_ids, active)
-        if use_ids:
-            warn_if_tags_stripped("format_reward", texts, completion_ids, active, tags)
-        return [format_score(text, style, tags) for text in texts]
-
-    reward.__name__ = reward_name
-    reward.__qualname__ = reward_name
-    reward.__doc__ = f"Format reward (style {style!r}); see make_format_reward."
-    return reward
 
 
 format_reward = make_format_reward(style="tags")

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from ._common import message_text
+from ._common import Batch, Rewards, TokenIds, message_text
 from ._images import completion_images, segment_reduce
 
 
@@ -51,7 +51,7 @@ class RewardBatch:
     def drawn_images(self, image_vocabulary: Any) -> tuple[torch.Tensor, torch.Tensor]:
         """Every complete image the completions drew: `((M, H, W) codes, (M,) completion index)`, in order.
 
-        Read from the `image_segments` column that `PeRPOTrainer` passes, else parsed once from `completion_ids`.
+        From the core's parse of `completion_ids` ([`~trl_omni.ImageVocabulary.parse_completions`], cached per batch).
         Decode the codes to pixels (e.g. [`~trl_omni.decode_images`]) to show them to a vision helper model, and
         map the helper's per-image scores back to completions with [`RewardBatch.per_completion`].
         """
@@ -229,12 +229,8 @@ class ModelReward:
         return values
 
     def __call__(
-        self,
-        prompts: Sequence[Any] | None = None,
-        completions: Sequence[Any] | None = None,
-        completion_ids: Sequence[Sequence[int]] | None = None,
-        **kwargs: Any,
-    ) -> list[float | None]:
+        self, prompts: Batch = None, completions: Batch = None, completion_ids: TokenIds = None, **kwargs: Any
+    ) -> Rewards:
         values = self.compute_scores(prompts, completions, completion_ids, **kwargs)
         log_metric = kwargs.get("log_metric")
         if log_metric is not None:

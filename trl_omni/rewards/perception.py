@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from ._common import CompletionIdsReward
 from ._images import AGGREGATIONS, completion_images, pack_completion_ids, segment_reduce
 
 
@@ -33,22 +34,24 @@ def total_variation_energy(embeddings: torch.Tensor) -> torch.Tensor:
     return ((tv_x if tv_x is not None else zero) + (tv_y if tv_y is not None else zero)) / d
 
 
-class PerceptionReward:
+class PerceptionReward(CompletionIdsReward):
     """Perception reward: smoothness of each generated image, measured on its codebook embeddings.
 
     For every complete image segment in a completion (BOI + exactly H*W image tokens + EOI, as parsed by
-    [`~trl_omni.ImageVocabulary.parse_segments`]): `Z = codebook[codes]` of shape `(H, W, D)`,
+    [`~trl_omni.ImageVocabulary.parse_completions`]; an image its prompt opened with BOI counts when the completion
+    finishes it): `Z = codebook[codes]` of shape `(H, W, D)`,
     `E = (TV_x + TV_y) / D` ([`total_variation_energy`]), and the image scores `1 / (1 + E / tau)` (`"inverse"`)
     or `exp(-E / tau)` (`"exp"`). A completion's score aggregates its images' scores with `min` (the authors'
     default), `mean`, `max` or `median` (the mean of the two middle values for an even count). A completion without
     a complete image gets None. Incomplete segments are ignored; their count is reported through `log_metric`
     (`<name>/incomplete_images`) together with `<name>/complete_images`.
 
-    All images of the batch are scored at once: one parse of the padded batch (skipped when the trainer passes the
-    `image_segments` it already parsed, as `PeRPOTrainer` does), one tensor expression for the TV of
-    every image (a lookup of all neighbour pairs in a cached table of squared codebook distances, or a gather of
-    the embeddings, see `method`), and segment reductions per completion. The codebook comes from
-    `ImageVocabulary.codebook_on(device)`, cached per device.
+    All images of the batch are scored at once: one parse of the batch
+    ([`~trl_omni.ImageVocabulary.parse_completions`], cached by the core and shared with every other reader of the
+    same `completion_ids`), one tensor expression for the TV of every image (a lookup of all neighbour pairs in a
+    cached table of squared codebook distances, or a gather of the embeddings, see `method`), and segment reductions
+    per completion. The codebook comes from `ImageVocabulary.codebook_on(device)`, cached per device. The scores of
+    the last batch are kept, so a second call on the same `completion_ids` (a trainer's metrics) costs nothing.
 
     Args:
         image_vocabulary: The policy's [`~trl_omni.ImageVocabulary`].
@@ -72,6 +75,8 @@ class PerceptionReward:
         [0.93, None, 0.71]
         ```
     """
+
+    missing_ids_hint = " Call `.score(completion_ids)` when using it outside a trainer."
 
     def __init__(
         self,
@@ -101,6 +106,8 @@ class PerceptionReward:
         self.method = method
         self.max_table_bytes = int(max_table_bytes)
         self.max_chunk_elements = int(max_chunk_elements)
+        # (completion_ids, its length, scores, incomplete, complete) of the last batch scored.
+        self._last_scores: tuple | None = None
         self.name = name
         self.__name__ = name  # TRL names rewards by `__name__`
 
@@ -157,18 +164,29 @@ class PerceptionReward:
     ) -> torch.Tensor:
         """Per-completion scores as a `(B,)` float tensor, NaN where a completion has no complete image.
 
-        When `image_segments` (per completion, the `ImageSegment`s the core parsed from these same ids, as
-        `PeRPOTrainer` passes them) is given, the codes are taken from it instead of parsing `completion_ids` again.
+        Completions are parsed by [`~trl_omni.ImageVocabulary.parse_completions`] (a completion that begins with
+        image codes finishes the image its prompt opened with BOI), cached per batch by the core. The scores of the
+        last batch are kept too, so a trainer's perception metrics and this reward score a step's images once.
+        `image_segments` is accepted for compatibility and not needed: the core's cached parse gives the same
+        segments.
         """
         num_rows = len(completion_ids)
-        device = self.device or (completion_ids.device if isinstance(completion_ids, torch.Tensor) else "cpu")
-        images = completion_images(self.image_vocabulary, completion_ids, device, image_segments, attention_mask)
-        codes, rows = images.codes, images.rows
+        memo = self._last_scores
+        if attention_mask is None and memo is not None and memo[0] is completion_ids and memo[1] == num_rows:
+            scores, incomplete, complete = memo[2:]
+        else:
+            device = self.device or (completion_ids.device if isinstance(completion_ids, torch.Tensor) else "cpu")
+            images = completion_images(self.image_vocabulary, completion_ids, device, image_segments, attention_mask)
+            image_scores = self.image_scores(images.codes)
+            rows = images.rows.to(image_scores.device)
+            scores = segment_reduce(image_scores, rows, num_rows, self.aggregation)
+            incomplete, complete = images.incomplete, images.complete
+            if attention_mask is None:
+                self._last_scores = (completion_ids, num_rows, scores, incomplete, complete)
         if log_metric is not None:
-            log_metric(f"{self.name}/incomplete_images", float(images.incomplete))
-            log_metric(f"{self.name}/complete_images", float(images.complete))
-        scores = self.image_scores(codes)
-        return segment_reduce(scores, rows.to(scores.device), num_rows, self.aggregation)
+            log_metric(f"{self.name}/incomplete_images", float(incomplete))
+            log_metric(f"{self.name}/complete_images", float(complete))
+        return scores.clone()
 
     def score(
         self,
@@ -182,25 +200,14 @@ class PerceptionReward:
             completion_ids: A list of id lists (TRL's `completion_ids`) or a `(B, L)` tensor (no padding inside
                 rows other than at positions that are not BOI/EOI/image tokens).
             log_metric: Optional TRL `log_metric` callable for the image counts.
-            image_segments: Optional per-completion `ImageSegment` lists already parsed from `completion_ids`
-                (passed by `PeRPOTrainer`); saves the parse.
+            image_segments: Accepted for compatibility (see [`score_tensor`]).
         """
         values = self.score_tensor(completion_ids, log_metric=log_metric, image_segments=image_segments).tolist()
         return [None if v != v else float(v) for v in values]
 
-    def __call__(
-        self,
-        prompts: Sequence[Any] | None = None,
-        completions: Sequence[Any] | None = None,
-        completion_ids: Sequence[Sequence[int]] | None = None,
-        log_metric: Any | None = None,
-        **kwargs: Any,
+    def _reward(
+        self, prompts: Any, completions: Any, completion_ids: Any, log_metric: Any, kwargs: dict[str, Any]
     ) -> list[float | None]:
-        if completion_ids is None:
-            raise ValueError(
-                f"{self.name} needs `completion_ids` (the generated token ids); TRL's GRPOTrainer passes them. "
-                "Call `.score(completion_ids)` when using it outside a trainer."
-            )
         return self.score(completion_ids, log_metric=log_metric, image_segments=kwargs.get("image_segments"))
 
     def __repr__(self) -> str:

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ._common import CompletionIdsReward
 from ._images import completion_images
 
 
@@ -20,7 +21,7 @@ REFERENCE_COLUMN = "reference_images"
 _IDENTICAL = 1.0 - 1e-6
 
 
-class ReferenceImageReward:
+class ReferenceImageReward(CompletionIdsReward):
     """Scores each drawn image against the row's reference image(s), in [0, 1]; None when the row has none.
 
     **Data.** A row carries its reference drawings in a column (default `reference_images`): a list, one entry per
@@ -48,8 +49,9 @@ class ReferenceImageReward:
     references are not scored, and the completion's score is the mean over the row's references. So a completion
     that draws nothing scores 0 when the row has references.
 
-    All pairs of a batch are scored at once: drawn codes come from one parse of `completion_ids` (or from the
-    `image_segments` PeRPO passes), cell similarities from a lookup in the vocabulary's `(K, K)` table of squared
+    All pairs of a batch are scored at once: drawn codes come from the core's parse of `completion_ids`
+    ([`~trl_omni.ImageVocabulary.parse_completions`], cached per batch and shared with the other rewards), cell
+    similarities from a lookup in the vocabulary's `(K, K)` table of squared
     codebook distances ([`~trl_omni.ImageVocabulary.codebook_distances`], shared with the perception reward) or,
     when it would exceed `max_table_bytes`, from gathered embeddings.
 
@@ -291,18 +293,9 @@ class ReferenceImageReward:
             log_metric(f"{self.name}/aligned_references", float(aligned.float().mean()))
         return torch.where(ref_counts > 0, result, torch.full_like(result, float("nan")))
 
-    def __call__(
-        self,
-        prompts: Sequence[Any] | None = None,
-        completions: Sequence[Any] | None = None,
-        completion_ids: Sequence[Sequence[int]] | None = None,
-        log_metric: Any | None = None,
-        **kwargs: Any,
+    def _reward(
+        self, prompts: Any, completions: Any, completion_ids: Any, log_metric: Any, kwargs: dict[str, Any]
     ) -> list[float | None]:
-        if completion_ids is None:
-            raise ValueError(
-                f"{self.name} needs `completion_ids` (the generated token ids); TRL's GRPOTrainer passes them."
-            )
         if self.reference_column not in kwargs:
             received = sorted(
                 k for k in kwargs if k not in ("trainer_state", "log_metric", "log_extra", "image_segments")

@@ -9,6 +9,8 @@ import numbers
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from ._common import Batch, Rewards, TokenIds
+
 
 _NOT_SLICED = ("trainer_state", "log_metric", "log_extra", "environments")
 
@@ -178,12 +180,8 @@ class SafeReward:
         )
 
     def __call__(
-        self,
-        prompts: Sequence[Any] | None = None,
-        completions: Sequence[Any] | None = None,
-        completion_ids: Sequence[Sequence[int]] | None = None,
-        **kwargs: Any,
-    ) -> list[float | None]:
+        self, prompts: Batch = None, completions: Batch = None, completion_ids: TokenIds = None, **kwargs: Any
+    ) -> Rewards:
         completions = list(completions or [])
         try:
             output = self.fn(prompts=prompts, completions=completions, completion_ids=completion_ids, **kwargs)
@@ -208,12 +206,8 @@ class AsyncSafeReward(SafeReward):
         return None
 
     async def __call__(  # type: ignore[override]
-        self,
-        prompts: Sequence[Any] | None = None,
-        completions: Sequence[Any] | None = None,
-        completion_ids: Sequence[Sequence[int]] | None = None,
-        **kwargs: Any,
-    ) -> list[float | None]:
+        self, prompts: Batch = None, completions: Batch = None, completion_ids: TokenIds = None, **kwargs: Any
+    ) -> Rewards:
         completions = list(completions or [])
         try:
             output = await self.fn(prompts=prompts, completions=completions, completion_ids=completion_ids, **kwargs)

@@ -16,11 +16,13 @@ trl-omni rl --config perpo.yaml --reward_funcs accuracy format my_package.reward
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from dataclasses import dataclass, field
 from typing import Any
 
 from trl_omni.cli.common import OmniScriptArguments
+from trl_omni.utils.config_fields import choice_field
 
 
 @dataclass
@@ -47,41 +49,67 @@ class RLScriptArguments(OmniScriptArguments):
             "reward."
         },
     )
-    on_error: str = field(
-        default="raise",
-        metadata={
-            "help": "Bad rows / images: 'raise' (an error naming the row, the field and the fix) or 'skip' (dropped, "
-            "counted, logged and summarised at the end).",
-            "choices": ["raise", "skip"],
-        },
+    on_error: str = choice_field(
+        "raise",
+        ("raise", "skip"),
+        "Bad rows / images: 'raise' (an error naming the row, the field and the fix) or 'skip' (dropped, "
+        "counted, logged and summarised at the end).",
     )
 
 
-def build_reward_funcs(names: list[str], processor: Any, image_vocabulary: Any) -> list[Any]:
+def build_reward_funcs(
+    names: list[str], processor: Any, image_vocabulary: Any, options: dict[str, Any] | None = None
+) -> list[Any]:
     """Resolves reward names with [`~trl_omni.rewards.resolve_reward`] and builds them for this model.
 
     Reward classes and the built-in factories receive the model's `image_vocabulary` and `processing_class` when
     their signature takes them (the perception rewards need the vocabulary; the accuracy and format rewards read the
-    special-token answer tags through the processor). Plain reward functions are used as they are. Every reward is
+    special-token answer tags through the processor), and each of `options` (the reward settings of the config, e.g.
+    `format_style`, `rules`) that their signature takes. Plain reward functions are used as they are. Every reward is
     wrapped in [`~trl_omni.rewards.SafeReward`], so a failure names the reward and the sample.
 
     Raises:
         ValueError: For an unknown name, listing the available ones.
     """
     from trl_omni.rewards.registry import BUILTIN_FACTORIES, get_reward, resolve_reward
+    from trl_omni.utils.imports import resolve_dotted_path
 
-    context = {"image_vocabulary": image_vocabulary, "processing_class": processor}
-    rewards = []
+    options = dict(options or {})
+    context = {"image_vocabulary": image_vocabulary, "processing_class": processor, **options}
+    rewards, taken = [], set()
     for name in names:
         target = resolve_reward(name)  # raises ValueError naming the available rewards
         if name in BUILTIN_FACTORIES:
-            rewards.append(get_reward(name, **context))
-        elif inspect.isclass(target):
-            parameters = inspect.signature(target).parameters
-            rewards.append(get_reward(name, **{k: v for k, v in context.items() if k in parameters}))
-        else:
+            target = resolve_dotted_path(BUILTIN_FACTORIES[name][0])
+        elif not inspect.isclass(target):
             rewards.append(get_reward(name))
+            continue
+        kwargs = {k: v for k, v in context.items() if k in inspect.signature(target).parameters}
+        taken.update(kwargs)
+        rewards.append(get_reward(name, **kwargs))
+    unused = sorted(set(options) - taken)
+    if unused:
+        raise ValueError(
+            f"{', '.join(unused)} set, but none of the rewards {names} takes it: it applies to the rewards whose "
+            "constructor has that argument (e.g. perception_calibrated, or the default reward when --reward_funcs "
+            "is not given)."
+        )
     return rewards
+
+
+def reward_options(training_args: Any) -> dict[str, Any]:
+    """The reward settings of a [`PeRPOConfig`] set away from their defaults, as reward constructor arguments
+    (`format_style`, `rules`): named rewards that take them get them, and one that no named reward takes is an
+    error rather than ignored."""
+    from trl_omni.trainers import PeRPOConfig
+
+    settings = {"format_style": "format_style", "rules": "accuracy_rules"}
+    defaults = {f.name: f.default for f in dataclasses.fields(PeRPOConfig)}
+    return {
+        argument: getattr(training_args, field_name)
+        for argument, field_name in settings.items()
+        if getattr(training_args, field_name) != defaults[field_name]
+    }
 
 
 def check_rewards(reward_funcs: list[str] | None, reward_weights: list[float] | None = None) -> None:
@@ -109,41 +137,36 @@ def preflight(namespace: Any) -> None:
 
 def main(script_args: Any, training_args: Any, model_args: Any) -> int:
     """Loads the model, the data and the rewards named by the arguments, trains with [`PeRPOTrainer`], saves."""
-    from trl_omni.cli.common import load_model_and_processor, peft_config_for, train_and_save
-    from trl_omni.data.loading import load_any_dataset, select_split, to_interleaved
+    from trl_omni.cli.common import (
+        load_model_and_processor,
+        load_train_split,
+        peft_config_for,
+        prepare_datasets,
+        train_and_save,
+    )
     from trl_omni.data.report import SkipReport
     from trl_omni.models import ImageVocabulary
     from trl_omni.trainers import PeRPOTrainer
 
-    if not script_args.dataset_name:
-        raise ValueError("--dataset_name is required: a Hub dataset, a local json/jsonl/parquet file or a directory.")
     # Unknown rewards fail here, before any loading (the launcher already checked them once).
     check_rewards(script_args.reward_funcs, training_args.reward_weights)
+    _, train = load_train_split(script_args)
     model, processor = load_model_and_processor(model_args, trust_remote_code=training_args.trust_remote_code)
     reward_funcs = None
     if script_args.reward_funcs:
         reward_funcs = build_reward_funcs(
-            script_args.reward_funcs, processor, ImageVocabulary.from_model(model, processor)
+            script_args.reward_funcs,
+            processor,
+            ImageVocabulary.from_model(model, processor),
+            options=reward_options(training_args),
         )
 
-    raw = load_any_dataset(script_args.dataset_name, script_args.dataset_config)
-    train = select_split(raw, script_args.dataset_train_split)
-    if script_args.max_train_samples is not None:
-        train = train.select(range(min(script_args.max_train_samples, len(train))))
     report = SkipReport()
     text_prompts = "prompt" in train.column_names and len(train) > 0 and isinstance(train[0]["prompt"], str)
     if not text_prompts and script_args.dataset_format != "pretokenized":
-        with training_args.main_process_first(desc="converting the dataset and encoding its images"):
-            train = to_interleaved(
-                train,
-                script_args.dataset_format,
-                model,
-                processor,
-                image_root=training_args.image_root,
-                on_error=script_args.on_error,
-                encode_batch_size=script_args.pretokenize_batch_size,
-                skip_report=report,
-            )
+        (train,) = prepare_datasets(
+            [train], script_args, training_args, model, processor, script_args.on_error, report
+        )
 
     trainer = PeRPOTrainer(
         model=model,

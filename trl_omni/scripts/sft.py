@@ -30,36 +30,25 @@ def preflight(namespace: Any) -> None:
 
 def main(script_args: Any, training_args: Any, model_args: Any) -> int:
     """Loads the model and the data named by the arguments, trains with [`PeSFTTrainer`] and saves the result."""
-    from trl_omni.cli.common import load_model_and_processor, peft_config_for, train_and_save
-    from trl_omni.data.loading import load_any_dataset, select_split, to_interleaved
+    from trl_omni.cli.common import (
+        load_model_and_processor,
+        load_train_split,
+        peft_config_for,
+        prepare_datasets,
+        train_and_save,
+    )
+    from trl_omni.data.loading import select_split
     from trl_omni.data.report import SkipReport
     from trl_omni.trainers import PeSFTTrainer
 
-    if not script_args.dataset_name:
-        raise ValueError("--dataset_name is required: a Hub dataset, a local json/jsonl/parquet file or a directory.")
+    raw, train = load_train_split(script_args)
     model, processor = load_model_and_processor(model_args, trust_remote_code=training_args.trust_remote_code)
-
-    raw = load_any_dataset(script_args.dataset_name, script_args.dataset_config)
-    train = select_split(raw, script_args.dataset_train_split)
-    if script_args.max_train_samples is not None:
-        train = train.select(range(min(script_args.max_train_samples, len(train))))
     evaluate = training_args.eval_strategy != "no"
     eval_dataset = select_split(raw, script_args.dataset_test_split, "dataset_test_split") if evaluate else None
     report = SkipReport()
-    # Every rank reads the encoded images from the datasets cache the main process wrote.
-    with training_args.main_process_first(desc="converting the dataset and encoding its images"):
-        prepare = dict(
-            dataset_format=script_args.dataset_format,
-            model=model,
-            processor=processor,
-            image_root=training_args.image_root,
-            on_error=training_args.on_error,
-            encode_batch_size=script_args.pretokenize_batch_size,
-            skip_report=report,
-        )
-        train = to_interleaved(train, **prepare)
-        if eval_dataset is not None:
-            eval_dataset = to_interleaved(eval_dataset, **prepare)
+    train, eval_dataset = prepare_datasets(
+        [train, eval_dataset], script_args, training_args, model, processor, training_args.on_error, report
+    )
 
     trainer = PeSFTTrainer(
         model=model,

@@ -6,11 +6,14 @@ from dataclasses import dataclass, field
 
 from trl import GRPOConfig
 
+from ..utils.config_fields import check_choices, choice_field
 from .config_defaults import gradient_checkpointing_field, set_activation_checkpointing_default
 
 
 _MAPPINGS = ("inverse", "exp")
 _AGGREGATIONS = ("min", "mean", "max", "median")
+_FORMAT_STYLES = ("tags", "thought")
+_ACCURACY_RULES = ("default", "omni_r1")
 
 
 @dataclass
@@ -59,6 +62,13 @@ class PeRPOConfig(GRPOConfig):
             How the scores of a completion's images are combined: `"min"`, `"mean"`, `"max"` or `"median"`.
         perception_reward_weight (`float`, *optional*, defaults to `0.05`):
             Weight `w` of the perception score in `(1 - w) * (0.9 acc + 0.1 fmt) + w * pe`.
+        format_style (`str`, *optional*, defaults to `"tags"`):
+            Output format the calibrated reward's format term checks: `"tags"`, the Omni-R1 control tags (reasoning
+            and answer tags in order, non-empty answer); `"thought"`, the authors' released rule for Zebra-CoT-style
+            traces (`THOUGHT` ... `Final Answer:`). The accuracy term reads the answer in either format.
+        accuracy_rules (`str`, *optional*, defaults to `"default"`):
+            Rules of the accuracy term: `"default"`, this project's cascade (never pays a wrong number); `"omni_r1"`,
+            the authors' released cascade, rule for rule. See `trl_omni.rewards.answer_score`.
 
         > Interleaved prompts
 
@@ -126,16 +136,24 @@ class PeRPOConfig(GRPOConfig):
     perception_tau: float = field(
         default=3.0, metadata={"help": "Temperature of the total-variation -> perception-score mapping."}
     )
-    perception_mapping: str = field(
-        default="inverse",
-        metadata={"help": "Mapping of the 2D total variation E to a score.", "choices": list(_MAPPINGS)},
-    )
-    perception_aggregation: str = field(
-        default="min",
-        metadata={"help": "Aggregation of per-image scores in a completion.", "choices": list(_AGGREGATIONS)},
+    perception_mapping: str = choice_field("inverse", _MAPPINGS, "Mapping of the 2D total variation E to a score.")
+    perception_aggregation: str = choice_field(
+        "min", _AGGREGATIONS, "Aggregation of per-image scores in a completion."
     )
     perception_reward_weight: float = field(
         default=0.05, metadata={"help": "Weight of the perception score in the calibrated reward."}
+    )
+    format_style: str = choice_field(
+        "tags",
+        _FORMAT_STYLES,
+        "Output format the calibrated reward's format term checks: 'tags' (Omni-R1 control tags) or "
+        "'thought' (THOUGHT ... Final Answer:, the authors' released rule).",
+    )
+    accuracy_rules: str = choice_field(
+        "default",
+        _ACCURACY_RULES,
+        "Rules of the calibrated reward's accuracy term: 'default' (never pays a wrong number) or "
+        "'omni_r1' (the authors' released cascade, rule for rule).",
     )
 
     # Interleaved prompts
@@ -180,12 +198,7 @@ class PeRPOConfig(GRPOConfig):
             )
         if self.log_rendered_trajectories < 0:
             raise ValueError(f"log_rendered_trajectories must be >= 0, got {self.log_rendered_trajectories}.")
-        if self.perception_mapping not in _MAPPINGS:
-            raise ValueError(f"perception_mapping must be one of {_MAPPINGS}, got {self.perception_mapping!r}.")
-        if self.perception_aggregation not in _AGGREGATIONS:
-            raise ValueError(
-                f"perception_aggregation must be one of {_AGGREGATIONS}, got {self.perception_aggregation!r}."
-            )
+        check_choices(self)
         if not 0.0 <= self.perception_reward_weight <= 1.0:
             raise ValueError(f"perception_reward_weight must lie in [0, 1], got {self.perception_reward_weight}.")
         if self.perception_tau <= 0:

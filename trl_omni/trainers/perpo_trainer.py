@@ -2,37 +2,37 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
-from collections.abc import Iterator
 from typing import Any
 
 import torch
 from torch import nn
-from transformers import LogitsProcessorList, ProcessorMixin
+from transformers import ProcessorMixin
 from trl import GRPOTrainer
 from trl.data_utils import is_conversational
 from trl.trainer.utils import nanstd
 
 from ..collators import InterleavedDataCollator
 from ..models import (
-    ImageSegment,
     ImageSpanLogitsProcessor,
     ImageVocabulary,
+    decode_without_images,
     enable_image_generation,
     freeze_vq_model,
     load_omni_model,
+    strip_image_tokens,
+    unwrap_model,
 )
 from ..rewards import PerceptionCalibratedReward, PerceptionReward, ReferenceImageReward, safe_reward_funcs
 from ..visualization import RenderedTrajectoriesCallback
 from .perception import get_perception_head
 from .perpo_config import PeRPOConfig
+from .perpo_metrics import log_image_metrics, log_modality_loss_metrics, log_perception_metrics, policy_token_outputs
+from .perpo_prompts import TokenizedPrompt, check_prompt_ids, is_parts
+from .perpo_sampling import next_token_logits_processed
 
 
 logger = logging.getLogger(__name__)
-
-# Loss types whose objective clips the importance ratio to [1 - epsilon, 1 + epsilon_high] (TRL's clip metrics).
-_CLIPPED_LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo", "luspo")
 
 
 class PeRPOTrainer(GRPOTrainer):
@@ -42,20 +42,23 @@ class PeRPOTrainer(GRPOTrainer):
 
     It changes only what drawing needs and otherwise is [`~trl.GRPOTrainer`]:
 
-    - rollouts are sampled by `model.generate` (KV cache, inside TRL's unwrap / ZeRO-3 / FSDP contexts) through
-      [`~trl_omni.ImageSpanLogitsProcessor`], so every image is `BOI + H*W codes + EOI` (the grid is read from the
-      model);
+    - rollouts are sampled by TRL's `model.generate` call (KV cache, inside TRL's unwrap / ZeRO-3 / FSDP contexts)
+      with [`~trl_omni.ImageSpanLogitsProcessor`] applied to the next-token logits, so every image is
+      `BOI + H*W codes + EOI` (the grid is read from the model);
     - reward functions receive, besides TRL's arguments, `completions` decoded with image spans removed,
       `completion_ids`, and `image_segments` (per completion, a list of [`~trl_omni.ImageSegment`] with positions
-      relative to the completion; a segment opened by the prompt has a negative `start`);
+      relative to the completion). Both come from the core's parse of `completion_ids`
+      ([`~trl_omni.ImageVocabulary.parse_completions`], cached per step), which a reward may also call itself: an
+      image the prompt opened with BOI is the segment with `start == -1`;
     - every reward is wrapped by [`~trl_omni.rewards.safe_reward`]: its output is validated (one finite float or
       None per completion; NaN, strings, a None instead of a list raise a `RewardError` naming the reward and the
       sample), and an exception names the sample that raises it;
-    - prompts may be text (the `prompt` column) or token ids (a `prompt_ids` column whose images were built with
-      [`~trl_omni.ImageVocabulary.image_span_ids`]); see [`PeRPOTrainer.encode_prompts`];
+    - prompts may be text (the `prompt` column), token ids (a `prompt_ids` column whose images were built with
+      [`~trl_omni.ImageVocabulary.image_span_ids`]) or interleaved parts with images; see
+      [`PeRPOTrainer.encode_prompts`]. A prompt may end with BOI to ask for a drawing;
     - modality-aware metrics: `images/token_share`, `images/per_completion`, `images/complete_rate`,
       `images/stray_tokens`, `entropy/text|image`, `clip_ratio/text|image/{low,high,region}_mean` and
-      `perception/score_mean|score_min|scored_frac`;
+      `perception/score_mean|score_min|scored_frac` (from the perception scorer the reward uses, scored once);
     - optional degenerate-group filtering (`filter_degenerate_groups`);
     - a PeSFT perception head on the model (a PeSFT output loaded with [`~trl_omni.load_omni_model`]) is frozen and
       kept: the output still carries it. To continue a PeSFT LoRA adapter, load it with
@@ -64,18 +67,42 @@ class PeRPOTrainer(GRPOTrainer):
     The training log-probabilities are those of the full vocabulary (the constraint only shapes sampling), as in
     TRL for any logits processor.
 
+    Overridden TRL methods (besides `__init__`; `tests/test_perpo_trainer.py` checks this list against the class):
+
+    - `_generate_single_turn`: TRL's rollout call passes no logits processor to `generate`, so the image-span
+      constraint is applied to the next-token logits by a forward hook on the policy for the duration of the call
+      (`super()` does all the work; nothing of the model is replaced).
+    - `_tokenize_prompts`: prompts that are token ids (a [`TokenizedPrompt`] made from a `prompt_ids` column or
+      interleaved parts) are returned as they are; text prompts are tokenized as written (a `ChameleonProcessor`
+      would append its chat separator) and every prompt is checked for cut images.
+    - `_generate_and_score_completions`: the one hook that sees whole dataset rows: rows whose prompt is token ids
+      get a `TokenizedPrompt`; with `filter_degenerate_groups`, groups without reward spread are masked out of the
+      returned batch (completion mask, advantages and `num_items_in_batch`).
+    - `_calculate_rewards`: rewards get `image_segments` and text without image tokens; once they ran, the image
+      and perception metrics, the rendered rollouts (with their rewards) and the degenerate groups are taken from
+      the same completions and rewards.
+    - `compute_loss` (public): the text / image entropies and clip ratios are read from the loss's own policy
+      forward (TRL's fused LM head output, through a forward hook), so no second forward is needed.
+
     Args:
         model (`str`, `PreTrainedModel` or `PeftModel`):
             A Chameleon / Anole model, or a path loaded with [`~trl_omni.load_omni_model`]. Image generation is
             enabled on it ([`~trl_omni.enable_image_generation`]) and its VQ model is frozen.
         reward_funcs (`RewardFunc | list[RewardFunc]`, *optional*):
             TRL reward functions. `None` builds the perception-calibrated reward
-            (`trl_omni.rewards.PerceptionCalibratedReward`) from the config's `perception_*` settings.
+            (`trl_omni.rewards.PerceptionCalibratedReward`) from the config's `perception_*`, `format_style` and
+            `accuracy_rules` settings.
         args ([`PeRPOConfig`], *optional*):
             Configuration.
         train_dataset, eval_dataset, processing_class, reward_processing_classes, callbacks, optimizers,
         quantization_config, peft_config, **kwargs:
             As in [`~trl.GRPOTrainer`]. `processing_class` may be the `ChameleonProcessor` or its tokenizer.
+
+    Attributes:
+        image_vocabulary ([`~trl_omni.ImageVocabulary`]): The policy's image-token facts.
+        perception_scorer: The scorer behind the `perception/*` metrics: the perception term of the default reward,
+            else the first reward with a `score(completion_ids)` method (e.g. a `PerceptionReward`), else None. The
+            metrics reuse the scores the reward computed for the step.
 
     Example:
         ```python
@@ -133,54 +160,27 @@ class PeRPOTrainer(GRPOTrainer):
             model, processing_class if isinstance(processing_class, ProcessorMixin) else None
         )
         self.image_vocabulary = vocab
+        self._check_args(args, vocab, kwargs.get("rollout_func"), (train_dataset, eval_dataset))
 
-        images_allowed = args.constrain_image_generation and args.max_images_per_completion != 0
-        if images_allowed and args.max_completion_length < vocab.span_length:
-            raise ValueError(
-                f"max_completion_length={args.max_completion_length} cannot hold one image: an image of this model "
-                f"takes {vocab.span_length} tokens (BOI + {vocab.grid_size[0]}x{vocab.grid_size[1]} codes + EOI). "
-                f"Set max_completion_length >= {vocab.span_length} (plus room for text), or "
-                "max_images_per_completion=0 for text-only rollouts."
-            )
-        if args.constrain_image_generation and (args.use_vllm or args.use_transformers_continuous_batching):
-            raise ValueError(
-                "PeRPO samples image spans through ImageSpanLogitsProcessor in `model.generate`; vLLM and transformers "
-                "continuous batching cannot take it (and stock vLLM masks Chameleon's image tokens). Set "
-                "use_vllm=False and use_transformers_continuous_batching=False, or constrain_image_generation=False."
-            )
-
-        if args.constrain_image_generation and kwargs.get("rollout_func") is not None:
-            logger.warning(
-                "A `rollout_func` generates the completions itself, so PeRPO's image-span constraint is not applied: "
-                "make it produce whole image spans (e.g. with `ImageSpanLogitsProcessor`)."
-            )
-
-        self._perception_scorer = None
+        self.perception_scorer = None
         if reward_funcs is None:
-            perception = {
-                "tau": args.perception_tau,
-                "mapping": args.perception_mapping,
-                "aggregation": args.perception_aggregation,
-            }
             # The processing class lets accuracy / format find the control tags by id: TRL decodes completions with
             # `skip_special_tokens=True`, which removes them from the text.
             reward_funcs = PerceptionCalibratedReward(
                 vocab,
                 perception_weight=args.perception_reward_weight,
+                tau=args.perception_tau,
+                mapping=args.perception_mapping,
+                aggregation=args.perception_aggregation,
+                format_style=args.format_style,
+                rules=args.accuracy_rules,
                 processing_class=processing_class,
-                **perception,
             )
-            self._perception_scorer = PerceptionReward(vocab, **perception)
-
+            self.perception_scorer = reward_funcs.perception
         # Every reward's output is validated (one finite float or None per completion); failures name the reward and
         # the sample (`trl_omni.rewards.validation`).
         reward_funcs = safe_reward_funcs(reward_funcs)
-
-        # Per-batch state handed between TRL's hooks (set and cleared within one generation round).
-        self._pending_prompt_ids: list[list[int]] | None = None
-        self._rollout_image_segments: list[list[ImageSegment]] | None = None
-        self._degenerate_rows: torch.Tensor | None = None
-        self._policy_pass: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._degenerate_rows: torch.Tensor | None = None  # found by `_calculate_rewards`, applied just after
 
         super().__init__(
             model=model,
@@ -208,14 +208,18 @@ class PeRPOTrainer(GRPOTrainer):
                 continue
             if not hasattr(func, "__name__") and isinstance(getattr(func, "name", None), str):
                 self.reward_func_names[i] = func.name
-            if self._perception_scorer is None and callable(getattr(func, "score", None)):
-                # A reward exposing `score(completion_ids)` (as PerceptionReward does) feeds the perception metrics.
-                self._perception_scorer = getattr(func, "__wrapped__", func)
-
+            reward = getattr(func, "__wrapped__", func)
+            if self.perception_scorer is None:
+                # The perception term of a calibrated reward, or a reward exposing `score(completion_ids)` (as
+                # PerceptionReward does), feeds the perception metrics.
+                term = getattr(reward, "perception", None)
+                scorer = term if callable(getattr(term, "score", None)) else reward
+                if callable(getattr(scorer, "score", None)):
+                    self.perception_scorer = scorer
         # The image-scoring terms score on the trainer's device, known only now.
         rewards = [getattr(f, "__wrapped__", f) for f in self.reward_funcs]
         parts = [getattr(r, term, None) for r in rewards for term in ("perception", "reference")]
-        for scorer in (self._perception_scorer, *rewards, *parts):
+        for scorer in (self.perception_scorer, *rewards, *parts):
             if isinstance(scorer, (PerceptionReward, ReferenceImageReward)) and scorer.device is None:
                 scorer.device = self.accelerator.device
 
@@ -223,7 +227,6 @@ class PeRPOTrainer(GRPOTrainer):
             self.add_callback(
                 RenderedTrajectoriesCallback(vocab, processing_class, max_per_step=args.log_rendered_trajectories)
             )
-
         self._interleaved_prompts = InterleavedDataCollator(
             processing_class, vocab, template=args.interleaved_template, image_root=args.image_root, seed=args.seed
         )
@@ -235,35 +238,58 @@ class PeRPOTrainer(GRPOTrainer):
                 max_new_tokens=self.generation_config.max_new_tokens,
             )
 
-    # ------------------------------------------------------------------ prompts
-    def _set_signature_columns_if_needed(self):
-        super()._set_signature_columns_if_needed()
-        if "prompt_ids" not in self._signature_columns:
-            self._signature_columns = [*self._signature_columns, "prompt_ids"]
+    @staticmethod
+    def _check_args(args: PeRPOConfig, vocab: ImageVocabulary, rollout_func: Any, datasets: tuple) -> None:
+        images_allowed = args.constrain_image_generation and args.max_images_per_completion != 0
+        if images_allowed and args.max_completion_length < vocab.span_length:
+            raise ValueError(
+                f"max_completion_length={args.max_completion_length} cannot hold one image: an image of this model "
+                f"takes {vocab.span_length} tokens (BOI + {vocab.grid_size[0]}x{vocab.grid_size[1]} codes + EOI). "
+                f"Set max_completion_length >= {vocab.span_length} (plus room for text), or "
+                "max_images_per_completion=0 for text-only rollouts."
+            )
+        if args.constrain_image_generation and (args.use_vllm or args.use_transformers_continuous_batching):
+            raise ValueError(
+                "PeRPO samples image spans through ImageSpanLogitsProcessor in `model.generate`; vLLM and transformers "
+                "continuous batching cannot take it (and stock vLLM masks Chameleon's image tokens). Set "
+                "use_vllm=False and use_transformers_continuous_batching=False, or constrain_image_generation=False."
+            )
+        if args.remove_unused_columns and any(
+            "prompt_ids" in (getattr(d, "column_names", None) or ()) for d in datasets
+        ):
+            raise ValueError(
+                "remove_unused_columns=True would drop the `prompt_ids` column before PeRPO reads it (and every column "
+                "the rewards read); keep GRPO's default remove_unused_columns=False."
+            )
+        if args.constrain_image_generation and rollout_func is not None:
+            logger.warning(
+                "A `rollout_func` generates the completions itself, so PeRPO's image-span constraint is not applied: "
+                "make it produce whole image spans (e.g. with `ImageSpanLogitsProcessor`)."
+            )
 
+    # ------------------------------------------------------------------ prompts
     def encode_prompts(self, inputs: list[dict[str, Any]]) -> list[list[int]] | None:
         """Token ids of the prompts of a batch of dataset rows, or `None` to let TRL tokenize the text prompts.
 
-        This is the single hook for prompts that are not plain text. The default reads a `prompt_ids` column (token
-        ids whose images were built with [`~trl_omni.ImageVocabulary.image_span_ids`]); rows where it is missing or
-        `None` are tokenized from their `prompt` text. A prompt may end inside an open image segment (e.g. with BOI)
-        to ask for a drawing: generation continues that image.
+        This is the single hook for prompts that are not plain text. Rows in the interleaved schema (a `prompt` of
+        parts) are laid out by the template PeSFT trained on, images spliced in. Otherwise the default reads a
+        `prompt_ids` column (token ids whose images were built with
+        [`~trl_omni.ImageVocabulary.image_span_ids`]); rows where it is missing or `None` are tokenized from their
+        `prompt` text. A prompt may end with BOI to ask for a drawing: generation draws that image.
 
         Args:
             inputs: The rows of the batch (one per rollout).
 
         Returns:
-            One list of ids per row, or `None` when no row carries `prompt_ids`.
+            One list of ids per row, or `None` when no row carries `prompt_ids` or parts.
 
         Raises:
             ValueError: When a row's ids fall outside the vocabulary, or hold a cut image or stray image tokens.
         """
-        if all(_is_parts(row.get("prompt")) for row in inputs):
-            # Rows in the interleaved schema: laid out by the same template PeSFT trained on, images spliced in.
+        if all(is_parts(row.get("prompt")) for row in inputs):
             return self._interleaved_prompts.encode_prompts(inputs)
         if not any(row.get("prompt_ids") is not None for row in inputs):
             return None
-        vocab = self.image_vocabulary
         prompt_ids = []
         for i, row in enumerate(inputs):
             ids = row.get("prompt_ids")
@@ -274,192 +300,85 @@ class PeRPOTrainer(GRPOTrainer):
                         f"Row {i} of the batch has neither `prompt_ids` nor a text `prompt`: give one of them."
                     )
                 ids = self._tokenizer(text=prompt)["input_ids"]
-            ids = [int(t) for t in (ids.tolist() if isinstance(ids, torch.Tensor) else ids)]
-            if not ids:
-                raise ValueError(f"Row {i} of the batch has an empty `prompt_ids`.")
-            if min(ids) < 0 or max(ids) >= vocab.vocab_size:
-                raise ValueError(
-                    f"Row {i} of the batch: `prompt_ids` holds ids outside [0, {vocab.vocab_size}); were image codes "
-                    "written instead of token ids? Build images with `ImageVocabulary.image_span_ids(codes)`."
-                )
-            prompt_ids.append(ids)
-
-        segments = vocab.parse_segments(prompt_ids)
-        bad_rows = (segments.stray_image_tokens > 0).nonzero().flatten().tolist()
-        if bad_rows:
-            raise ValueError(
-                f"Row {bad_rows[0]} of the batch: `prompt_ids` holds image tokens outside any BOI ... EOI segment. "
-                "Build every image with `ImageVocabulary.image_span_ids(codes)`."
-            )
-        for segment in segments:
-            if segment.complete:
-                continue
-            row = prompt_ids[segment.batch_index]
-            open_at_end = (
-                segment.end == len(row)
-                and row[-1] != vocab.eoi_token_id
-                and len(segment.codes) == segment.end - segment.start - 1
-            )
-            if not open_at_end:
-                raise ValueError(
-                    f"Row {segment.batch_index} of the batch: the image at position {segment.start} of `prompt_ids` "
-                    f"is cut ({len(segment.codes)} of {vocab.tokens_per_image} codes). Images must be whole spans "
-                    "built with `ImageVocabulary.image_span_ids(codes)`; only the last one may be left open at the "
-                    "very end of the prompt, for the model to finish."
-                )
+            prompt_ids.append([int(t) for t in (ids.tolist() if isinstance(ids, torch.Tensor) else ids)])
+        check_prompt_ids(prompt_ids, self.image_vocabulary, what="`prompt_ids`")
         return prompt_ids
-
-    def _decode_text(self, ids: list[int]) -> str:
-        """Decodes ids with image codes and BOI / EOI removed (no image-token strings in the text)."""
-        vocab = self.image_vocabulary
-        tensor = torch.as_tensor(ids, dtype=torch.long)
-        keep = ~vocab.is_image_token(tensor) & (tensor != vocab.boi_token_id) & (tensor != vocab.eoi_token_id)
-        return self._tokenizer.decode(tensor[keep].tolist(), skip_special_tokens=True)
 
     def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
         prompt_ids = self.encode_prompts(inputs)
         if prompt_ids is not None:
-            # Rewards and logs read `prompt` as text: give id-only and interleaved rows their text (images removed).
+            # The ids travel as the prompt itself; rewards and logs read its text (the row's own, else decoded).
             inputs = [
-                row if isinstance(row.get("prompt"), str) else {**row, "prompt": self._decode_text(ids)}
+                {**row, "prompt": TokenizedPrompt(self._prompt_text(row, ids), ids)}
                 for row, ids in zip(inputs, prompt_ids, strict=True)
             ]
-        self._pending_prompt_ids = prompt_ids
         self._degenerate_rows = None
-        try:
-            output = super()._generate_and_score_completions(inputs)
-        finally:
-            self._pending_prompt_ids = None
-            self._rollout_image_segments = None
-        if self._degenerate_rows is not None:
-            self._drop_degenerate_groups(output, num_local_rows=len(inputs))
-            self._degenerate_rows = None
+        output = super()._generate_and_score_completions(inputs)
+        degenerate, self._degenerate_rows = self._degenerate_rows, None
+        if degenerate is not None:
+            self._drop_groups(output, degenerate, num_local_rows=len(inputs))
         return output
 
+    def _prompt_text(self, row: dict[str, Any], ids: list[int]) -> str:
+        prompt = row.get("prompt")
+        return (
+            prompt if isinstance(prompt, str) else decode_without_images(self._tokenizer, self.image_vocabulary, ids)
+        )
+
     def _tokenize_prompts(self, prompts: list):
-        if self._pending_prompt_ids is not None:
-            return self._pending_prompt_ids, None, {}
-        if self._is_vlm and not is_conversational({"prompt": prompts[0]}):
+        if all(isinstance(prompt, TokenizedPrompt) for prompt in prompts):
+            return [list(prompt.ids) for prompt in prompts], None, {}
+        if isinstance(self.processing_class, ProcessorMixin) and not is_conversational({"prompt": prompts[0]}):
             # A ChameleonProcessor would append its chat separator and return tensors; tokenize the text as written.
-            return self._tokenizer(text=prompts)["input_ids"], None, {}
-        return super()._tokenize_prompts(prompts)
+            tokenized = (self._tokenizer(text=prompts)["input_ids"], None, {})
+        else:
+            tokenized = super()._tokenize_prompts(prompts)
+        check_prompt_ids(tokenized[0], self.image_vocabulary)
+        return tokenized
 
     # ------------------------------------------------------------------ generation
-    @contextlib.contextmanager
-    def _image_span_generation(self) -> Iterator[None]:
-        """Adds the image-span logits processor to the `generate` call TRL makes on the unwrapped model.
-
-        `GenerationConfig` refuses logits processors (transformers validates that `logits_processor` is passed to
-        `generate` itself), and TRL's call passes only the inputs and its generation config. So, for the duration of
-        TRL's generation hook, the unwrapped model's `generate` is bound with the processor added; TRL's unwrap /
-        ZeRO-3 gather / FSDP contexts still wrap the call unchanged, and nothing of TRL's code is copied.
-        """
-        model = self.accelerator.unwrap_model(self.model_wrapped)
-        processor = self._image_span_processor
-        generate = model.generate
-        shadowed = model.__dict__.get("generate")
-
-        def generate_with_image_spans(*args, logits_processor=None, **kwargs):
-            processor.reset()
-            processors = LogitsProcessorList([*(logits_processor or []), processor])
-            return generate(*args, logits_processor=processors, **kwargs)
-
-        model.generate = generate_with_image_spans
-        try:
-            yield
-        finally:
-            if shadowed is None:
-                del model.generate
-            else:
-                model.generate = shadowed
-
-    def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
+    def _generate_single_turn(self, *args: Any, **kwargs: Any):
         if self._image_span_processor is None:
-            return super()._generate_single_turn(
-                prompt_ids, images, multimodal_fields, num_generations, has_tool_images=has_tool_images
-            )
-        with self._image_span_generation():
-            return super()._generate_single_turn(
-                prompt_ids, images, multimodal_fields, num_generations, has_tool_images=has_tool_images
-            )
-
-    def _generate(self, prompts: list):
-        prompt_ids, completion_ids, tool_mask, completions, logprobs, extra_fields, images, tool_images = (
-            super()._generate(prompts)
-        )
-        segments, stray = self._completion_image_segments(prompt_ids, completion_ids)
-        completions = self._completions_without_images(completions, completion_ids)
-        self._log_image_metrics(completion_ids, segments, stray)
-        self._rollout_image_segments = segments
-        return prompt_ids, completion_ids, tool_mask, completions, logprobs, extra_fields, images, tool_images
-
-    def _completion_image_segments(
-        self, prompt_ids: list[list[int]] | None, completion_ids: list[list[int]]
-    ) -> tuple[list[list[ImageSegment]], int]:
-        """Per completion, its image segments (positions relative to the completion's first token), and the number of
-        image tokens outside any segment.
-
-        A prompt that ends inside an open image (e.g. with BOI) has that image finished by the completion: the
-        segment is parsed with its prompt part and gets a negative `start`.
-        """
-        vocab = self.image_vocabulary
-        prefixes = [[] for _ in completion_ids]
-        if prompt_ids is not None:
-            tails = [ids[-vocab.span_length :] for ids in prompt_ids]
-            tail_segments = vocab.parse_segments(tails)
-            for segment in tail_segments:
-                tail = tails[segment.batch_index]
-                open_image = segment.end == len(tail) and len(segment.codes) == segment.end - segment.start - 1
-                if not segment.complete and open_image and tail[-1] != vocab.eoi_token_id:
-                    prefixes[segment.batch_index] = list(tail[segment.start :])
-        rows = [prefix + list(ids) for prefix, ids in zip(prefixes, completion_ids, strict=True)]
-        per_row: list[list[ImageSegment]] = [[] for _ in rows]
-        if not rows:
-            return per_row, 0
-        parsed = vocab.parse_segments(rows)
-        for segment in parsed:
-            shift = len(prefixes[segment.batch_index])
-            per_row[segment.batch_index].append(
-                ImageSegment(
-                    segment.batch_index, segment.start - shift, segment.end - shift, segment.codes, segment.complete
-                )
-            )
-        return per_row, int(parsed.stray_image_tokens.sum())
-
-    def _completions_without_images(self, completions: list, completion_ids: list[list[int]]) -> list:
-        """Re-decodes the completions that hold image tokens, without them (rewards never see IMGIMG strings)."""
-        vocab = self.image_vocabulary
-        markers = {vocab.boi_token_id, vocab.eoi_token_id}
-        cleaned = list(completions)
-        for i, ids in enumerate(completion_ids):
-            tensor = torch.as_tensor(ids, dtype=torch.long)
-            if not (vocab.is_image_token(tensor).any() or any(t in markers for t in ids)):
-                continue
-            text = self._decode_text(ids)
-            if isinstance(cleaned[i], list):  # conversational: [{"role": "assistant", "content": ...}]
-                cleaned[i] = [*cleaned[i][:-1], {**cleaned[i][-1], "content": text}]
-            else:
-                cleaned[i] = text
-        return cleaned
+            return super()._generate_single_turn(*args, **kwargs)
+        # `generate` runs the transformers model under any PEFT / accelerate wrapper: the hook goes there.
+        policy = unwrap_model(self.model_wrapped)
+        with next_token_logits_processed(policy, self._image_span_processor):
+            return super()._generate_single_turn(*args, **kwargs)
 
     # ------------------------------------------------------------------ rewards
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
-        segments = self._rollout_image_segments
-        if segments is None or len(segments) != len(completion_ids_list):
-            segments, _ = self._completion_image_segments(None, completion_ids_list)
-        inputs = [{**row, "image_segments": segs} for row, segs in zip(inputs, segments, strict=True)]
-        rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
-        if self._perception_scorer is not None:
-            self._log_perception_metrics(completion_ids_list)
+        vocab = self.image_vocabulary
+        metrics = self._metrics["train" if self.model.training else "eval"]
+        segments = vocab.parse_completions(completion_ids_list)  # cached: the rewards' own parses reuse it
+        log_image_metrics(metrics, self.accelerator, vocab, completion_ids_list, segments)
+        per_row = segments.per_row(len(completion_ids_list))
+        inputs = [{**row, "image_segments": segs} for row, segs in zip(inputs, per_row, strict=True)]
+        texts = [self._completion_text(completion, ids) for completion, ids in zip(completions, completion_ids_list)]
+        rewards_per_func = super()._calculate_rewards(inputs, prompts, texts, completion_ids_list)
+
+        if self.perception_scorer is not None:
+            # The scorer the reward used keeps the scores of this batch: the metric does not score again.
+            log_perception_metrics(metrics, self.accelerator, self.perception_scorer.score(completion_ids_list))
         if self.args.filter_degenerate_groups and self.model.training:
             self._degenerate_rows = self._find_degenerate_rows(rewards_per_func)
         self._submit_rendered_trajectories(prompts, completion_ids_list, rewards_per_func)
         return rewards_per_func
 
+    def _completion_text(self, completion: Any, ids: list[int]) -> Any:
+        """The completion as rewards read it: re-decoded without image tokens (and BOI / EOI) when it holds any."""
+        kept = strip_image_tokens(self.image_vocabulary, ids)
+        if len(kept) == len(ids):
+            return completion
+        text = self._tokenizer.decode(kept, skip_special_tokens=True)
+        if isinstance(completion, list):  # conversational: [{"role": "assistant", "content": ...}]
+            return [*completion[:-1], {**completion[-1], "content": text}]
+        return text
+
     def _submit_rendered_trajectories(
         self, prompts: list[Any], completion_ids: list[list[int]], rewards_per_func: torch.Tensor
     ) -> None:
-        """Hands this process's rollouts and their rewards to the rendering callback (it renders at the next log)."""
+        """Hands this process's rollouts, their rewards and the prompts' images to the rendering callback (it renders
+        at the next log)."""
         callback = RenderedTrajectoriesCallback.find(self)
         if callback is None or not self.accelerator.is_main_process:
             return
@@ -470,8 +389,11 @@ class PeRPOTrainer(GRPOTrainer):
             for row in local
         ]
         titles = [prompt if isinstance(prompt, str) else None for prompt in prompts]
-        callback.submit(completion_ids, titles=titles, metadata=metadata)
+        # Prompts given as ids (a `prompt_ids` column, interleaved parts) carry their images: show them too.
+        prompt_ids = [list(p.ids) for p in prompts] if all(isinstance(p, TokenizedPrompt) for p in prompts) else None
+        callback.submit(completion_ids, titles=titles, metadata=metadata, prompt_ids=prompt_ids)
 
+    # ------------------------------------------------------------------ degenerate groups
     def _find_degenerate_rows(self, rewards_per_func: torch.Tensor) -> torch.Tensor:
         """(N,) bool over the gathered batch: rows of groups whose weighted rewards have zero spread."""
         weights = self.reward_weights.to(rewards_per_func.device).unsqueeze(0)
@@ -484,9 +406,10 @@ class PeRPOTrainer(GRPOTrainer):
         self._metrics["train"]["filtered_groups/frac"].append(degenerate.float().mean().item())
         return degenerate.repeat_interleave(self.num_generations)
 
-    def _drop_degenerate_groups(self, output: dict[str, Any], num_local_rows: int) -> None:
+    def _drop_groups(self, output: dict[str, Any], rows: torch.Tensor, num_local_rows: int) -> None:
+        """Masks this process's `rows` (of the gathered batch) out of the loss."""
         start = self.accelerator.process_index * num_local_rows
-        drop = self._degenerate_rows[start : start + num_local_rows].to(output["completion_mask"].device)
+        drop = rows[start : start + num_local_rows].to(output["completion_mask"].device)
         output["completion_mask"] = output["completion_mask"] * (~drop).unsqueeze(1).to(
             output["completion_mask"].dtype
         )
@@ -497,103 +420,12 @@ class PeRPOTrainer(GRPOTrainer):
         # The token-level losses normalise by the active tokens of the whole generation batch: recount them.
         output["num_items_in_batch"] = self.accelerator.gather(loss_mask.sum()).sum()
 
-    # ------------------------------------------------------------------ metrics
-    def _log_image_metrics(
-        self, completion_ids: list[list[int]], segments: list[list[ImageSegment]], stray: int
-    ) -> None:
-        vocab = self.image_vocabulary
-        device = self.accelerator.device
-        num_tokens = sum(len(ids) for ids in completion_ids)
-        flat = torch.as_tensor([t for ids in completion_ids for t in ids], dtype=torch.long)
-        image_tokens = int(vocab.is_image_token(flat).sum()) if flat.numel() else 0
-        num_segments = sum(len(segs) for segs in segments)
-        num_complete = sum(s.complete for segs in segments for s in segs)
-        local = torch.tensor(
-            [len(completion_ids), num_tokens, image_tokens, num_segments, num_complete, stray],
-            dtype=torch.float64,
-            device=device,
-        )
-        completions, tokens, images, opened, complete, stray = self.accelerator.gather(local).view(-1, 6).sum(0)
-        mode = "train" if self.model.training else "eval"
-        metrics = self._metrics[mode]
-        metrics["images/token_share"].append((images / tokens.clamp(min=1)).item())
-        metrics["images/per_completion"].append((opened / completions.clamp(min=1)).item())
-        metrics["images/stray_tokens"].append((stray / completions.clamp(min=1)).item())
-        if opened > 0:
-            metrics["images/complete_rate"].append((complete / opened).item())
-
-    def _log_perception_metrics(self, completion_ids_list: list[list[int]]) -> None:
-        scores = self._perception_scorer.score(completion_ids_list)
-        local = torch.tensor(
-            [float("nan") if s is None else float(s) for s in scores],
-            dtype=torch.float32,
-            device=self.accelerator.device,
-        )
-        gathered = self.accelerator.gather(local)
-        scored = gathered[~torch.isnan(gathered)]
-        mode = "train" if self.model.training else "eval"
-        self._metrics[mode]["perception/scored_frac"].append(scored.numel() / max(gathered.numel(), 1))
-        if scored.numel():
-            self._metrics[mode]["perception/score_mean"].append(scored.mean().item())
-            self._metrics[mode]["perception/score_min"].append(scored.min().item())
-
-    def _get_per_token_logps_and_entropies(self, *args, **kwargs):
-        logps, entropies, aux_loss = super()._get_per_token_logps_and_entropies(*args, **kwargs)
-        if kwargs.get("compute_entropy") and entropies is not None:
-            # The policy pass of `_compute_loss`: keep its outputs for the modality metrics (no second forward).
-            self._policy_pass = (logps.detach(), entropies.detach())
-        return logps, entropies, aux_loss
-
-    def _compute_loss(self, model, inputs):
-        self._policy_pass = None
-        loss = super()._compute_loss(model, inputs)
-        if self._policy_pass is not None:
-            self._log_modality_loss_metrics(inputs, *self._policy_pass)
-            self._policy_pass = None
+    # ------------------------------------------------------------------ loss
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        with policy_token_outputs(model) as outputs:
+            loss = super().compute_loss(
+                model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
+            )
+        if outputs:
+            log_modality_loss_metrics(self._metrics["train" if self.model.training else "eval"], self, inputs, outputs)
         return loss
-
-    def _log_modality_loss_metrics(self, inputs: dict[str, Any], logps: torch.Tensor, entropies: torch.Tensor):
-        """Entropy and clip ratios split between text and image tokens, from the loss's own forward outputs."""
-        mask = inputs["completion_mask"].bool()
-        if "tool_mask" in inputs:
-            mask = mask & inputs["tool_mask"].bool()
-        is_image = self.image_vocabulary.is_image_token(inputs["completion_ids"])
-        modalities = {"text": mask & ~is_image, "image": mask & is_image}
-
-        clipped = self.loss_type in _CLIPPED_LOSS_TYPES
-        stats = []
-        for modality_mask in modalities.values():
-            weight = modality_mask.float()
-            stats += [weight.sum(), (entropies * weight).sum()]
-        if clipped:
-            old = inputs.get("old_per_token_logps")
-            log_ratio = logps - (logps if old is None else old)
-            if self.importance_sampling_level == "sequence":
-                log_ratio = (log_ratio * mask).sum(-1, keepdim=True) / mask.sum(-1, keepdim=True).clamp(min=1)
-            ratio = torch.exp(log_ratio).expand_as(logps)
-            advantages = inputs["advantages"]
-            advantages = advantages.unsqueeze(1) if advantages.dim() == 1 else advantages
-            low = (ratio < 1 - self.epsilon_low) & (advantages < 0)
-            high = (ratio > 1 + self.epsilon_high) & (advantages > 0)
-            for modality_mask in modalities.values():
-                weight = modality_mask.float()
-                stats += [(low * weight).sum(), (high * weight).sum(), ((low | high) * weight).sum()]
-        totals = self.accelerator.reduce(torch.stack(stats).float(), reduction="sum").tolist()
-
-        mode = "train" if self.model.training else "eval"
-        metrics = self._metrics[mode]
-        for k, name in enumerate(modalities):
-            count, entropy = totals[2 * k], totals[2 * k + 1]
-            if count == 0:
-                continue
-            metrics[f"entropy/{name}"].append(entropy / count)
-            if clipped:
-                low, high, region = totals[4 + 3 * k : 7 + 3 * k]
-                metrics[f"clip_ratio/{name}/low_mean"].append(low / count)
-                metrics[f"clip_ratio/{name}/high_mean"].append(high / count)
-                metrics[f"clip_ratio/{name}/region_mean"].append(region / count)
-
-
-def _is_parts(value: Any) -> bool:
-    """Whether a `prompt` value is a list of interleaved-schema parts (dicts with a `type`)."""
-    return isinstance(value, list) and bool(value) and all(isinstance(p, dict) and "type" in p for p in value)

@@ -9,6 +9,7 @@ from trl import SFTConfig
 
 from ..collators.interleaved import LENGTH_POLICIES
 from ..collators.templates import TEMPLATES as INTERLEAVED_TEMPLATES
+from ..utils.config_fields import check_choices, choice_field
 from .config_defaults import gradient_checkpointing_field, set_activation_checkpointing_default
 
 
@@ -103,21 +104,17 @@ class PeSFTConfig(SFTConfig):
         default=1.0,
         metadata={"help": "lambda in L = L_CE + lambda * L_Pe. 0.0 trains exactly like SFTTrainer."},
     )
-    perception_alignment: str = field(
-        default="next_token",
-        metadata={
-            "help": "Hidden state paired with the code of the image token at t: 'next_token' (h_{t-1}, the state "
-            "that predicts the token) or 'same_position' (h_t, as the authors' code).",
-            "choices": list(PERCEPTION_ALIGNMENTS),
-        },
+    perception_alignment: str = choice_field(
+        "next_token",
+        PERCEPTION_ALIGNMENTS,
+        "Hidden state paired with the code of the image token at t: 'next_token' (h_{t-1}, the state "
+        "that predicts the token) or 'same_position' (h_t, as the authors' code).",
     )
-    perception_reduction: str = field(
-        default="paper",
-        metadata={
-            "help": "'paper': squared L2 summed over the codebook dimension, mean over image tokens (the paper's "
-            "formula). 'mean': also averaged over the codebook dimension (the authors' code).",
-            "choices": list(PERCEPTION_REDUCTIONS),
-        },
+    perception_reduction: str = choice_field(
+        "paper",
+        PERCEPTION_REDUCTIONS,
+        "'paper': squared L2 summed over the codebook dimension, mean over image tokens (the paper's "
+        "formula). 'mean': also averaged over the codebook dimension (the authors' code).",
     )
     perception_head_seed: int | None = field(
         default=None,
@@ -138,35 +135,29 @@ class PeSFTConfig(SFTConfig):
             "model plus 256 text tokens (1,282 on Anole)."
         },
     )
-    interleaved_template: str = field(
-        default="templated",
-        metadata={
-            "help": "Layout of interleaved rows (prompt/completion parts) built by the default "
-            "`InterleavedDataCollator`: 'templated' (the Omni-R1 control-token format, which the default PeRPO "
-            "reward scores), 'plain' or 'chat'.",
-            "choices": list(INTERLEAVED_TEMPLATES),
-        },
+    interleaved_template: str = choice_field(
+        "templated",
+        INTERLEAVED_TEMPLATES,
+        "Layout of interleaved rows (prompt/completion parts) built by the default "
+        "`InterleavedDataCollator`: 'templated' (the Omni-R1 control-token format, which the default PeRPO "
+        "reward scores), 'plain' or 'chat'.",
     )
     image_root: str | None = field(
         default=None,
         metadata={"help": "Directory that image parts given as `path` are read from (paths may not leave it)."},
     )
-    length_policy: str = field(
-        default="drop",
-        metadata={
-            "help": "What happens to an interleaved row longer than `max_length`: 'drop' it (counted and logged "
-            "before batching, as the authors did) or 'truncate' it at an image boundary.",
-            "choices": list(LENGTH_POLICIES),
-        },
+    length_policy: str = choice_field(
+        "drop",
+        LENGTH_POLICIES,
+        "What happens to an interleaved row longer than `max_length`: 'drop' it (counted and logged "
+        "before batching, as the authors did) or 'truncate' it at an image boundary.",
     )
-    on_error: str = field(
-        default="raise",
-        metadata={
-            "help": "Bad rows: 'raise' (an error naming the row, the field and the fix) or 'skip' (dropped, counted, "
-            "logged and summarised at the end). Applies to pre-tokenized rows and, in `trl-omni sft`, to dataset "
-            "conversion and image encoding.",
-            "choices": list(ON_ERROR_POLICIES),
-        },
+    on_error: str = choice_field(
+        "raise",
+        ON_ERROR_POLICIES,
+        "Bad rows: 'raise' (an error naming the row, the field and the fix) or 'skip' (dropped, counted, "
+        "logged and summarised at the end). Applies to pre-tokenized rows and, in `trl-omni sft`, to dataset "
+        "conversion and image encoding.",
     )
 
     def __post_init__(self):
@@ -178,23 +169,7 @@ class PeSFTConfig(SFTConfig):
             )
         if self.log_rendered_trajectories < 0:
             raise ValueError(f"log_rendered_trajectories must be >= 0, got {self.log_rendered_trajectories}.")
-        if self.perception_alignment not in PERCEPTION_ALIGNMENTS:
-            raise ValueError(
-                f"perception_alignment={self.perception_alignment!r} is not supported; use one of "
-                f"{list(PERCEPTION_ALIGNMENTS)}."
-            )
-        if self.perception_reduction not in PERCEPTION_REDUCTIONS:
-            raise ValueError(
-                f"perception_reduction={self.perception_reduction!r} is not supported; use one of "
-                f"{list(PERCEPTION_REDUCTIONS)}."
-            )
-        for name, allowed in (
-            ("interleaved_template", INTERLEAVED_TEMPLATES),
-            ("length_policy", LENGTH_POLICIES),
-            ("on_error", ON_ERROR_POLICIES),
-        ):
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"{name}={getattr(self, name)!r} is not supported; use one of {list(allowed)}.")
+        check_choices(self)
         if not math.isfinite(self.perception_loss_weight) or self.perception_loss_weight < 0:
             raise ValueError(
                 f"perception_loss_weight must be a finite number >= 0, got {self.perception_loss_weight}."

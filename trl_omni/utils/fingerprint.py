@@ -151,7 +151,15 @@ def fingerprint_processor(processor: Any) -> dict[str, Any]:
 
 def _tokenizer_fingerprint(tokenizer: Any) -> str:
     backend = getattr(tokenizer, "backend_tokenizer", None)
-    definition = backend.to_str() if backend is not None else sorted(tokenizer.get_vocab().items())
+    if backend is not None:
+        definition = json.loads(backend.to_str())
+        # A fast tokenizer keeps the truncation / padding of its *last call* in its state: it says nothing about
+        # how text is encoded, and would make one tokenizer's fingerprint depend on what it was last asked to do.
+        definition.pop("truncation", None)
+        definition.pop("padding", None)
+    else:
+        definition = sorted(tokenizer.get_vocab().items())
+    # The padding side is left out for the same reason: trl-omni pads explicitly wherever it matters.
     return fingerprint_data(
         {
             "class": type(tokenizer).__name__,
@@ -159,7 +167,6 @@ def _tokenizer_fingerprint(tokenizer: Any) -> str:
             "special_tokens": getattr(tokenizer, "special_tokens_map", {}),
             "added": sorted(getattr(tokenizer, "get_added_vocab", dict)().items()),
             "chat_template": getattr(tokenizer, "chat_template", None),
-            "padding_side": getattr(tokenizer, "padding_side", None),
         }
     )
 

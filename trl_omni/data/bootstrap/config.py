@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ...utils.config_fields import check_choices, choice_field
+
 
 DEFAULT_PROMPT_TEMPLATE = (
     "{image}{question}\nReasoning step {step} of {num_steps}: {step_text}\nText step {step} -> Image step {step}:"
@@ -11,6 +13,9 @@ DEFAULT_PROMPT_TEMPLATE = (
 
 
 LOW_QUALITY_POLICIES = ("drop_step", "drop_sample", "keep_best")
+ON_ERROR_POLICIES = ("raise", "skip")
+PERCEPTION_MAPPINGS = ("inverse", "exp")
+TEMPLATES = ("templated", "plain", "chat")
 
 
 @dataclass
@@ -100,15 +105,14 @@ class BootstrapConfig:
         metadata={"help": "Minimum PerceptionReward score of a drawing (in (0, 1]); None keeps every drawing."},
     )
     max_redraws: int = field(default=2, metadata={"help": "Redraws of a drawing below the threshold."})
-    on_low_quality: str = field(
-        default="drop_step",
-        metadata={
-            "help": "After the redraws: 'drop_step' (keep the step's text without image), 'drop_sample' (drop the "
-            "row), 'keep_best' (keep the best drawing)."
-        },
+    on_low_quality: str = choice_field(
+        "drop_step",
+        LOW_QUALITY_POLICIES,
+        "After the redraws: 'drop_step' (keep the step's text without image), 'drop_sample' (drop the row), "
+        "'keep_best' (keep the best drawing).",
     )
     perception_tau: float = field(default=3.0, metadata={"help": "tau of the PerceptionReward mapping."})
-    perception_mapping: str = field(default="inverse", metadata={"help": "'inverse' or 'exp'."})
+    perception_mapping: str = choice_field("inverse", PERCEPTION_MAPPINGS, "'inverse' or 'exp'.")
     quality_fn: str | None = field(
         default=None,
         metadata={
@@ -134,18 +138,18 @@ class BootstrapConfig:
         },
     )
     # Output
-    template: str = field(
-        default="templated",
-        metadata={"help": "Collator template recorded in the manifest for training ('templated', 'plain', 'chat')."},
+    template: str = choice_field(
+        "templated",
+        TEMPLATES,
+        "Collator template recorded in the manifest for training ('templated', 'plain', 'chat').",
     )
     source_name: str = field(default="m3cot-bootstrap", metadata={"help": "Value of the output `source` column."})
     shard_size: int = field(default=1000, metadata={"help": "Input rows per output shard."})
-    on_error: str = field(
-        default="raise",
-        metadata={
-            "help": "Bad input rows (missing question / answer, unreadable image, image-token text): 'raise' names "
-            "the row, field and fix; 'skip' drops the row, counts and logs it."
-        },
+    on_error: str = choice_field(
+        "raise",
+        ON_ERROR_POLICIES,
+        "Bad input rows (missing question / answer, unreadable image, image-token text): 'raise' names the row, "
+        "field and fix; 'skip' drops the row, counts and logs it.",
     )
     disable_tqdm: bool = field(default=False, metadata={"help": "Hide the progress bar."})
 
@@ -158,14 +162,9 @@ class BootstrapConfig:
             raise ValueError(f"max_length must be >= 1 or None, got {self.max_length}.")
         if self.max_redraws < 0:
             raise ValueError(f"max_redraws must be >= 0, got {self.max_redraws}.")
-        if self.on_low_quality not in LOW_QUALITY_POLICIES:
-            raise ValueError(f"on_low_quality must be one of {LOW_QUALITY_POLICIES}, got {self.on_low_quality!r}.")
-        if self.on_error not in ("raise", "skip"):
-            raise ValueError(f"on_error must be 'raise' or 'skip', got {self.on_error!r}.")
+        check_choices(self)
         if self.temperature < 0:
             raise ValueError(f"temperature must be >= 0, got {self.temperature}.")
-        if self.template not in ("templated", "plain", "chat"):
-            raise ValueError(f"template must be 'templated', 'plain' or 'chat', got {self.template!r}.")
         for name in ("image", "images"):
             if name in self.keep_columns:
                 raise ValueError(f"keep_columns may not contain {name!r} (it switches TRL SFT to its vision path).")
