@@ -104,9 +104,9 @@ class AblationConfig:
     )
 
     def __post_init__(self):
-        unknown = [arm for arm in self.arms if arm not in ARMS]
-        if unknown or not self.arms:
-            raise ValueError(f"Unknown arms {unknown or self.arms}; choose from {list(ARMS)}.")
+        from .uniskills import _check_names
+
+        _check_names(self.arms, list(ARMS), "arms")
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds must be distinct and at least one, got {self.seeds}.")
         if min(self.base_steps, self.sft_steps, self.rl_steps) < 1:

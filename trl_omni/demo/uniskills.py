@@ -136,6 +136,13 @@ def _check_grid(grid_size: Sequence[int]) -> tuple[int, int]:
     return height, width
 
 
+def _check_names(names: Sequence[str], known: Sequence[str], what: str) -> None:
+    """Raises naming the unknown `names` (or an empty selection) and the `known` choices."""
+    unknown = [name for name in names if name not in known]
+    if unknown or not names:
+        raise ValueError(f"Unknown {what} {unknown or list(names)}; choose from {list(known)}.")
+
+
 def _blank(height: int, width: int) -> np.ndarray:
     return np.full((height, width), BACKGROUND, dtype=np.int64)
 
@@ -275,9 +282,7 @@ def make_uniskills(
         ```
     """
     height, width = _check_grid(grid_size)
-    unknown = [skill for skill in skills if skill not in _GENERATORS]
-    if unknown or not skills:
-        raise ValueError(f"Unknown Uni-Skills skills {unknown or skills}; choose from {SKILLS}.")
+    _check_names(skills, SKILLS, "Uni-Skills skills")
     if num_train < 0 or num_test < 0:
         raise ValueError(f"num_train and num_test must be >= 0; got {num_train} and {num_test}.")
     train_by_skill, test_by_skill = [], []

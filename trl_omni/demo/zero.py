@@ -21,7 +21,7 @@ import numpy as np
 
 from ..data.bootstrap import DEFAULT_PROMPT_TEMPLATE
 from ..data.schema import image_part, text_part
-from .uniskills import BACKGROUND, COLOR_NAMES, _check_grid, row_images, row_question
+from .uniskills import BACKGROUND, COLOR_NAMES, _check_grid, _check_names, row_images, row_question
 
 
 GENERIC_TASKS = ("copy", "mirror", "upside_down", "frame", "background")
@@ -87,9 +87,7 @@ def make_generic_drawing(
         ```
     """
     height, width = _check_grid(grid_size)
-    unknown = [task for task in tasks if task not in GENERIC_TASKS]
-    if unknown or not tasks:
-        raise ValueError(f"Unknown generic drawing tasks {unknown or tasks}; choose from {GENERIC_TASKS}.")
+    _check_names(tasks, GENERIC_TASKS, "generic drawing tasks")
     if num_rows < 0:
         raise ValueError(f"num_rows must be >= 0, got {num_rows}.")
     rng = random.Random(f"generic-drawing:{seed}")
