@@ -725,7 +725,7 @@ def section_perpo(suite: Suite) -> dict[str, Any]:
         generate = trainer._generate_single_turn
 
         def timed_generate(
-            prompt_ids, *args, _generate=generate, _trainer=trainer, _kind=kind, _rollouts=rollouts, **kwargs
+            prompt_ids, *args, _generate=generate, _kind=kind, _rollouts=rollouts, **kwargs
         ):
             suite.sync()
             start = time.perf_counter()
@@ -734,7 +734,9 @@ def section_perpo(suite: Suite) -> dict[str, Any]:
             _rollouts["seconds"].append(time.perf_counter() - start)
             _rollouts["tokens"].append(sum(len(ids) for ids in completion_ids))
             if _kind == "perpo":
-                segments, _ = _trainer._completion_image_segments(prompt_ids, completion_ids)
+                # The core's parse of completions (the one rewards and metrics read): the image each prompt's BOI
+                # opened is the completion's first segment.
+                segments = suite.vocab.parse_completions(completion_ids).per_row(len(completion_ids))
                 _rollouts["images"].append(sum(len(s) for s in segments))
                 _rollouts["complete"].append(sum(all(x.complete for x in s) and len(s) == 1 for s in segments))
             return completion_ids, logprobs
