@@ -17,7 +17,9 @@ PROMPT = "Draw the answer:<racm3:break>"
 
 
 def test_boi_ending_prompts_are_scored_measured_and_rendered_as_one_image(anole, tmp_path):
-    model, processor = anole.model, anole.processor
+    from trl_omni import load_omni_model
+
+    model, processor = load_omni_model(anole.path)  # its own copy: training must not change the session's model
     vocab = ImageVocabulary.from_model(model, processor)
     # A text prompt whose last token is BOI (`<racm3:break>`) asks for a drawing (prompts given as `prompt_ids` that
     # end with BOI take the same path from tokenization on; see test_perpo_trainer.py for them).
