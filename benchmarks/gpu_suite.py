@@ -724,9 +724,7 @@ def section_perpo(suite: Suite) -> dict[str, Any]:
         rollouts: dict[str, list] = {"seconds": [], "tokens": [], "complete": [], "images": []}
         generate = trainer._generate_single_turn
 
-        def timed_generate(
-            prompt_ids, *args, _generate=generate, _kind=kind, _rollouts=rollouts, **kwargs
-        ):
+        def timed_generate(prompt_ids, *args, _generate=generate, _kind=kind, _rollouts=rollouts, **kwargs):
             suite.sync()
             start = time.perf_counter()
             completion_ids, logprobs = _generate(prompt_ids, *args, **kwargs)
