@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import numbers
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -91,9 +92,8 @@ def _drawing_score(session: _EvalSession, row: Mapping[str, Any], segments: Sequ
     value = session.drawing_check(row, images)
     if value is None:
         return None
-    if isinstance(value, bool):
-        return float(value)
-    if isinstance(value, int | float) and 0.0 <= float(value) <= 1.0:
+    # bool first: it is a `numbers.Real` too. NaN fails the range check.
+    if isinstance(value, bool) or (isinstance(value, numbers.Real) and 0.0 <= float(value) <= 1.0):
         return float(value)
     raise TypeError(
         f"drawing_check returned {value!r} ({type(value).__name__}) for row {name!r}; it must return None (not "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -177,7 +178,7 @@ def text_reward(
     return reward
 
 
-class CompletionIdsReward:
+class CompletionIdsReward(ABC):
     """Base of the reward classes that score the generated token ids.
 
     `__call__` is TRL's reward call: it refuses a call without `completion_ids` (naming the reward, then
@@ -202,10 +203,11 @@ class CompletionIdsReward:
             )
         return self._reward(prompts, completions, completion_ids, log_metric, kwargs)
 
+    @abstractmethod
     def _reward(
         self, prompts: Any, completions: Any, completion_ids: Any, log_metric: Any, kwargs: dict[str, Any]
     ) -> list[float | None]:
-        raise NotImplementedError
+        """One score (or None) per completion."""
 
 
 _WARNED: set[str] = set()
