@@ -39,3 +39,24 @@ def test_two_ranks_through_the_preset_and_in_rank_dispatch(tmp_path):
     assert result.returncode == 0, result.stderr[-4000:]
     assert final_epoch(result.stdout + result.stderr) == 1.0
     assert (tmp_path / "launched" / "model.safetensors").exists()
+
+
+def test_every_rank_waits_for_the_save_before_the_process_group_ends():
+    # Only rank 0 writes the model; a rank that tore its connections down meanwhile could abort at exit.
+    from types import SimpleNamespace
+
+    from trl_omni.cli.common import train_and_save
+
+    calls = []
+    accelerator = SimpleNamespace(
+        print=lambda *args: None, wait_for_everyone=lambda: calls.append("wait_for_everyone")
+    )
+    trainer = SimpleNamespace(
+        accelerator=accelerator,
+        train=lambda resume_from_checkpoint=None: calls.append("train"),
+        save_model=lambda output_dir: calls.append("save_model"),
+        end=lambda: calls.append("end"),
+    )
+    args = SimpleNamespace(resume_from_checkpoint=None, output_dir="unused", push_to_hub=False)
+    assert train_and_save(trainer, args, SimpleNamespace()) == 0
+    assert calls == ["train", "save_model", "wait_for_everyone", "end"]

@@ -246,5 +246,8 @@ def train_and_save(trainer: Any, training_args: Any, script_args: Any, skip_repo
     trainer.accelerator.print(f"Model saved to {training_args.output_dir}.")
     if training_args.push_to_hub:
         trainer.push_to_hub(dataset_name=script_args.dataset_name)
+    # Only the main process writes the model: every rank waits for it before the process group is torn down, so no
+    # rank shuts its gloo / NCCL connections while another still uses them (a rank leaving early can abort at exit).
+    trainer.accelerator.wait_for_everyone()
     trainer.end()
     return 0
