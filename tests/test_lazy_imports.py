@@ -2,6 +2,7 @@
 import neither torch nor transformers nor TRL; every public name still resolves."""
 
 import ast
+import importlib
 import json
 import os
 import subprocess
@@ -39,8 +40,9 @@ def cli(*args: str) -> str:
     )
 
 
-def test_import_trl_omni_imports_no_heavy_module():
-    imported, _ = fresh_python("import trl_omni")
+@pytest.mark.parametrize("package", ["trl_omni", "trl_omni.models"])
+def test_import_trl_omni_imports_no_heavy_module(package):
+    imported, _ = fresh_python(f"import {package}")
     assert imported == []
 
 
@@ -57,15 +59,25 @@ def test_every_public_name_resolves():
     assert trl_omni.PeSFTTrainer is PeSFTTrainer
 
 
-def test_type_checking_imports_match_the_lazy_exports():
+@pytest.mark.parametrize("package", ["trl_omni", "trl_omni.models"])
+def test_type_checking_imports_match_the_lazy_exports(package):
     """The `if TYPE_CHECKING:` block (what IDEs and type checkers read) names exactly the lazily exported names."""
-    tree = ast.parse((ROOT / "trl_omni" / "__init__.py").read_text())
+    module = importlib.import_module(package)
+    tree = ast.parse(Path(module.__file__).read_text())
     block = next(
         node for node in tree.body if isinstance(node, ast.If) and getattr(node.test, "id", "") == "TYPE_CHECKING"
     )
     imported = {node.module: sorted(alias.name for alias in node.names) for node in block.body}
-    exports = {module: sorted(names) for module, names in trl_omni._EXPORTS.items()}
+    exports = {submodule: sorted(names) for submodule, names in module._EXPORTS.items()}
     assert imported == exports
+
+
+def test_the_root_exports_the_whole_image_token_core():
+    import trl_omni.models
+
+    assert set(trl_omni.models.__all__) <= set(trl_omni.__all__)
+    for name in trl_omni.models.__all__:
+        assert getattr(trl_omni, name) is getattr(trl_omni.models, name), name
 
 
 def test_cli_help_and_a_misspelled_flag_import_nothing_heavy(tmp_path, monkeypatch):

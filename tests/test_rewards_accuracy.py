@@ -274,3 +274,14 @@ def test_warns_once_when_tags_are_invisible(tokenizer, caplog):
     with caplog.at_level("WARNING", logger="trl_omni.rewards._common"):
         make_format_reward(processing_class=tokenizer)(["q"], [decoded], [ids])
     assert not caplog.records
+
+
+def test_factories_take_custom_tags_as_one_object():
+    tags = OutputTags(answer_open="<answer>", answer_close="</answer>", final_answer_marker="ANSWER:")
+    accuracy = make_accuracy_reward(tags=tags)
+    assert accuracy(["q", "q"], ["<answer>7</answer>", "ANSWER: 8"], answer=["7", "7"]) == [1.0, 0.0]
+    think_tags = OutputTags("<think>", "</think>", "<answer>", "</answer>")
+    fmt = make_format_reward(tags=think_tags)
+    assert fmt(["q", "q"], ["<think>r</think><answer>B</answer>", "<answer>B</answer>"]) == [1.0, 0.0]
+    with pytest.raises(TypeError, match=r"make_format_reward\(tags=...\) takes an OutputTags, got dict"):
+        make_format_reward(tags={"answer_open": "<answer>"})

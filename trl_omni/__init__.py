@@ -6,12 +6,13 @@ nor transformers nor TRL, and `trl_omni.PeSFTTrainer` imports what it needs when
 
 from typing import TYPE_CHECKING
 
+from .models import __all__ as _CORE_NAMES
 from .utils.imports import lazy_exports
 
 
 __version__ = "0.1.0.dev0"
 
-# Submodule -> the public names it provides at the package root.
+# Submodule -> the public names it provides at the package root (the image-token core's are all of `models.__all__`).
 _EXPORTS = {
     "collators": ["InterleavedDataCollator"],
     "data": [
@@ -32,27 +33,7 @@ _EXPORTS = {
         "text_part",
     ],
     "evaluation": ["EvalConfig", "EvalResult", "evaluate"],
-    "models": [
-        "CheckpointError",
-        "ImageEncoder",
-        "ImageSegment",
-        "ImageSegments",
-        "ImageSpanConstraint",
-        "ImageSpanLogitsProcessor",
-        "ImageVocabulary",
-        "PaletteDecoder",
-        "decode_images",
-        "decode_without_images",
-        "disable_image_generation",
-        "enable_image_generation",
-        "encode_images",
-        "freeze_vq_model",
-        "generate_with_images",
-        "is_image_generation_enabled",
-        "load_omni_model",
-        "load_vq_decoder",
-        "palette_codebook",
-    ],
+    "models": _CORE_NAMES,
     "rewards": [
         "ModelReward",
         "PerceptionCalibratedReward",
@@ -101,6 +82,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; tests/test_lazy_imports.py
     )
     from .evaluation import EvalConfig, EvalResult, evaluate
     from .models import (
+        ChameleonVQDecoder,
         CheckpointError,
         ImageEncoder,
         ImageSegment,
@@ -108,18 +90,30 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; tests/test_lazy_imports.py
         ImageSpanConstraint,
         ImageSpanLogitsProcessor,
         ImageVocabulary,
+        MissingVQDecoderWeightsError,
         PaletteDecoder,
+        SpanMode,
+        SpanState,
+        VQImageDecoder,
+        check_checkpoint,
         decode_images,
         decode_without_images,
         disable_image_generation,
         enable_image_generation,
         encode_images,
+        exact_float32_convolutions,
         freeze_vq_model,
         generate_with_images,
         is_image_generation_enabled,
         load_omni_model,
         load_vq_decoder,
         palette_codebook,
+        read_vq_decoder_state_dict,
+        resolve_device,
+        strip_image_tokens,
+        to_rgb,
+        uniform_palette,
+        unwrap_model,
     )
     from .rewards import (
         ModelReward,

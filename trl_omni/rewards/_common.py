@@ -51,6 +51,18 @@ class OutputTags:
     def control_tags(self) -> tuple[str, str, str, str]:
         return (self.reasoning_open, self.reasoning_close, self.answer_open, self.answer_close)
 
+    @classmethod
+    def resolve(cls, tags: OutputTags | None, owner: str) -> OutputTags:
+        """`tags`, or the authors' defaults when None; anything else is refused naming `owner`'s `tags=` argument."""
+        if tags is None:
+            return cls()
+        if not isinstance(tags, cls):
+            raise TypeError(
+                f"{owner}(tags=...) takes an OutputTags, got {type(tags).__name__}. Fix: pass "
+                "OutputTags(answer_open=..., ...) from trl_omni.rewards (fields left out keep the authors' defaults)."
+            )
+        return tags
+
 
 def message_text(completion: Any) -> str:
     """The text of one completion, standard (a string) or conversational (a list of messages)."""

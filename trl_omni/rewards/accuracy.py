@@ -148,11 +148,7 @@ def make_accuracy_reward(
     rules: str = "default",
     processing_class: Any | None = None,
     image_vocabulary: Any | None = None,
-    reasoning_open: str = OutputTags.reasoning_open,
-    reasoning_close: str = OutputTags.reasoning_close,
-    answer_open: str = OutputTags.answer_open,
-    answer_close: str = OutputTags.answer_close,
-    final_answer_marker: str = OutputTags.final_answer_marker,
+    tags: OutputTags | None = None,
     name: str = "accuracy_reward",
 ) -> Callable[..., list[float | None]]:
     """Builds an accuracy reward following TRL's reward contract.
@@ -177,7 +173,7 @@ def make_accuracy_reward(
             their environment variables for the thresholds are read once, here). See [`answer_score`].
         processing_class: Tokenizer (or processor) used to recover special-token tags from `completion_ids`.
         image_vocabulary: Optional [`~trl_omni.ImageVocabulary`]; image tokens are dropped before decoding.
-        reasoning_open, reasoning_close, answer_open, answer_close, final_answer_marker: Output-format strings.
+        tags: The [`~trl_omni.rewards.OutputTags`] that structure a completion (None: the authors' defaults).
         name: The reward's name (TRL logs `rewards/<name>/mean`).
 
     Returns:
@@ -197,7 +193,7 @@ def make_accuracy_reward(
     if strict and rules != "default":
         raise ValueError("strict=True changes the authors' soft credit; it is only available with rules='default'.")
     thresholds = OmniR1Thresholds.from_env() if rules == "omni_r1" else OmniR1Thresholds()
-    tags = OutputTags(reasoning_open, reasoning_close, answer_open, answer_close, final_answer_marker)
+    tags = OutputTags.resolve(tags, "make_accuracy_reward")
 
     def score_texts(texts: list[str], kwargs: dict[str, Any]) -> list[float | None]:
         if answer_column not in kwargs:

@@ -56,7 +56,7 @@ class PerceptionCalibratedReward(CompletionIdsReward):
             (strongly recommended for the tags style, see [`make_format_reward`]).
         device: Device the perception term is computed on (see [`PerceptionReward`]); pass the trainer's device.
         **accuracy_kwargs: Further arguments of [`make_accuracy_reward`] (e.g. `similarity_threshold`, `strict`,
-            tag strings, which are shared with the format reward).
+            `tags`, which the format reward shares).
 
     Example:
         ```python
@@ -106,8 +106,6 @@ class PerceptionCalibratedReward(CompletionIdsReward):
         self.perception = PerceptionReward(
             image_vocabulary, tau=tau, mapping=mapping, aggregation=aggregation, device=device
         )
-        tag_keys = ("reasoning_open", "reasoning_close", "answer_open", "answer_close", "final_answer_marker")
-        tag_kwargs = {key: accuracy_kwargs[key] for key in tag_keys if key in accuracy_kwargs}
         self.accuracy = make_accuracy_reward(
             answer_column=answer_column,
             rules=rules,
@@ -116,7 +114,10 @@ class PerceptionCalibratedReward(CompletionIdsReward):
             **accuracy_kwargs,
         )
         self.format = make_format_reward(
-            style=format_style, processing_class=processing_class, image_vocabulary=image_vocabulary, **tag_kwargs
+            style=format_style,
+            processing_class=processing_class,
+            image_vocabulary=image_vocabulary,
+            tags=accuracy_kwargs.get("tags"),
         )
 
     def combine(

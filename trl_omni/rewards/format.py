@@ -46,12 +46,7 @@ def make_format_reward(
     style: str = "tags",
     processing_class: Any | None = None,
     image_vocabulary: Any | None = None,
-    reasoning_open: str = OutputTags.reasoning_open,
-    reasoning_close: str = OutputTags.reasoning_close,
-    answer_open: str = OutputTags.answer_open,
-    answer_close: str = OutputTags.answer_close,
-    final_answer_marker: str = OutputTags.final_answer_marker,
-    thought_marker: str = OutputTags.thought_marker,
+    tags: OutputTags | None = None,
     name: str | None = None,
 ) -> Callable[..., list[float | None]]:
     """Builds a format reward following TRL's reward contract (rule: [`format_score`]).
@@ -66,8 +61,7 @@ def make_format_reward(
         style: `"tags"` or `"thought"`.
         processing_class: Tokenizer (or processor) used to recover special-token tags from `completion_ids`.
         image_vocabulary: Optional [`~trl_omni.ImageVocabulary`]; image tokens are dropped before decoding.
-        reasoning_open, reasoning_close, answer_open, answer_close, final_answer_marker, thought_marker:
-            Output-format strings (the authors' defaults).
+        tags: The [`~trl_omni.rewards.OutputTags`] that structure a completion (None: the authors' defaults).
         name: The reward's name; `"format_reward"` for tags, `"format_thought_reward"` for thought by default.
 
     Returns:
@@ -82,9 +76,7 @@ def make_format_reward(
     """
     if style not in FORMAT_STYLES:
         raise ValueError(f"style must be one of {FORMAT_STYLES}, got {style!r}.")
-    tags = OutputTags(
-        reasoning_open, reasoning_close, answer_open, answer_close, final_answer_marker, thought_marker
-    )  # fmt: skip
+    tags = OutputTags.resolve(tags, "make_format_reward")
     use_ids = style == "tags"
     return text_reward(
         lambda texts, _: [format_score(text, style, tags) for text in texts],
