@@ -40,7 +40,7 @@ def cli(*args: str) -> str:
     )
 
 
-@pytest.mark.parametrize("package", ["trl_omni", "trl_omni.models"])
+@pytest.mark.parametrize("package", ["trl_omni", "trl_omni.models", "trl_omni.models.vq_decoder"])
 def test_import_trl_omni_imports_no_heavy_module(package):
     imported, _ = fresh_python(f"import {package}")
     assert imported == []
@@ -59,7 +59,7 @@ def test_every_public_name_resolves():
     assert trl_omni.PeSFTTrainer is PeSFTTrainer
 
 
-@pytest.mark.parametrize("package", ["trl_omni", "trl_omni.models"])
+@pytest.mark.parametrize("package", ["trl_omni", "trl_omni.models", "trl_omni.models.vq_decoder"])
 def test_type_checking_imports_match_the_lazy_exports(package):
     """The `if TYPE_CHECKING:` block (what IDEs and type checkers read) names exactly the lazily exported names."""
     module = importlib.import_module(package)

@@ -7,9 +7,10 @@ the root exports exactly this list (`trl_omni.__all__` includes `__all__` below)
 from typing import TYPE_CHECKING
 
 from ..utils.imports import lazy_exports
+from .vq_decoder import __all__ as _VQ_DECODER_NAMES
 
 
-# Submodule -> the public names it provides.
+# Submodule -> the public names it provides (the VQ decoders' are all of `vq_decoder.__all__`).
 _EXPORTS = {
     "constrained_generation": ["generate_with_images"],
     "encoding": ["ImageEncoder", "encode_images", "to_rgb"],
@@ -30,17 +31,7 @@ _EXPORTS = {
     "precision": ["exact_float32_convolutions"],
     "span_constraint": ["ImageSpanConstraint", "SpanMode", "SpanState"],
     "text": ["decode_without_images", "strip_image_tokens"],
-    "vq_decoder": [
-        "ChameleonVQDecoder",
-        "MissingVQDecoderWeightsError",
-        "PaletteDecoder",
-        "VQImageDecoder",
-        "decode_images",
-        "load_vq_decoder",
-        "palette_codebook",
-        "read_vq_decoder_state_dict",
-        "uniform_palette",
-    ],
+    "vq_decoder": _VQ_DECODER_NAMES,
 }
 
 __all__ = sorted(name for names in _EXPORTS.values() for name in names)
