@@ -61,6 +61,9 @@ def main(output_dir: str) -> None:
         },
         os.path.join(output_dir, f"rank{rank}.pt"),
     )
+    # Both ranks leave together and tear the gloo group down while the interpreter is alive (no abort at exit).
+    trainer.accelerator.wait_for_everyone()
+    trainer.accelerator.end_training()
 
 
 if __name__ == "__main__":

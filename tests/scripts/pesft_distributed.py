@@ -72,6 +72,9 @@ def main(out_dir: str) -> None:
             json.dump({"world_size": dist.get_world_size(), "distinct_batches": gathered[0] != gathered[1]}, handle)
         with open(os.path.join(out_dir, "fsdp2.json"), "w") as handle:
             json.dump(fsdp2, handle)
+    # Both ranks leave together and tear the gloo group down while the interpreter is alive (no abort at exit).
+    trainer.accelerator.wait_for_everyone()
+    trainer.accelerator.end_training()
 
 
 def check_fsdp2(out_dir: str) -> dict:
