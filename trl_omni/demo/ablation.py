@@ -104,8 +104,10 @@ class AblationConfig:
     )
 
     def __post_init__(self):
+        from ..utils.config_fields import check_field_types
         from .uniskills import _check_names
 
+        check_field_types(self)
         _check_names(self.arms, list(ARMS), "arms")
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds must be distinct and at least one, got {self.seeds}.")

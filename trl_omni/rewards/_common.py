@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import numbers
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -220,6 +221,26 @@ class CompletionIdsReward(ABC):
         self, prompts: Any, completions: Any, completion_ids: Any, log_metric: Any, kwargs: dict[str, Any]
     ) -> list[float | None]:
         """One score (or None) per completion."""
+
+
+def check_real(value: Any, owner: str, argument: str) -> float:
+    """`value` as a float when it is a real number (an int or float; a bool is not), else a `TypeError` naming
+    `owner`'s `argument`: reward settings are checked when the reward is built, not on the first batch."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{owner}: {argument} must be a number, got {type(value).__name__} {value!r}.")
+    return float(value)
+
+
+def check_image_vocabulary(value: Any, owner: str) -> Any:
+    """`value` when it is an [`~trl_omni.ImageVocabulary`], else a `TypeError` that says how to build one."""
+    from ..models import ImageVocabulary
+
+    if not isinstance(value, ImageVocabulary):
+        raise TypeError(
+            f"{owner} needs the policy's ImageVocabulary, got {type(value).__name__}. Fix: pass "
+            "ImageVocabulary.from_model(model, processor) (from trl_omni)."
+        )
+    return value
 
 
 _WARNED: set[str] = set()

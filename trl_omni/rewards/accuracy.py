@@ -7,7 +7,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-from ._common import DEFAULT_TAGS, OutputTags, text_reward
+from ._common import DEFAULT_TAGS, OutputTags, check_real, text_reward
 from .rules_default import default_answer_score, has_math_signs, parse_choice, parse_formula, parse_number, similarity
 from .rules_omni_r1 import OmniR1Thresholds, omni_r1_answer_score
 
@@ -25,6 +25,9 @@ __all__ = [
     "parse_number",
     "similarity",
 ]
+
+
+ANSWER_STYLES = ("auto", "tags", "thought")
 
 
 # ----------------------------------------------------------------------------------------------- answer extraction
@@ -49,8 +52,8 @@ def extract_answer(text: str, tags: OutputTags = DEFAULT_TAGS, style: str = "aut
         'B'
         ```
     """
-    if style not in ("auto", "tags", "thought"):
-        raise ValueError(f"style must be 'auto', 'tags' or 'thought', got {style!r}.")
+    if style not in ANSWER_STYLES:
+        raise ValueError(f"style must be one of {ANSWER_STYLES}, got {style!r}.")
     if style in ("auto", "tags") and tags.answer_open in text:
         inner = text.split(tags.answer_open, 1)[1]
         return inner.split(tags.answer_close, 1)[0].strip()
@@ -186,8 +189,18 @@ def make_accuracy_reward(
         [1.0]
         ```
     """
+    if not isinstance(answer_column, str) or not answer_column:
+        raise TypeError(f"make_accuracy_reward: answer_column must be a column name, got {answer_column!r}.")
+    if answer_style not in ANSWER_STYLES:
+        raise ValueError(f"answer_style must be one of {ANSWER_STYLES}, got {answer_style!r}.")
     if rules not in ACCURACY_RULES:
         raise ValueError(f"rules must be one of {ACCURACY_RULES}, got {rules!r}.")
+    if not isinstance(strict, bool):
+        raise TypeError(f"make_accuracy_reward: strict must be True or False, got {type(strict).__name__} {strict!r}.")
+    if check_real(math_timeout, "make_accuracy_reward", "math_timeout") <= 0:
+        raise ValueError(f"math_timeout must be > 0 seconds, got {math_timeout}.")
+    if similarity_threshold is not None:
+        check_real(similarity_threshold, "make_accuracy_reward", "similarity_threshold")
     if similarity_threshold is not None and not 0.0 <= similarity_threshold <= 1.0:
         raise ValueError(f"similarity_threshold must lie in [0, 1], got {similarity_threshold}.")
     if strict and rules != "default":

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._common import CompletionIdsReward
+from ._common import CompletionIdsReward, check_image_vocabulary, check_real
 from .accuracy import make_accuracy_reward
 from .format import make_format_reward
 from .perception import PerceptionReward
@@ -86,6 +86,11 @@ class PerceptionCalibratedReward(CompletionIdsReward):
         device: Any | None = None,
         **accuracy_kwargs: Any,
     ):
+        owner = type(self).__name__
+        check_image_vocabulary(image_vocabulary, owner)
+        for argument, value in (("perception_weight", perception_weight), ("reference_weight", reference_weight),
+                                ("accuracy_weight", accuracy_weight), ("format_weight", format_weight)):  # fmt: skip
+            check_real(value, owner, argument)
         if not 0.0 <= perception_weight <= 1.0:
             raise ValueError(f"perception_weight must lie in [0, 1], got {perception_weight}.")
         if not 0.0 <= reference_weight <= 1.0 - perception_weight:

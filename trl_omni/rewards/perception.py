@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from ._common import CompletionIdsReward
+from ._common import CompletionIdsReward, check_image_vocabulary, check_real
 from ._images import AGGREGATIONS, completion_images, pack_completion_ids, segment_reduce
 
 
@@ -90,7 +90,8 @@ class PerceptionReward(CompletionIdsReward):
         max_chunk_elements: int = 1 << 19,
         name: str = "perception_reward",
     ):
-        if tau <= 0:
+        check_image_vocabulary(image_vocabulary, type(self).__name__)
+        if check_real(tau, type(self).__name__, "tau") <= 0:
             raise ValueError(f"tau must be > 0, got {tau}.")
         if mapping not in MAPPINGS:
             raise ValueError(f"mapping must be one of {MAPPINGS}, got {mapping!r}.")

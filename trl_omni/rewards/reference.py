@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._common import CompletionIdsReward
+from ._common import CompletionIdsReward, check_image_vocabulary
 from ._images import completion_images
 
 
@@ -90,6 +90,7 @@ class ReferenceImageReward(CompletionIdsReward):
         max_chunk_elements: int = 1 << 21,
         name: str = "reference_image_reward",
     ):
+        check_image_vocabulary(image_vocabulary, type(self).__name__)
         if metric not in METRICS:
             raise ValueError(f"metric must be one of {METRICS}, got {metric!r}.")
         if alignment not in ALIGNMENTS:

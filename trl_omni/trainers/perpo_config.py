@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from trl import GRPOConfig
 
-from ..utils.config_fields import check_choices, choice_field
+from ..utils.config_fields import check_choices, check_field_types, choice_field
 from .config_defaults import gradient_checkpointing_field, set_activation_checkpointing_default
 
 
@@ -190,6 +190,7 @@ class PeRPOConfig(GRPOConfig):
     )
 
     def __post_init__(self):
+        check_field_types(self)
         set_activation_checkpointing_default(self)
         super().__post_init__()
         if self.max_images_per_completion is not None and self.max_images_per_completion < 0:

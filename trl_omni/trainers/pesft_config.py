@@ -9,7 +9,7 @@ from trl import SFTConfig
 
 from ..collators.interleaved import LENGTH_POLICIES
 from ..collators.templates import TEMPLATES as INTERLEAVED_TEMPLATES
-from ..utils.config_fields import check_choices, choice_field
+from ..utils.config_fields import check_choices, check_field_types, choice_field
 from .config_defaults import gradient_checkpointing_field, set_activation_checkpointing_default
 
 
@@ -161,6 +161,7 @@ class PeSFTConfig(SFTConfig):
     )
 
     def __post_init__(self):
+        check_field_types(self)
         set_activation_checkpointing_default(self)
         super().__post_init__()
         if self.eval_generation_max_new_tokens is not None and self.eval_generation_max_new_tokens < 1:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ...utils.config_fields import check_choices, choice_field
+from ...utils.config_fields import check_choices, check_field_types, choice_field
 
 
 DEFAULT_PROMPT_TEMPLATE = (
@@ -154,6 +154,7 @@ class BootstrapConfig:
     disable_tqdm: bool = field(default=False, metadata={"help": "Hide the progress bar."})
 
     def __post_init__(self):
+        check_field_types(self)
         if self.max_steps < 1:
             raise ValueError(f"max_steps must be >= 1, got {self.max_steps}.")
         if self.batch_size < 1 or self.shard_size < 1 or self.encode_batch_size < 1:

@@ -1,0 +1,78 @@
+"""Bad settings given in Python (the command line converts its strings itself): configs and rewards refuse a value of
+the wrong type or range when they are built, naming the argument, instead of failing later inside a library."""
+
+import re
+
+import pytest
+
+from trl_omni.data import BootstrapConfig
+from trl_omni.demo.ablation import AblationConfig
+from trl_omni.rewards import (
+    PerceptionCalibratedReward,
+    PerceptionReward,
+    ReferenceImageReward,
+    make_accuracy_reward,
+)
+from trl_omni.trainers import PeRPOConfig, PeSFTConfig
+
+
+TRAINING = {"output_dir": "unused", "use_cpu": True, "bf16": False, "report_to": "none"}
+
+
+@pytest.mark.parametrize(
+    "build, field, found",
+    [
+        (lambda: PeSFTConfig(**TRAINING, perception_loss_weight="1"), "PeSFTConfig.perception_loss_weight", "str '1'"),
+        (lambda: PeSFTConfig(**TRAINING, on_error=None), "PeSFTConfig.on_error", "NoneType None"),
+        (lambda: PeRPOConfig(**TRAINING, max_images_per_completion=1.5), "max_images_per_completion", "float 1.5"),
+        (lambda: PeRPOConfig(**TRAINING, max_images_per_completion=True), "max_images_per_completion", "bool True"),
+        (lambda: BootstrapConfig(keep_columns="category"), "BootstrapConfig.keep_columns", "str 'category'"),
+        (lambda: BootstrapConfig(keep_columns=["a", 1]), "BootstrapConfig.keep_columns", "list ['a', 1]"),
+        (lambda: BootstrapConfig(top_k=2.0), "BootstrapConfig.top_k", "float 2.0"),
+        (lambda: AblationConfig(seeds=[0, 0.5]), "AblationConfig.seeds", "list [0, 0.5]"),
+    ],
+)
+def test_configs_refuse_values_of_another_type(build, field, found):
+    with pytest.raises(
+        TypeError, match=rf"{field} must be .*, got {re.escape(found)}\. Fix: pass a value of that type"
+    ):
+        build()
+
+
+def test_configs_accept_what_their_annotations_allow():
+    # An int is a number where a float is expected; None where the field is optional; tuples for lists.
+    assert PeSFTConfig(**TRAINING, perception_loss_weight=2).perception_loss_weight == 2
+    assert PeRPOConfig(**TRAINING, max_images_per_completion=None).max_images_per_completion is None
+    assert BootstrapConfig(keep_columns=("category",), top_k=None).keep_columns == ("category",)
+    # Fields that TRL and transformers declare stay theirs to check.
+    assert PeSFTConfig(**TRAINING, learning_rate=1).learning_rate == 1
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, message",
+    [
+        ({"answer_column": 5}, TypeError, "answer_column must be a column name, got 5"),
+        ({"answer_style": "xml"}, ValueError, r"answer_style must be one of \('auto', 'tags', 'thought'\)"),
+        ({"strict": "yes"}, TypeError, "strict must be True or False, got str 'yes'"),
+        ({"math_timeout": 0}, ValueError, "math_timeout must be > 0 seconds, got 0"),
+        ({"math_timeout": "5"}, TypeError, "math_timeout must be a number, got str '5'"),
+        ({"similarity_threshold": "0.5"}, TypeError, "similarity_threshold must be a number, got str '0.5'"),
+    ],
+)
+def test_accuracy_reward_settings_are_checked_when_it_is_built(kwargs, error, message):
+    with pytest.raises(error, match=message):
+        make_accuracy_reward(**kwargs)
+
+
+def test_image_rewards_need_an_image_vocabulary_and_numbers(tiny, vocab):
+    _, processor = tiny
+    for reward_class in (PerceptionReward, ReferenceImageReward, PerceptionCalibratedReward):
+        for wrong in (None, processor):
+            with pytest.raises(TypeError, match=rf"{reward_class.__name__} needs the policy's ImageVocabulary, got "
+                               rf"{type(wrong).__name__}\. Fix: pass ImageVocabulary.from_model"):  # fmt: skip
+                reward_class(wrong)
+    with pytest.raises(TypeError, match="PerceptionReward: tau must be a number, got str '3'"):
+        PerceptionReward(vocab, tau="3")
+    with pytest.raises(TypeError, match="PerceptionCalibratedReward: format_weight must be a number, got bool True"):
+        PerceptionCalibratedReward(vocab, format_weight=True)
+    assert PerceptionReward(vocab, tau=2).tau == 2.0
