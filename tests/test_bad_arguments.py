@@ -7,6 +7,7 @@ import pytest
 
 from trl_omni.data import BootstrapConfig
 from trl_omni.demo.ablation import AblationConfig
+from trl_omni.evaluation import EvalConfig
 from trl_omni.rewards import (
     PerceptionCalibratedReward,
     PerceptionReward,
@@ -30,6 +31,8 @@ TRAINING = {"output_dir": "unused", "use_cpu": True, "bf16": False, "report_to":
         (lambda: BootstrapConfig(keep_columns=["a", 1]), "BootstrapConfig.keep_columns", "list ['a', 1]"),
         (lambda: BootstrapConfig(top_k=2.0), "BootstrapConfig.top_k", "float 2.0"),
         (lambda: AblationConfig(seeds=[0, 0.5]), "AblationConfig.seeds", "list [0, 0.5]"),
+        (lambda: EvalConfig(source_columns="source"), "EvalConfig.source_columns", "str 'source'"),
+        (lambda: EvalConfig(max_new_tokens="64"), "EvalConfig.max_new_tokens", "str '64'"),
     ],
 )
 def test_configs_refuse_values_of_another_type(build, field, found):
@@ -44,6 +47,7 @@ def test_configs_accept_what_their_annotations_allow():
     assert PeSFTConfig(**TRAINING, perception_loss_weight=2).perception_loss_weight == 2
     assert PeRPOConfig(**TRAINING, max_images_per_completion=None).max_images_per_completion is None
     assert BootstrapConfig(keep_columns=("category",), top_k=None).keep_columns == ("category",)
+    assert EvalConfig(task_groups={"charts": ["chartqa"]}).task_groups == {"charts": ["chartqa"]}  # its own check
     # Fields that TRL and transformers declare stay theirs to check.
     assert PeSFTConfig(**TRAINING, learning_rate=1).learning_rate == 1
 

@@ -7,6 +7,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..utils.config_fields import check_field_types
+
 
 # Omni-Bench's four task groups; names are matched after lower-casing and dropping non-alphanumerics.
 DEFAULT_TASK_GROUPS: dict[str, list[str]] = {
@@ -134,6 +136,8 @@ class EvalConfig:
     print_table: bool = field(default=True, metadata={"help": "Print the accuracy table at the end."})
 
     def __post_init__(self):
+        # `task_groups` is JSON text on the command line or a mapping in Python; it is checked below.
+        check_field_types(self, checked_elsewhere=("task_groups",))
         if isinstance(self.task_groups, str):
             try:
                 self.task_groups = json.loads(self.task_groups)
@@ -145,8 +149,6 @@ class EvalConfig:
             isinstance(names, list | tuple) for names in self.task_groups.values()
         ):
             raise ValueError("task_groups must map each group name to a list of source names.")
-        if isinstance(self.source_columns, str):
-            self.source_columns = [self.source_columns]
         if self.batch_size < 1 or (self.max_new_tokens is not None and self.max_new_tokens < 1):
             raise ValueError("batch_size and max_new_tokens must be >= 1.")
         if self.max_images is not None and self.max_images < 0:

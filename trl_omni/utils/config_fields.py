@@ -104,20 +104,22 @@ def _describe(annotation: Any) -> str:
     return annotation.__name__ if isinstance(annotation, type) else str(annotation).replace("NoneType", "None")
 
 
-def check_field_types(config: Any) -> None:
+def check_field_types(config: Any, checked_elsewhere: Sequence[str] = ()) -> None:
     """Checks the type of every field trl-omni's own classes declare on `config` against its annotation, so a config
     built in Python is refused with the field's name instead of failing later, deep inside a library (the command
     line already converts its strings). Types are checked, not coerced: an int is a float, a bool is neither.
 
     Args:
         config: The dataclass instance (call it first in `__post_init__`).
+        checked_elsewhere: Fields the config checks itself (e.g. one that also takes a form its annotation cannot
+            say, such as a mapping given in Python for a JSON-string option).
 
     Raises:
         TypeError: Naming the first field whose value is of another type, the value and the expected type.
     """
     annotations = _own_annotations(config)
     for config_field in fields(config):
-        annotation = annotations.get(config_field.name)
+        annotation = None if config_field.name in checked_elsewhere else annotations.get(config_field.name)
         value = getattr(config, config_field.name)
         if annotation is not None and _matches(value, annotation) is False:
             raise TypeError(
