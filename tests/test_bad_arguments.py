@@ -30,15 +30,15 @@ TRAINING = {"output_dir": "unused", "use_cpu": True, "bf16": False, "report_to":
         (lambda: BootstrapConfig(keep_columns="category"), "BootstrapConfig.keep_columns", "str 'category'"),
         (lambda: BootstrapConfig(keep_columns=["a", 1]), "BootstrapConfig.keep_columns", "list ['a', 1]"),
         (lambda: BootstrapConfig(top_k=2.0), "BootstrapConfig.top_k", "float 2.0"),
+        (lambda: BootstrapConfig(quality_fn=0.5), "BootstrapConfig.quality_fn", "float 0.5"),
+        (lambda: BootstrapConfig(step_splitter=None), "BootstrapConfig.step_splitter", "NoneType None"),
         (lambda: AblationConfig(seeds=[0, 0.5]), "AblationConfig.seeds", "list [0, 0.5]"),
         (lambda: EvalConfig(source_columns="source"), "EvalConfig.source_columns", "str 'source'"),
         (lambda: EvalConfig(max_new_tokens="64"), "EvalConfig.max_new_tokens", "str '64'"),
     ],
 )
 def test_configs_refuse_values_of_another_type(build, field, found):
-    with pytest.raises(
-        TypeError, match=rf"{field} must be .*, got {re.escape(found)}\. Fix: pass a value of that type"
-    ):
+    with pytest.raises(TypeError, match=rf"{field} must be .*, got {re.escape(found)}"):
         build()
 
 

@@ -154,7 +154,15 @@ class BootstrapConfig:
     disable_tqdm: bool = field(default=False, metadata={"help": "Hide the progress bar."})
 
     def __post_init__(self):
-        check_field_types(self)
+        # The two hooks are dotted paths on the command line; in Python they may be the callables themselves.
+        check_field_types(self, checked_elsewhere=("step_splitter", "quality_fn"))
+        for name, optional in (("step_splitter", False), ("quality_fn", True)):
+            value = getattr(self, name)
+            if not (isinstance(value, str) or callable(value) or (optional and value is None)):
+                raise TypeError(
+                    f"BootstrapConfig.{name} must be a dotted path 'pkg.module:function' or a callable"
+                    f"{' (or None)' if optional else ''}, got {type(value).__name__} {value!r}."
+                )
         if self.max_steps < 1:
             raise ValueError(f"max_steps must be >= 1, got {self.max_steps}.")
         if self.batch_size < 1 or self.shard_size < 1 or self.encode_batch_size < 1:
