@@ -4,17 +4,20 @@ the wrong type or range when they are built, naming the argument, instead of fai
 import re
 
 import pytest
+import torch
 
+from trl_omni.collators import InterleavedDataCollator
 from trl_omni.data import BootstrapConfig
 from trl_omni.demo.ablation import AblationConfig
 from trl_omni.evaluation import EvalConfig
+from trl_omni.models import ImageSpanConstraint
 from trl_omni.rewards import (
     PerceptionCalibratedReward,
     PerceptionReward,
     ReferenceImageReward,
     make_accuracy_reward,
 )
-from trl_omni.trainers import PeRPOConfig, PeSFTConfig
+from trl_omni.trainers import PeRPOConfig, PeSFTConfig, PeSFTTrainer
 
 
 TRAINING = {"output_dir": "unused", "use_cpu": True, "bf16": False, "report_to": "none"}
@@ -68,13 +71,31 @@ def test_accuracy_reward_settings_are_checked_when_it_is_built(kwargs, error, me
         make_accuracy_reward(**kwargs)
 
 
-def test_image_rewards_need_an_image_vocabulary_and_numbers(tiny, vocab):
-    _, processor = tiny
-    for reward_class in (PerceptionReward, ReferenceImageReward, PerceptionCalibratedReward):
-        for wrong in (None, processor):
-            with pytest.raises(TypeError, match=rf"{reward_class.__name__} needs the policy's ImageVocabulary, got "
+def test_classes_taking_the_image_vocabulary_refuse_anything_else(tiny, vocab):
+    model, processor = tiny
+    builders = {
+        "PerceptionReward": PerceptionReward,
+        "ReferenceImageReward": ReferenceImageReward,
+        "PerceptionCalibratedReward": PerceptionCalibratedReward,
+        "InterleavedDataCollator": lambda wrong: InterleavedDataCollator(processor, wrong),
+        "ImageSpanConstraint": ImageSpanConstraint,
+        "PeSFTTrainer": lambda wrong: PeSFTTrainer(model, args=PeSFTConfig(**TRAINING), image_vocabulary=wrong),
+    }
+    for owner, build in builders.items():
+        for wrong in (processor, model.config):
+            with pytest.raises(TypeError, match=rf"{owner} needs the model's ImageVocabulary, got "
                                rf"{type(wrong).__name__}\. Fix: pass ImageVocabulary.from_model"):  # fmt: skip
-                reward_class(wrong)
+                build(wrong)
+
+
+@pytest.mark.parametrize("method", ["codes_to_ids", "ids_to_codes", "image_span_ids"])
+@pytest.mark.parametrize("values", [[0.5] * 64, [True] * 64])
+def test_codes_and_ids_must_be_integers_not_truncated(vocab, method, values):
+    with pytest.raises(TypeError, match=r"must be integers, got torch\.(float32|bool)"):
+        getattr(vocab, method)(torch.tensor(values))
+
+
+def test_image_rewards_check_their_numbers(vocab):
     with pytest.raises(TypeError, match="PerceptionReward: tau must be a number, got str '3'"):
         PerceptionReward(vocab, tau="3")
     with pytest.raises(TypeError, match="PerceptionCalibratedReward: format_weight must be a number, got bool True"):

@@ -96,6 +96,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; tests/test_lazy_imports.py
         SpanState,
         VQImageDecoder,
         check_checkpoint,
+        check_image_vocabulary,
         decode_images,
         decode_without_images,
         disable_image_generation,

@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from ..models.image_vocabulary import ImageVocabulary
+from ..models.image_vocabulary import ImageVocabulary, check_image_vocabulary
 from .row_encoding import _RowEncoder
 from .templates import DEFAULT_INSTRUCTION, DEFAULT_LEAD_PHRASES, DEFAULT_SYSTEM_PROMPT, TEMPLATES, _TemplateLayout
 
@@ -137,7 +137,7 @@ class InterleavedDataCollator(_TemplateLayout, _RowEncoder):
                 f"template='chat' needs a tokenizer with a chat template, but {type(self.tokenizer).__name__} has "
                 "none. Fix: set `tokenizer.chat_template`, or use template='plain' or 'templated'."
             )
-        self.vocab = image_vocabulary
+        self.vocab = check_image_vocabulary(image_vocabulary, type(self).__name__)
         self.template = template
         self.max_length = max_length
         self.length_policy = length_policy

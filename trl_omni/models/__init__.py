@@ -20,7 +20,7 @@ _EXPORTS = {
         "enable_image_generation",
         "is_image_generation_enabled",
     ],
-    "image_vocabulary": ["ImageSegment", "ImageSegments", "ImageVocabulary", "unwrap_model"],
+    "image_vocabulary": ["ImageSegment", "ImageSegments", "ImageVocabulary", "check_image_vocabulary", "unwrap_model"],
     "loading": [
         "CheckpointError",
         "check_checkpoint",
@@ -47,7 +47,13 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; tests/test_lazy_imports.py
         enable_image_generation,
         is_image_generation_enabled,
     )
-    from .image_vocabulary import ImageSegment, ImageSegments, ImageVocabulary, unwrap_model
+    from .image_vocabulary import (
+        ImageSegment,
+        ImageSegments,
+        ImageVocabulary,
+        check_image_vocabulary,
+        unwrap_model,
+    )
     from .loading import CheckpointError, check_checkpoint, freeze_vq_model, load_omni_model, resolve_device
     from .precision import exact_float32_convolutions
     from .span_constraint import ImageSpanConstraint, SpanMode, SpanState

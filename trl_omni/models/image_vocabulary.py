@@ -66,6 +66,35 @@ def _gathered_copy(weight: torch.Tensor) -> torch.Tensor:
     return weight.detach().float().cpu().clone()
 
 
+def check_image_vocabulary(value: Any, owner: str) -> ImageVocabulary:
+    """`value` when it is an [`ImageVocabulary`], else a `TypeError` naming `owner` and saying how to build one.
+
+    Every class that takes the vocabulary from the user calls it first, so a processor, a model or None given in its
+    place is refused at once rather than failing on the first batch.
+
+    Example:
+        ```python
+        >>> vocab = check_image_vocabulary(ImageVocabulary.from_model(model, processor), "MyReward")
+        ```
+    """
+    if not isinstance(value, ImageVocabulary):
+        raise TypeError(
+            f"{owner} needs the model's ImageVocabulary, got {type(value).__name__}. Fix: pass "
+            "ImageVocabulary.from_model(model, processor) (from trl_omni)."
+        )
+    return value
+
+
+def _integer_tensor(values: Any, what: str) -> torch.Tensor:
+    """`values` as a tensor, refused unless its dtype is an integer one (a float or bool is never a code or an id)."""
+    values = torch.as_tensor(values)
+    if values.dtype.is_floating_point or values.dtype.is_complex or values.dtype == torch.bool:
+        raise TypeError(
+            f"{what} must be integers, got {values.dtype} (a float or bool is never a code or a token id)."
+        )
+    return values
+
+
 @dataclass
 class ImageVocabulary:
     """Image-token facts of a unified-vocabulary model, read from the model itself.
@@ -266,14 +295,14 @@ class ImageVocabulary:
     # ------------------------------------------------------------------ ids <-> codes
     def ids_to_codes(self, ids: torch.Tensor) -> torch.Tensor:
         """Maps token ids to VQ codes elementwise; non-image ids map to -1. Any shape, any device."""
-        ids = torch.as_tensor(ids)
+        ids = _integer_tensor(ids, "Token ids")
         lookup = self._on("id_to_code", self._id_to_code, ids.device)
         in_range = (ids >= 0) & (ids < self.vocab_size)
         return torch.where(in_range, lookup[ids.clamp(0, self.vocab_size - 1)], -1)
 
     def codes_to_ids(self, codes: torch.Tensor) -> torch.Tensor:
-        """Maps VQ codes to token ids elementwise. Raises on codes outside `[0, num_codes)`."""
-        codes = torch.as_tensor(codes)
+        """Maps VQ codes to token ids elementwise. Raises on codes that are not integers in `[0, num_codes)`."""
+        codes = _integer_tensor(codes, "Image codes")
         if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= self.num_codes):
             raise ValueError(
                 f"Image codes must lie in [0, {self.num_codes}); got values in [{int(codes.min())}, "
@@ -291,9 +320,7 @@ class ImageVocabulary:
         Args:
             codes: `H*W` codes in row-major order (flat or `(H, W)`).
         """
-        codes = torch.as_tensor(codes)
-        if codes.dtype.is_floating_point or codes.dtype.is_complex or codes.dtype == torch.bool:
-            raise TypeError(f"Image codes must be integers, got {codes.dtype} (a float or bool is never a code).")
+        codes = _integer_tensor(codes, "Image codes")
         if codes.dim() > 1 and tuple(codes.shape) != tuple(self.grid_size):
             raise ValueError(
                 f"Image codes must be flat ({self.tokens_per_image}) or shaped like the grid {tuple(self.grid_size)}; "

@@ -25,6 +25,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from .image_vocabulary import check_image_vocabulary
+
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -106,6 +108,7 @@ class ImageSpanConstraint:
         max_new_tokens: int | None = None,
         allow_images: bool = True,
     ):
+        check_image_vocabulary(image_vocabulary, type(self).__name__)
         if max_images is not None and max_images < 0:
             raise ValueError(f"max_images must be >= 0, got {max_images}.")
         if max_new_tokens is not None and max_new_tokens < 0:

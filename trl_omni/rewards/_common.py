@@ -231,18 +231,6 @@ def check_real(value: Any, owner: str, argument: str) -> float:
     return float(value)
 
 
-def check_image_vocabulary(value: Any, owner: str) -> Any:
-    """`value` when it is an [`~trl_omni.ImageVocabulary`], else a `TypeError` that says how to build one."""
-    from ..models import ImageVocabulary
-
-    if not isinstance(value, ImageVocabulary):
-        raise TypeError(
-            f"{owner} needs the policy's ImageVocabulary, got {type(value).__name__}. Fix: pass "
-            "ImageVocabulary.from_model(model, processor) (from trl_omni)."
-        )
-    return value
-
-
 _WARNED: set[str] = set()
 
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._common import CompletionIdsReward, check_image_vocabulary, check_real
+from ..models.image_vocabulary import check_image_vocabulary
+from ._common import CompletionIdsReward, check_real
 from .accuracy import make_accuracy_reward
 from .format import make_format_reward
 from .perception import PerceptionReward

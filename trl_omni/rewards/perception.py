@@ -7,7 +7,8 @@ from typing import Any
 
 import torch
 
-from ._common import CompletionIdsReward, check_image_vocabulary, check_real
+from ..models.image_vocabulary import check_image_vocabulary
+from ._common import CompletionIdsReward, check_real
 from ._images import AGGREGATIONS, completion_images, pack_completion_ids, segment_reduce
 
 

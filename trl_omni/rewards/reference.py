@@ -11,7 +11,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._common import CompletionIdsReward, check_image_vocabulary
+from ..models.image_vocabulary import check_image_vocabulary
+from ._common import CompletionIdsReward
 from ._images import completion_images
 
 

@@ -21,7 +21,14 @@ from ..data.pretokenize import check_interleaved_storage
 from ..data.pretokenized import validate_pretokenized_rows
 from ..data.report import SkipReport, SkipReportCallback
 from ..data.schema import DatasetFormatError
-from ..models import ImageVocabulary, freeze_vq_model, generate_with_images, load_omni_model, unwrap_model
+from ..models import (
+    ImageVocabulary,
+    check_image_vocabulary,
+    freeze_vq_model,
+    generate_with_images,
+    load_omni_model,
+    unwrap_model,
+)
 from ..visualization import RenderedTrajectoriesCallback
 from .perception import PERCEPTION_HEAD_NAME, add_perception_head, get_perception_head
 from .pesft_config import PeSFTConfig
@@ -116,6 +123,8 @@ class PeSFTTrainer(SFTTrainer):
         else:
             # The settings derived below go to this trainer's copy: the caller's config is never changed.
             args = copy.copy(args)
+        if image_vocabulary is not None:
+            check_image_vocabulary(image_vocabulary, type(self).__name__)
         if isinstance(model, str):
             # transformers has no AutoModelForCausalLM mapping for Chameleon, so TRL's own loading cannot be used.
             model, loaded_processor = load_omni_model(
