@@ -101,3 +101,32 @@ def test_image_rewards_check_their_numbers(vocab):
     with pytest.raises(TypeError, match="PerceptionCalibratedReward: format_weight must be a number, got bool True"):
         PerceptionCalibratedReward(vocab, format_weight=True)
     assert PerceptionReward(vocab, tau=2).tau == 2.0
+
+
+def test_perpo_builds_registered_reward_names_and_refuses_what_is_no_reward(tmp_path):
+    from datasets import Dataset
+
+    from trl_omni.rewards import SafeReward
+    from trl_omni.testing import tiny_chameleon
+    from trl_omni.trainers import PeRPOTrainer
+
+    model, processor = tiny_chameleon(seed=0)  # PeRPO lifts the image mask on the model: not the shared fixture
+    args = PeRPOConfig(**{**TRAINING, "output_dir": str(tmp_path)}, max_completion_length=80, num_generations=2,
+                       per_device_train_batch_size=2)  # fmt: skip
+    rows = Dataset.from_dict({"prompt": ["a", "b"], "answer": ["x", "y"]})
+
+    def build(reward_funcs, dataset=rows):
+        return PeRPOTrainer(
+            model, reward_funcs=reward_funcs, args=args, train_dataset=dataset, processing_class=processor
+        )
+
+    trainer = build(["accuracy", "perception"])
+    accuracy, perception = trainer.reward_funcs
+    assert isinstance(accuracy, SafeReward) and isinstance(perception.fn, PerceptionReward)
+    assert perception.fn.image_vocabulary is trainer.image_vocabulary
+    with pytest.raises(TypeError, match=r"reward_funcs\[1\] is int 5, not a reward: give a callable"):
+        build(["accuracy", 5])
+    with pytest.raises(ValueError, match=r"Unknown reward 'acuracy': not a registered reward \(accuracy, format"):
+        build(["acuracy"])
+    with pytest.raises(ValueError, match=r"train_dataset has no `prompt` column \(its columns are \['question'\]\)"):
+        build("accuracy", Dataset.from_dict({"question": ["a", "b"]}))

@@ -74,7 +74,9 @@ def test_format_style_and_one_perception_scorer_shared_with_the_metrics(tmp_path
 
 
 def test_reward_settings_are_config_fields_and_cli_flags(tmp_path):
-    from trl_omni.scripts.rl import build_reward_funcs, make_parser, reward_options
+    from trl_omni.rewards.registry import build_reward_funcs
+    from trl_omni.scripts.rl import make_parser
+    from trl_omni.trainers.perpo_config import reward_options
 
     parser = make_parser()
     _, args, _ = parser.parse_args_into_dataclasses(

@@ -14,6 +14,7 @@ from .validation import RewardError, SafeReward, safe_reward
 
 __all__ = [
     "BUILTIN_FACTORIES",
+    "build_reward_funcs",
     "BUILTIN_REWARDS",
     "ENTRY_POINT_GROUP",
     "RewardError",
@@ -129,3 +130,40 @@ def get_reward(name: str, safe: bool = True, **kwargs: Any) -> Callable[..., lis
         reward = safe_reward(reward)
     logger.debug("Resolved reward %r to %r", name, reward)
     return reward
+
+
+def build_reward_funcs(
+    names: list[str], processor: Any, image_vocabulary: Any, options: dict[str, Any] | None = None
+) -> list[Any]:
+    """Resolves reward names with [`~trl_omni.rewards.resolve_reward`] and builds them for this model.
+
+    Reward classes and the built-in factories receive the model's `image_vocabulary` and `processing_class` when
+    their signature takes them (the perception rewards need the vocabulary; the accuracy and format rewards read the
+    special-token answer tags through the processor), and each of `options` (the reward settings of the config, e.g.
+    `format_style`, `rules`) that their signature takes. Plain reward functions are used as they are. Every reward is
+    wrapped in [`~trl_omni.rewards.SafeReward`], so a failure names the reward and the sample.
+
+    Raises:
+        ValueError: For an unknown name, listing the available ones.
+    """
+    options = dict(options or {})
+    context = {"image_vocabulary": image_vocabulary, "processing_class": processor, **options}
+    rewards, taken = [], set()
+    for name in names:
+        target = resolve_reward(name)  # raises ValueError naming the available rewards
+        if name in BUILTIN_FACTORIES:
+            target = resolve_dotted_path(BUILTIN_FACTORIES[name][0])
+        elif not inspect.isclass(target):
+            rewards.append(get_reward(name))
+            continue
+        kwargs = {k: v for k, v in context.items() if k in inspect.signature(target).parameters}
+        taken.update(kwargs)
+        rewards.append(get_reward(name, **kwargs))
+    unused = sorted(set(options) - taken)
+    if unused:
+        raise ValueError(
+            f"{', '.join(unused)} set, but none of the rewards {names} takes it: it applies to the rewards whose "
+            "constructor has that argument (e.g. perception_calibrated, or the default reward when --reward_funcs "
+            "is not given)."
+        )
+    return rewards

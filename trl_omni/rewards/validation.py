@@ -226,7 +226,8 @@ def _is_async(fn: Any) -> bool:
 
 def safe_reward(fn: Callable[..., Any], name: str | None = None) -> Callable[..., Any]:
     """Wraps `fn` in [`SafeReward`] ([`AsyncSafeReward`] for an async reward); idempotent. `nn.Module` reward
-    models and reward-model names (strings) are returned as they are: TRL scores them itself.
+    models and reward-model names (strings) are returned as they are: TRL scores them itself. Anything else that
+    is not callable is refused with a `TypeError`.
 
     Example:
         ```python
@@ -239,11 +240,17 @@ def safe_reward(fn: Callable[..., Any], name: str | None = None) -> Callable[...
 
     if isinstance(fn, torch.nn.Module):
         return fn
+    if not callable(fn):
+        raise TypeError(
+            f"{name or 'A reward'} is {type(fn).__name__} {fn!r}, not a reward: give a callable "
+            "`fn(prompts, completions, completion_ids=None, **kwargs) -> list[float | None]`, a registered reward name "
+            "(trl_omni.rewards.list_rewards()) or a reward model (an nn.Module or its Hub id)."
+        )
     return AsyncSafeReward(fn, name) if _is_async(fn) else SafeReward(fn, name)
 
 
 def safe_reward_funcs(reward_funcs: Any) -> Any:
     """[`safe_reward`] applied to one reward or to each reward of a list (the form TRL's `reward_funcs` takes)."""
     if isinstance(reward_funcs, (list, tuple)):
-        return [safe_reward(fn) for fn in reward_funcs]
-    return safe_reward(reward_funcs)
+        return [safe_reward(fn, None if callable(fn) else f"reward_funcs[{i}]") for i, fn in enumerate(reward_funcs)]
+    return safe_reward(reward_funcs, None if callable(reward_funcs) else "reward_funcs")

@@ -16,8 +16,6 @@ trl-omni rl --config perpo.yaml --reward_funcs accuracy format my_package.reward
 
 from __future__ import annotations
 
-import dataclasses
-import inspect
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -57,61 +55,6 @@ class RLScriptArguments(OmniScriptArguments):
     )
 
 
-def build_reward_funcs(
-    names: list[str], processor: Any, image_vocabulary: Any, options: dict[str, Any] | None = None
-) -> list[Any]:
-    """Resolves reward names with [`~trl_omni.rewards.resolve_reward`] and builds them for this model.
-
-    Reward classes and the built-in factories receive the model's `image_vocabulary` and `processing_class` when
-    their signature takes them (the perception rewards need the vocabulary; the accuracy and format rewards read the
-    special-token answer tags through the processor), and each of `options` (the reward settings of the config, e.g.
-    `format_style`, `rules`) that their signature takes. Plain reward functions are used as they are. Every reward is
-    wrapped in [`~trl_omni.rewards.SafeReward`], so a failure names the reward and the sample.
-
-    Raises:
-        ValueError: For an unknown name, listing the available ones.
-    """
-    from trl_omni.rewards.registry import BUILTIN_FACTORIES, get_reward, resolve_reward
-    from trl_omni.utils.imports import resolve_dotted_path
-
-    options = dict(options or {})
-    context = {"image_vocabulary": image_vocabulary, "processing_class": processor, **options}
-    rewards, taken = [], set()
-    for name in names:
-        target = resolve_reward(name)  # raises ValueError naming the available rewards
-        if name in BUILTIN_FACTORIES:
-            target = resolve_dotted_path(BUILTIN_FACTORIES[name][0])
-        elif not inspect.isclass(target):
-            rewards.append(get_reward(name))
-            continue
-        kwargs = {k: v for k, v in context.items() if k in inspect.signature(target).parameters}
-        taken.update(kwargs)
-        rewards.append(get_reward(name, **kwargs))
-    unused = sorted(set(options) - taken)
-    if unused:
-        raise ValueError(
-            f"{', '.join(unused)} set, but none of the rewards {names} takes it: it applies to the rewards whose "
-            "constructor has that argument (e.g. perception_calibrated, or the default reward when --reward_funcs "
-            "is not given)."
-        )
-    return rewards
-
-
-def reward_options(training_args: Any) -> dict[str, Any]:
-    """The reward settings of a [`PeRPOConfig`] set away from their defaults, as reward constructor arguments
-    (`format_style`, `rules`): named rewards that take them get them, and one that no named reward takes is an
-    error rather than ignored."""
-    from trl_omni.trainers import PeRPOConfig
-
-    settings = {"format_style": "format_style", "rules": "accuracy_rules"}
-    defaults = {f.name: f.default for f in dataclasses.fields(PeRPOConfig)}
-    return {
-        argument: getattr(training_args, field_name)
-        for argument, field_name in settings.items()
-        if getattr(training_args, field_name) != defaults[field_name]
-    }
-
-
 def check_rewards(reward_funcs: list[str] | None, reward_weights: list[float] | None = None) -> None:
     """Resolves every reward name (an unknown one raises, listing the available names) and checks that
     `reward_weights`, when given, has one weight per reward."""
@@ -146,7 +89,9 @@ def main(script_args: Any, training_args: Any, model_args: Any) -> int:
     )
     from trl_omni.data.report import SkipReport
     from trl_omni.models import ImageVocabulary
+    from trl_omni.rewards.registry import build_reward_funcs
     from trl_omni.trainers import PeRPOTrainer
+    from trl_omni.trainers.perpo_config import reward_options
 
     # Unknown rewards fail here, before any loading (the launcher already checked them once).
     check_rewards(script_args.reward_funcs, training_args.reward_weights)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
+from typing import Any
 
 from trl import GRPOConfig
 
@@ -204,3 +206,16 @@ class PeRPOConfig(GRPOConfig):
             raise ValueError(f"perception_reward_weight must lie in [0, 1], got {self.perception_reward_weight}.")
         if self.perception_tau <= 0:
             raise ValueError(f"perception_tau must be > 0, got {self.perception_tau}.")
+
+
+def reward_options(training_args: Any) -> dict[str, Any]:
+    """The reward settings of a [`PeRPOConfig`] set away from their defaults, as reward constructor arguments
+    (`format_style`, `rules`): named rewards that take them get them, and one that no named reward takes is an
+    error rather than ignored."""
+    settings = {"format_style": "format_style", "rules": "accuracy_rules"}
+    defaults = {f.name: f.default for f in dataclasses.fields(PeRPOConfig)}
+    return {
+        argument: getattr(training_args, field_name)
+        for argument, field_name in settings.items()
+        if getattr(training_args, field_name) != defaults[field_name]
+    }

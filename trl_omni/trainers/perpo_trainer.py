@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 import torch
@@ -24,9 +25,10 @@ from ..models import (
     unwrap_model,
 )
 from ..rewards import PerceptionCalibratedReward, PerceptionReward, ReferenceImageReward, safe_reward_funcs
+from ..rewards.registry import build_reward_funcs, list_rewards
 from ..visualization import RenderedTrajectoriesCallback
 from .perception import get_perception_head
-from .perpo_config import PeRPOConfig
+from .perpo_config import PeRPOConfig, reward_options
 from .perpo_metrics import log_image_metrics, log_modality_loss_metrics, log_perception_metrics, policy_token_outputs
 from .perpo_prompts import TokenizedPrompt, check_prompt_ids, is_parts
 from .perpo_sampling import next_token_logits_processed
@@ -89,7 +91,9 @@ class PeRPOTrainer(GRPOTrainer):
             A Chameleon / Anole model, or a path loaded with [`~trl_omni.load_omni_model`]. Image generation is
             enabled on it ([`~trl_omni.enable_image_generation`]) and its VQ model is frozen.
         reward_funcs (`RewardFunc | list[RewardFunc]`, *optional*):
-            TRL reward functions. `None` builds the perception-calibrated reward
+            TRL reward functions. A string that names a registered reward (`"accuracy"`, `"perception"`, an entry
+            point; see [`~trl_omni.rewards.list_rewards`]) is built for this model, as `trl-omni rl --reward_funcs`
+            does; any other string is a reward model, as in TRL. `None` builds the perception-calibrated reward
             (`trl_omni.rewards.PerceptionCalibratedReward`) from the config's `perception_*`, `format_style` and
             `accuracy_rules` settings.
         args ([`PeRPOConfig`], *optional*):
@@ -177,6 +181,8 @@ class PeRPOTrainer(GRPOTrainer):
                 processing_class=processing_class,
             )
             self.perception_scorer = reward_funcs.perception
+        else:
+            reward_funcs = self._build_named_rewards(reward_funcs, args, vocab, processing_class)
         # Every reward's output is validated (one finite float or None per completion); failures name the reward and
         # the sample (`trl_omni.rewards.validation`).
         reward_funcs = safe_reward_funcs(reward_funcs)
@@ -239,6 +245,29 @@ class PeRPOTrainer(GRPOTrainer):
             )
 
     @staticmethod
+    def _build_named_rewards(
+        reward_funcs: Any, args: PeRPOConfig, vocab: ImageVocabulary, processing_class: Any
+    ) -> Any:
+        """Registered reward names built for this model (vocabulary, processor and the config's reward settings);
+        other entries, reward-model ids included, are left to TRL."""
+        single = not isinstance(reward_funcs, list | tuple)
+        funcs = [reward_funcs] if single else list(reward_funcs)
+        registered = set(list_rewards())
+        for name in funcs:
+            # TRL loads any other string from the Hub: a misspelled reward name would stall on retries, then fail.
+            if isinstance(name, str) and name not in registered and "/" not in name and not os.path.isdir(name):
+                raise ValueError(
+                    f"Unknown reward {name!r}: not a registered reward ({', '.join(sorted(registered))}) nor a local "
+                    "reward-model directory. A reward model on the Hub is named 'org/model'."
+                )
+        named = [name for name in funcs if isinstance(name, str) and name in registered]
+        if not named:
+            return reward_funcs
+        built = iter(build_reward_funcs(named, processing_class, vocab, options=reward_options(args)))
+        funcs = [next(built) if isinstance(fn, str) and fn in registered else fn for fn in funcs]
+        return funcs[0] if single else funcs
+
+    @staticmethod
     def _check_args(args: PeRPOConfig, vocab: ImageVocabulary, rollout_func: Any, datasets: tuple) -> None:
         images_allowed = args.constrain_image_generation and args.max_images_per_completion != 0
         if images_allowed and args.max_completion_length < vocab.span_length:
@@ -254,6 +283,14 @@ class PeRPOTrainer(GRPOTrainer):
                 "continuous batching cannot take it (and stock vLLM masks Chameleon's image tokens). Set "
                 "use_vllm=False and use_transformers_continuous_batching=False, or constrain_image_generation=False."
             )
+        for what, dataset in zip(("train_dataset", "eval_dataset"), datasets, strict=True):
+            columns = getattr(dataset, "column_names", None)
+            if columns is not None and not isinstance(columns, dict) and not {"prompt", "prompt_ids"} & set(columns):
+                raise ValueError(
+                    f"{what} has no `prompt` column (its columns are {sorted(columns)}): PeRPO samples completions for "
+                    "each row's `prompt` (text, chat messages or interleaved parts) or `prompt_ids`. Fix: rename the "
+                    "question column to `prompt`, e.g. `dataset.rename_column('question', 'prompt')`."
+                )
         if args.remove_unused_columns and any(
             "prompt_ids" in (getattr(d, "column_names", None) or ()) for d in datasets
         ):
