@@ -130,3 +130,22 @@ def test_perpo_builds_registered_reward_names_and_refuses_what_is_no_reward(tmp_
         build(["acuracy"])
     with pytest.raises(ValueError, match=r"train_dataset has no `prompt` column \(its columns are \['question'\]\)"):
         build("accuracy", Dataset.from_dict({"question": ["a", "b"]}))
+
+
+@pytest.mark.parametrize(
+    "columns, fix",
+    [
+        ({"question": ["a"], "answer": ["b"]}, r"rename the columns to one of these forms"),
+        ({"prompt": ["a"], "answer": ["b"]}, r"a prompt-only dataset is for RL \(PeRPOTrainer\)"),
+    ],
+)
+def test_pesft_names_a_dataset_in_no_form_it_trains_on(tmp_path, columns, fix):
+    from datasets import Dataset
+
+    from trl_omni.data import DatasetFormatError
+    from trl_omni.testing import tiny_chameleon
+
+    model, processor = tiny_chameleon(seed=0)  # the trainer freezes the VQ model: not the shared fixture
+    args = PeSFTConfig(**{**TRAINING, "output_dir": str(tmp_path)})
+    with pytest.raises(DatasetFormatError, match=rf"its columns are {re.escape(str(sorted(columns)))}\. Fix: {fix}"):
+        PeSFTTrainer(model, args=args, train_dataset=Dataset.from_dict(columns), processing_class=processor)

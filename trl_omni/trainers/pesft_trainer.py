@@ -48,6 +48,23 @@ class _PerceptionCapture:
     fused_outputs: Any = None  # TRL's fused-LM-head output (per-token log-probs), set by the model hook
 
 
+def _check_sft_columns(columns: list[str], args: PeSFTConfig, name: str) -> None:
+    """Refuses, naming the columns present, a dataset in none of the forms PeSFT (through TRL's SFT) trains on."""
+    forms = [{args.dataset_text_field}, {"messages"}, {"prompt", "completion"}, {"input_ids"}]
+    if any(form <= set(columns) for form in forms):
+        return
+    hint = (
+        "a prompt-only dataset is for RL (PeRPOTrainer); PeSFT needs a `completion` too"
+        if "prompt" in columns
+        else "rename the columns to one of these forms (e.g. `dataset.rename_column('question', 'prompt')`)"
+    )
+    raise DatasetFormatError(
+        f"The {name} dataset has none of the column sets PeSFT trains on: `prompt` + `completion` (text or interleaved "
+        f"parts), `messages`, `{args.dataset_text_field}` (language modelling) or `input_ids` (pre-tokenized); its "
+        f"columns are {sorted(columns)}. Fix: {hint}."
+    )
+
+
 class PeSFTTrainer(SFTTrainer):
     r"""
     Perception-aligned SFT (PeSFT, Omni-R1 stage 1): `SFTTrainer` with `L = L_CE + lambda * L_Pe`.
@@ -251,6 +268,9 @@ class PeSFTTrainer(SFTTrainer):
         the checks their column types allow, the collator checks each row), then drops the rows that cannot be trained
         within `max_length` (see [`~trl_omni.data.drop_overlong_rows`])."""
         columns = getattr(dataset, "column_names", None) or []
+        user_prepared = (args.dataset_kwargs or {}).get("skip_prepare_dataset") and collator is None
+        if columns and not user_prepared:
+            _check_sft_columns(columns, args, name)
         if "input_ids" in columns:
             dataset = validate_pretokenized_rows(
                 dataset, self.image_vocabulary, on_error=args.on_error, what=name, skip_report=self.skip_report
