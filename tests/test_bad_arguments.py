@@ -149,3 +149,11 @@ def test_pesft_names_a_dataset_in_no_form_it_trains_on(tmp_path, columns, fix):
     args = PeSFTConfig(**{**TRAINING, "output_dir": str(tmp_path)})
     with pytest.raises(DatasetFormatError, match=rf"its columns are {re.escape(str(sorted(columns)))}\. Fix: {fix}"):
         PeSFTTrainer(model, args=args, train_dataset=Dataset.from_dict(columns), processing_class=processor)
+
+
+def test_a_model_given_as_neither_path_nor_hub_id_is_named():
+    from trl_omni.models import check_checkpoint, load_omni_model
+
+    for load in (load_omni_model, check_checkpoint):
+        with pytest.raises(TypeError, match=r"checkpoint directory or a Hub id \(str or os.PathLike\), got int 123"):
+            load(123)

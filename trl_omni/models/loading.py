@@ -68,6 +68,16 @@ def _looks_like_local_path(name: str) -> bool:
     return os.path.isabs(name) or name.startswith(("./", "../", "~")) or name.count("/") > 1
 
 
+def _path_name(model_name_or_path: Any) -> str:
+    """The checkpoint's path or Hub id as a string; anything but a str or an `os.PathLike` is refused."""
+    if not isinstance(model_name_or_path, str | os.PathLike):
+        raise TypeError(
+            "The model must be given as a checkpoint directory or a Hub id (str or os.PathLike), got "
+            f"{type(model_name_or_path).__name__} {model_name_or_path!r}."
+        )
+    return os.fspath(model_name_or_path)
+
+
 def check_checkpoint(model_name_or_path: str | os.PathLike, load_processor: bool = True) -> None:
     """Checks that a local checkpoint directory holds what [`load_omni_model`] reads: `config.json` of a Chameleon
     model, the weights (single file or every shard of an index) and, with `load_processor`, the tokenizer and the
@@ -81,7 +91,7 @@ def check_checkpoint(model_name_or_path: str | os.PathLike, load_processor: bool
         >>> check_checkpoint("anole-pesft")  # before launching a long job
         ```
     """
-    name = os.fspath(model_name_or_path)
+    name = _path_name(model_name_or_path)
     path = Path(name).expanduser()
     if not path.exists():
         if _looks_like_local_path(name):
@@ -232,7 +242,7 @@ def load_omni_model(
             "Pass either `device` or a quantization config / `device_map` to load_omni_model: quantized weights and a "
             "device map are placed while loading (use device_map={'': index} for one device)."
         )
-    adapter_config = read_adapter_config(model_name_or_path)
+    adapter_config = read_adapter_config(_path_name(model_name_or_path))
     if adapter_config is not None:
         return _load_adapter(
             os.fspath(model_name_or_path),
