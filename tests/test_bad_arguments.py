@@ -157,3 +157,25 @@ def test_a_model_given_as_neither_path_nor_hub_id_is_named():
     for load in (load_omni_model, check_checkpoint):
         with pytest.raises(TypeError, match=r"checkpoint directory or a Hub id \(str or os.PathLike\), got int 123"):
             load(123)
+
+
+@pytest.mark.parametrize("rows", [[[1, 2.5]], [[1, "3"]], [[[1, 2], [3]]], torch.rand(2, 5)])
+def test_token_ids_are_parsed_only_when_they_are_integers(vocab, rows):
+    # Before: 2.5 became token 2 and "3" token 3 (a silent cast), a float tensor was truncated.
+    with pytest.raises(TypeError, match="Token ids must be integers"):
+        vocab.parse_completions(rows)
+
+
+def test_rendering_refuses_ids_that_are_not_integers(tiny, vocab):
+    from trl_omni.models import PaletteDecoder, uniform_palette
+    from trl_omni.visualization import render_trajectory
+
+    _, processor = tiny
+    decoder = PaletteDecoder(uniform_palette(vocab.num_codes), patch_size=1, grid_size=vocab.grid_size[0])
+    assert decoder.grid_size == tuple(vocab.grid_size)  # an int is a square grid, as for patch_size
+    assert render_trajectory([1, 2, 3], processor, vocab, decoder).title is None
+    for ids in ("abc", torch.rand(4), [1.5, 2]):
+        with pytest.raises(TypeError, match="Token ids must be integers; row 0 holds"):
+            render_trajectory(ids, processor, vocab, decoder)
+    with pytest.raises(TypeError, match=r"grid_size must be an int or a pair \(height, width\) of ints, got '8'"):
+        PaletteDecoder(uniform_palette(4), patch_size=1, grid_size="8")

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import chain
@@ -16,11 +17,23 @@ if TYPE_CHECKING:
     from .image_vocabulary import ImageVocabulary
 
 
+def _is_token_id(value: object) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
 def _pack_rows(rows: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-pads lists of ids of any lengths into `(B, L)` ids and a mask, with one flat copy (no per-row tensors)."""
     lengths = torch.tensor([len(row) for row in rows], dtype=torch.long)
     length = int(lengths.max()) if len(rows) else 0
-    flat = torch.from_numpy(np.fromiter(chain.from_iterable(rows), dtype=np.int64, count=int(lengths.sum())))
+    # np.fromiter would cast silently (2.5 -> 2, "3" -> 3): let numpy infer the type and accept integers only.
+    try:
+        values = np.asarray(list(chain.from_iterable(rows)))
+    except ValueError:  # rows of rows
+        values = np.asarray([None])
+    if values.size and (values.dtype.kind not in "iu" or values.ndim != 1):
+        bad = next(i for i, row in enumerate(rows) if not all(_is_token_id(token) for token in row))
+        raise TypeError(f"Token ids must be integers; row {bad} holds {str(list(rows[bad]))[:80]}.")
+    flat = torch.from_numpy(values.astype(np.int64, copy=False)) if values.size else torch.zeros(0, dtype=torch.long)
     mask = torch.arange(length).expand(len(rows), length) < lengths[:, None]
     padded = torch.zeros(len(rows), length, dtype=torch.long)
     padded[mask] = flat
@@ -103,6 +116,8 @@ def parse_segments(
     """[`ImageVocabulary.parse_segments`] (see there), as a function of the vocabulary."""
     if not isinstance(ids, torch.Tensor):
         ids, attention_mask = _pack_rows(ids)
+    elif ids.dtype.is_floating_point or ids.dtype.is_complex or ids.dtype == torch.bool:
+        raise TypeError(f"Token ids must be integers, got a {ids.dtype} tensor.")
     ids = ids.long()
     if ids.dim() == 1:
         ids = ids.unsqueeze(0)

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
@@ -302,6 +303,8 @@ def _tokenizer_of(processing_class: Any) -> Any:
 
 def _rows_of(ids: Any, attention_mask: Any | None) -> list[list[int]]:
     if isinstance(ids, torch.Tensor):
+        if ids.dtype.is_floating_point or ids.dtype.is_complex or ids.dtype == torch.bool:
+            raise TypeError(f"The token ids must be integers, got a {ids.dtype} tensor.")
         ids = ids.detach().cpu()
         if ids.dim() == 1:
             ids = ids.unsqueeze(0)
@@ -310,7 +313,8 @@ def _rows_of(ids: Any, attention_mask: Any | None) -> list[list[int]]:
             return ids.tolist()
         mask = torch.as_tensor(attention_mask).detach().cpu().bool()
         return [row[m].tolist() for row, m in zip(ids, mask)]
-    return [list(map(int, row)) for row in ids]
+    # The core refuses rows that are not integer token ids when it parses them (no silent int() here).
+    return [row.tolist() if isinstance(row, torch.Tensor | np.ndarray) else list(row) for row in ids]
 
 
 def render_trajectories(
@@ -364,7 +368,7 @@ def render_trajectories(
     tokenizer = _tokenizer_of(processing_class)
     decoder = decoder or FalseColorDecoder(image_vocabulary)
     if prompt_ids is not None:
-        prompt_ids = [[int(token) for token in prompt] for prompt in prompt_ids]
+        prompt_ids = _rows_of(prompt_ids, None)
         if len(prompt_ids) != len(rows):
             raise ValueError(f"Got {len(prompt_ids)} prompts for {len(rows)} sequences.")
     segments = image_vocabulary.parse_completions(rows)
@@ -467,7 +471,7 @@ def render_trajectory(
             f"render_trajectory takes one sequence (1-D); got shape {tuple(ids.shape)}. Use render_trajectories."
         )
     return render_trajectories(
-        [ids.tolist() if isinstance(ids, torch.Tensor) else list(ids)],
+        [ids],
         processing_class,
         image_vocabulary,
         decoder,

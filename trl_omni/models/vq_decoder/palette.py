@@ -61,6 +61,20 @@ def palette_codebook(palette: Any, dim: int, scale: float = 1.0) -> torch.Tensor
     return codebook
 
 
+def _size_pair(value: Any, name: str) -> tuple[int, int]:
+    """`(height, width)` from an int (a square) or a pair of ints, each >= 1."""
+    pair = (value, value) if isinstance(value, int) and not isinstance(value, bool) else value
+    if (
+        not isinstance(pair, tuple | list)
+        or len(pair) != 2
+        or not all(isinstance(side, int) and not isinstance(side, bool) for side in pair)
+    ):
+        raise TypeError(f"{name} must be an int or a pair (height, width) of ints, got {value!r}.")
+    if min(pair) < 1:
+        raise ValueError(f"{name} must be >= 1, got {value!r}.")
+    return int(pair[0]), int(pair[1])
+
+
 def _check_palette(palette: Any) -> np.ndarray:
     colors = np.asarray(palette.cpu() if isinstance(palette, torch.Tensor) else palette)
     if colors.ndim != 2 or colors.shape[1] != 3 or colors.shape[0] < 1:
@@ -79,7 +93,7 @@ class PaletteDecoder:
     Args:
         palette: `(K, 3)` uint8 RGB colours, one per code.
         patch_size: Pixels per code, `int` or `(height, width)`.
-        grid_size: Optional `(H, W)` code grid, needed only to decode flat `(N, H*W)` codes.
+        grid_size: Optional code grid, `int` (square) or `(H, W)`, needed only to decode flat `(N, H*W)` codes.
 
     Example:
         ```python
@@ -89,12 +103,12 @@ class PaletteDecoder:
         ```
     """
 
-    def __init__(self, palette: Any, patch_size: int | tuple[int, int], grid_size: tuple[int, int] | None = None):
+    def __init__(
+        self, palette: Any, patch_size: int | tuple[int, int], grid_size: int | tuple[int, int] | None = None
+    ):
         self.palette = _check_palette(palette)
-        self.patch_size = (patch_size, patch_size) if isinstance(patch_size, int) else tuple(patch_size)
-        if min(self.patch_size) < 1:
-            raise ValueError(f"patch_size must be >= 1, got {patch_size}.")
-        self.grid_size = None if grid_size is None else tuple(grid_size)
+        self.patch_size = _size_pair(patch_size, "patch_size")
+        self.grid_size = None if grid_size is None else _size_pair(grid_size, "grid_size")
 
     @property
     def num_codes(self) -> int:
