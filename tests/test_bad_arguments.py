@@ -179,3 +179,14 @@ def test_rendering_refuses_ids_that_are_not_integers(tiny, vocab):
             render_trajectory(ids, processor, vocab, decoder)
     with pytest.raises(TypeError, match=r"grid_size must be an int or a pair \(height, width\) of ints, got '8'"):
         PaletteDecoder(uniform_palette(4), patch_size=1, grid_size="8")
+
+
+def test_trainers_and_evaluate_name_a_config_of_another_type(tiny):
+    from trl_omni.evaluation import evaluate
+    from trl_omni.trainers import PeRPOTrainer
+
+    model, processor = tiny  # refused before anything touches the model
+    with pytest.raises(TypeError, match="evaluate takes an EvalConfig, got dict"):
+        evaluate(model, processor, [{"prompt": "q", "answer": "a"}], {"output_dir": "eval"})
+    with pytest.raises(TypeError, match="`args` must be a PeRPOConfig, got dict"):
+        PeRPOTrainer(model, reward_funcs=[], args={"output_dir": "x"}, processing_class=processor)

@@ -334,6 +334,8 @@ def evaluate(
     from ..data.loading import to_interleaved
     from ..models import ImageVocabulary
 
+    if not isinstance(config, EvalConfig):
+        raise TypeError(f"evaluate takes an EvalConfig, got {type(config).__name__}. Fix: EvalConfig(**settings).")
     if not isinstance(dataset, Dataset):
         dataset = list(dataset)  # converted by `to_interleaved`, which names a row Arrow cannot store
     if config.max_samples is not None:

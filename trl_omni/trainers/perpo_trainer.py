@@ -145,6 +145,11 @@ class PeRPOTrainer(GRPOTrainer):
         if args is None:
             name = model if isinstance(model, str) else getattr(model.config, "_name_or_path", "model")
             args = PeRPOConfig(f"{str(name).rstrip('/').split('/')[-1]}-PeRPO")
+        elif not isinstance(args, PeRPOConfig):
+            raise TypeError(
+                f"`args` must be a PeRPOConfig, got {type(args).__name__}. Fix: PeRPOConfig(...) takes every GRPOConfig "
+                "field too."
+            )
         if isinstance(model, str):
             # TRL would load the policy without lifting Chameleon's image-logit mask; load it ready to draw instead.
             load_kwargs = dict(args.model_init_kwargs or {})
