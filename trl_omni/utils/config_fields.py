@@ -63,11 +63,9 @@ def _own_annotations(config: Any) -> dict[str, Any]:
             continue
         namespace = vars(sys.modules[cls.__module__])
         for name, annotation in vars(cls).get("__annotations__", {}).items():
-            if isinstance(annotation, str):
+            if isinstance(annotation, str):  # postponed by `from __future__ import annotations`
                 try:
-                    annotation = eval(
-                        annotation, namespace
-                    )  # the class's own annotation text (postponed by __future__)
+                    annotation = eval(annotation, namespace)
                 except Exception:  # an annotation naming what the module does not define is not ours to check
                     continue
             annotations[name] = annotation
