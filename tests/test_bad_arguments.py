@@ -190,3 +190,26 @@ def test_trainers_and_evaluate_name_a_config_of_another_type(tiny):
         evaluate(model, processor, [{"prompt": "q", "answer": "a"}], {"output_dir": "eval"})
     with pytest.raises(TypeError, match="`args` must be a PeRPOConfig, got dict"):
         PeRPOTrainer(model, reward_funcs=[], args={"output_dir": "x"}, processing_class=processor)
+
+
+def test_drawing_with_a_model_whose_image_logits_are_masked_is_refused(tmp_path, vocab):
+    from trl_omni.models import generate_with_images, is_image_generation_enabled
+    from trl_omni.testing import tiny_chameleon
+
+    model, processor = tiny_chameleon(seed=0, enable_generation=False)
+    prompt = torch.tensor([processor.tokenizer("Draw it.").input_ids])
+    with pytest.raises(ValueError, match="has image generation disabled .* every image it drew would be flat"):
+        generate_with_images(model, vocab, prompt, max_new_tokens=vocab.span_length + 2, max_images=1)
+    with_boi = torch.cat([prompt, torch.tensor([[vocab.boi_token_id]])], dim=1)
+    with pytest.raises(ValueError, match="has image generation disabled"):
+        generate_with_images(model, vocab, with_boi, max_new_tokens=vocab.span_length + 2, max_images=0)
+    assert len(generate_with_images(model, vocab, prompt, max_new_tokens=3, max_images=0)) == 1  # text only is fine
+    # PeSFT enables it, as PeRPO does: the model learns to draw and its rendered evaluation answers draw.
+    from datasets import Dataset
+
+    from trl_omni.trainers import PeSFTTrainer
+
+    rows = Dataset.from_dict({"prompt": ["q"], "completion": ["a"]})
+    PeSFTTrainer(model, args=PeSFTConfig(**{**TRAINING, "output_dir": str(tmp_path)}), train_dataset=rows,
+                 processing_class=processor)  # fmt: skip
+    assert is_image_generation_enabled(model)

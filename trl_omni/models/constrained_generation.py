@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
-from .generation import ImageSpanLogitsProcessor
+from .generation import ImageSpanLogitsProcessor, is_image_generation_enabled
 from .image_vocabulary import ImageVocabulary
 
 
@@ -64,6 +64,14 @@ def generate_with_images(
         >>> completions = generate_with_images(model, vocab, **inputs, max_new_tokens=vocab.generation_budget(1, 256))
         ```
     """
+    draws = max_images != 0 or bool((input_ids[:, -1] == image_vocabulary.boi_token_id).any())
+    if draws and not is_image_generation_enabled(model):
+        # Stock Chameleon gives every image code the same (lowest) logit: each drawing would be one flat colour.
+        raise ValueError(
+            f"{type(model).__name__} has image generation disabled (stock Chameleon masks the image-token logits), so "
+            "every image it drew would be flat. Fix: load it with trl_omni.load_omni_model, or call "
+            "trl_omni.enable_image_generation(model) first; or pass max_images=0 for text-only answers."
+        )
     generation_config = getattr(model, "generation_config", None)
     if eos_token_id is None:
         eos_token_id = getattr(generation_config, "eos_token_id", None)

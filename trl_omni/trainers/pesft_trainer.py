@@ -24,6 +24,7 @@ from ..data.schema import DatasetFormatError
 from ..models import (
     ImageVocabulary,
     check_image_vocabulary,
+    enable_image_generation,
     freeze_vq_model,
     generate_with_images,
     load_omni_model,
@@ -84,7 +85,8 @@ class PeSFTTrainer(SFTTrainer):
     Args:
         model: A Chameleon / Anole model (`ChameleonForConditionalGeneration`), a `PeftModel` around one that already
             carries a perception head, or a path / hub id loaded with [`~trl_omni.load_omni_model`] (with
-            `args.model_init_kwargs`).
+            `args.model_init_kwargs`). Image generation is enabled on it ([`~trl_omni.enable_image_generation`]),
+            as PeRPO does: the model learns to draw, and its rendered evaluation answers draw.
         args: A [`PeSFTConfig`].
         data_collator: Any collator returning `input_ids`, `attention_mask` and `labels` (`-100` on prompt, prompt
             images and padding). Without one, pre-tokenized datasets (`input_ids` + `completion_mask`, TRL's
@@ -159,6 +161,9 @@ class PeSFTTrainer(SFTTrainer):
         processor = processing_class if isinstance(processing_class, ProcessorMixin) else None
         self.image_vocabulary = image_vocabulary or ImageVocabulary.from_model(model, processor)
         freeze_vq_model(model)
+        # Stock Chameleon masks every image-token logit in its forward: generation would draw flat images and
+        # logit-based metrics could never count an image token right.
+        enable_image_generation(model)
 
         sample = next(iter(train_dataset), None)
         if sample is None:
