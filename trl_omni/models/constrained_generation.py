@@ -66,10 +66,11 @@ def generate_with_images(
     """
     draws = max_images != 0 or bool((input_ids[:, -1] == image_vocabulary.boi_token_id).any())
     if draws and not is_image_generation_enabled(model):
-        # Stock Chameleon gives every image code the same (lowest) logit: each drawing would be one flat colour.
+        # Stock Chameleon gives every image code the same (lowest) logit: greedy drawings would be one flat colour,
+        # sampled ones uniform noise, whatever the model learnt.
         raise ValueError(
             f"{type(model).__name__} has image generation disabled (stock Chameleon masks the image-token logits), so "
-            "every image it drew would be flat. Fix: load it with trl_omni.load_omni_model, or call "
+            "every image it drew would be flat (greedy) or noise (sampled). Fix: load it with trl_omni.load_omni_model, or call "
             "trl_omni.enable_image_generation(model) first; or pass max_images=0 for text-only answers."
         )
     generation_config = getattr(model, "generation_config", None)
