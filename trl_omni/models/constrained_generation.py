@@ -70,8 +70,9 @@ def generate_with_images(
         # sampled ones uniform noise, whatever the model learnt.
         raise ValueError(
             f"{type(model).__name__} has image generation disabled (stock Chameleon masks the image-token logits), so "
-            "every image it drew would be flat (greedy) or noise (sampled). Fix: load it with trl_omni.load_omni_model, or call "
-            "trl_omni.enable_image_generation(model) first; or pass max_images=0 for text-only answers."
+            "every image it drew would be flat (greedy) or noise (sampled). Fix: load it with "
+            "trl_omni.load_omni_model, or call trl_omni.enable_image_generation(model) first; or pass max_images=0 "
+            "for text-only answers."
         )
     generation_config = getattr(model, "generation_config", None)
     if eos_token_id is None:

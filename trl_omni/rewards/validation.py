@@ -243,8 +243,8 @@ def safe_reward(fn: Callable[..., Any], name: str | None = None) -> Callable[...
     if not callable(fn):
         raise TypeError(
             f"{name or 'A reward'} is {type(fn).__name__} {fn!r}, not a reward: give a callable "
-            "`fn(prompts, completions, completion_ids=None, **kwargs) -> list[float | None]`, a registered reward name "
-            "(trl_omni.rewards.list_rewards()) or a reward model (an nn.Module or its Hub id)."
+            "`fn(prompts, completions, completion_ids=None, **kwargs) -> list[float | None]`, a registered reward "
+            "name (trl_omni.rewards.list_rewards()) or a reward model (an nn.Module or its Hub id)."
         )
     return AsyncSafeReward(fn, name) if _is_async(fn) else SafeReward(fn, name)
 

@@ -147,8 +147,8 @@ class PeRPOTrainer(GRPOTrainer):
             args = PeRPOConfig(f"{str(name).rstrip('/').split('/')[-1]}-PeRPO")
         elif not isinstance(args, PeRPOConfig):
             raise TypeError(
-                f"`args` must be a PeRPOConfig, got {type(args).__name__}. Fix: PeRPOConfig(...) takes every GRPOConfig "
-                "field too."
+                f"`args` must be a PeRPOConfig, got {type(args).__name__}. Fix: PeRPOConfig(...) takes every "
+                "GRPOConfig field too."
             )
         if isinstance(model, str):
             # TRL would load the policy without lifting Chameleon's image-logit mask; load it ready to draw instead.
@@ -292,9 +292,9 @@ class PeRPOTrainer(GRPOTrainer):
             columns = getattr(dataset, "column_names", None)
             if columns is not None and not isinstance(columns, dict) and not {"prompt", "prompt_ids"} & set(columns):
                 raise ValueError(
-                    f"{what} has no `prompt` column (its columns are {sorted(columns)}): PeRPO samples completions for "
-                    "each row's `prompt` (text, chat messages or interleaved parts) or `prompt_ids`. Fix: rename the "
-                    "question column to `prompt`, e.g. `dataset.rename_column('question', 'prompt')`."
+                    f"{what} has no `prompt` column (its columns are {sorted(columns)}): PeRPO samples completions "
+                    "for each row's `prompt` (text, chat messages or interleaved parts) or `prompt_ids`. Fix: rename "
+                    "the question column to `prompt`, e.g. `dataset.rename_column('question', 'prompt')`."
                 )
         if args.remove_unused_columns and any(
             "prompt_ids" in (getattr(d, "column_names", None) or ()) for d in datasets

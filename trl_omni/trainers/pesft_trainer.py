@@ -60,9 +60,9 @@ def _check_sft_columns(columns: list[str], args: PeSFTConfig, name: str) -> None
         else "rename the columns to one of these forms (e.g. `dataset.rename_column('question', 'prompt')`)"
     )
     raise DatasetFormatError(
-        f"The {name} dataset has none of the column sets PeSFT trains on: `prompt` + `completion` (text or interleaved "
-        f"parts), `messages`, `{args.dataset_text_field}` (language modelling) or `input_ids` (pre-tokenized); its "
-        f"columns are {sorted(columns)}. Fix: {hint}."
+        f"The {name} dataset has none of the column sets PeSFT trains on: `prompt` + `completion` (text or "
+        f"interleaved parts), `messages`, `{args.dataset_text_field}` (language modelling) or `input_ids` "
+        f"(pre-tokenized); its columns are {sorted(columns)}. Fix: {hint}."
     )
 
 

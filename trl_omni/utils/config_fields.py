@@ -56,7 +56,7 @@ def check_choices(config: Any) -> None:
 
 
 def _own_annotations(config: Any) -> dict[str, Any]:
-    """Field name -> resolved annotation, for the fields trl-omni's own classes declare (not TRL's or transformers')."""
+    """Field name -> resolved annotation, for the fields that trl-omni's own classes declare (not their parents')."""
     annotations: dict[str, Any] = {}
     for cls in reversed(type(config).__mro__):
         if not cls.__module__.startswith("trl_omni"):
