@@ -213,3 +213,22 @@ def test_drawing_with_a_model_whose_image_logits_are_masked_is_refused(tmp_path,
     PeSFTTrainer(model, args=PeSFTConfig(**{**TRAINING, "output_dir": str(tmp_path)}), train_dataset=rows,
                  processing_class=processor)  # fmt: skip
     assert is_image_generation_enabled(model)
+
+
+def test_images_to_encode_and_the_vq_decoder_source_are_named(tiny, tmp_path):
+    from PIL import Image
+
+    from trl_omni.models import ImageEncoder, load_vq_decoder
+
+    model, processor = tiny
+    encoder = ImageEncoder(model, processor)
+    with pytest.raises(TypeError, match="from a list of PIL images, got Image. Fix: wrap a single image in a list"):
+        encoder.encode(Image.new("RGB", (32, 32)))
+    for image, found in (("photo.png", "str"), (torch.zeros(32, 32, 3), "Tensor")):
+        with pytest.raises(TypeError, match=rf"Image 1 is {found}, not a PIL image. Fix: open files with PIL"):
+            encoder.encode([Image.new("RGB", (32, 32)), image])
+    assert encoder.encode([Image.new("RGB", (32, 32))]).shape == (1, 64)
+    with pytest.raises(
+        TypeError, match=r"built from a model or its config, not from a path .* is the second argument"
+    ):
+        load_vq_decoder(str(tmp_path))

@@ -20,6 +20,23 @@ from .image_vocabulary import ImageVocabulary, _chameleon_backbone
 from .precision import exact_float32_convolutions
 
 
+def _check_images(images: Any) -> None:
+    """Refuses, naming the position and the fix, anything but a sequence of PIL images."""
+    from PIL import Image
+
+    if isinstance(images, Image.Image | str | bytes) or not isinstance(images, Sequence):
+        raise TypeError(
+            f"Images are encoded from a list of PIL images, got {type(images).__name__}. Fix: wrap a single image in "
+            "a list."
+        )
+    for index, image in enumerate(images):
+        if not isinstance(image, Image.Image):
+            raise TypeError(
+                f"Image {index} is {type(image).__name__}, not a PIL image. Fix: open files with PIL.Image.open(path) "
+                "and arrays with PIL.Image.fromarray(array) (uint8, height x width x 3)."
+            )
+
+
 def to_rgb(image: Any, background: tuple[int, int, int] = (255, 255, 255)) -> Any:
     """Converts a PIL image of any mode to RGB.
 
@@ -113,6 +130,7 @@ class ImageEncoder:
         Returns:
             `(N, H*W)` LongTensor of codes on CPU, row-major per image.
         """
+        _check_images(images)
         tokens_per_image = self.vocab.tokens_per_image
         if len(images) == 0:
             return torch.empty(0, tokens_per_image, dtype=torch.long)

@@ -21,6 +21,7 @@ within 1e-4 of float64.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -154,6 +155,12 @@ def _vq_config_of(model_or_config: Any) -> Any:
         return ChameleonVQVAEConfig(**model_or_config)
     if isinstance(model_or_config, nn.Module):
         model_or_config = unwrap_model(model_or_config).config
+    if isinstance(model_or_config, str | os.PathLike):
+        raise TypeError(
+            f"The VQ decoder is built from a model or its config, not from a path ({os.fspath(model_or_config)!r}). "
+            "Fix: load_vq_decoder(model, checkpoint_dir) (the checkpoint directory is the second argument), or "
+            "load_vq_decoder(ChameleonConfig.from_pretrained(path), path)."
+        )
     vq_config = getattr(model_or_config, "vq_config", model_or_config)
     if isinstance(vq_config, Mapping):
         vq_config = ChameleonVQVAEConfig(**vq_config)
