@@ -232,3 +232,25 @@ def test_images_to_encode_and_the_vq_decoder_source_are_named(tiny, tmp_path):
         TypeError, match=r"built from a model or its config, not from a path .* is the second argument"
     ):
         load_vq_decoder(str(tmp_path))
+
+
+def test_model_reward_checks_its_parts_when_built():
+    from trl_omni.rewards import ModelReward
+
+    helper = torch.nn.Linear(2, 1)
+
+    def build(**changes):
+        parts = {"model": helper, "build_inputs": lambda batch: None, "scores": lambda outputs, batch: [0.0]}
+        return ModelReward(**{**parts, **changes})
+
+    with pytest.raises(TypeError, match="scores must be a function `score\\(outputs, batch\\)` or a mapping"):
+        build(scores=5)
+    with pytest.raises(TypeError, match="ModelReward: build_inputs must be callable, got NoneType"):
+        build(build_inputs=None)
+    with pytest.raises(TypeError, match=r"ModelReward: scores\['aesthetic'\] must be callable, got str"):
+        build(scores={"aesthetic": "clip"})
+    with pytest.raises(TypeError, match="needs the frozen helper model it scores with, got None"):
+        build(model=None)
+    with pytest.raises(TypeError, match=r"ModelReward: weights\['score'\] must be a number, got str '1'"):
+        build(weights={"score": "1"})
+    assert build(weights={"score": 2}).weights == {"score": 2.0}

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from ._common import Batch, Rewards, TokenIds, message_text
+from ._common import Batch, Rewards, TokenIds, check_real, message_text
 from ._images import completion_images, segment_reduce
 
 
@@ -145,15 +145,29 @@ class ModelReward:
     ):
         if callable(scores) and not isinstance(scores, Mapping):
             scores = {"score": scores}
+        if not isinstance(scores, Mapping):
+            raise TypeError(
+                f"ModelReward: scores must be a function `score(outputs, batch)` or a mapping of names to such "
+                f"functions, got {type(scores).__name__}."
+            )
         if not scores:
             raise ValueError("ModelReward needs at least one score function.")
+        if model is None:
+            raise TypeError("ModelReward needs the frozen helper model it scores with, got None.")
+        optional = {} if forward is None else {"forward": forward}
+        named = {"build_inputs": build_inputs, **optional, **{f"scores[{k!r}]": fn for k, fn in scores.items()}}
+        for what, function in named.items():
+            if not callable(function):
+                raise TypeError(f"ModelReward: {what} must be callable, got {type(function).__name__}.")
         unknown = set(weights or {}) - set(scores)
         if unknown:
             raise ValueError(f"weights name unknown scores {sorted(unknown)}; scores are {sorted(scores)}.")
         self.model = model
         self.build_inputs = build_inputs
         self.scores = dict(scores)
-        self.weights = {key: float((weights or {}).get(key, 1.0)) for key in self.scores}
+        self.weights = {
+            key: check_real((weights or {}).get(key, 1.0), "ModelReward", f"weights[{key!r}]") for key in self.scores
+        }
         self.forward = forward
         self.name = name
         self.__name__ = name
