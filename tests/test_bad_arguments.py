@@ -254,3 +254,26 @@ def test_model_reward_checks_its_parts_when_built():
     with pytest.raises(TypeError, match=r"ModelReward: weights\['score'\] must be a number, got str '1'"):
         build(weights={"score": "1"})
     assert build(weights={"score": 2}).weights == {"score": 2.0}
+
+
+@pytest.mark.parametrize(
+    "argument, value, expected",
+    [
+        ("lead_phrases", "Let me think.", r"Sequence\[str\] \(not a str\), got str 'Let me think.'"),
+        ("reasoning_tokens", ("<think>",), r"tuple\[str, str\], got tuple \('<think>',\)"),
+        ("add_bos", "no", "bool, got str 'no'"),
+        ("seed", "0", "int, got str '0'"),
+        ("image_root", 5, r"str \| os.PathLike \| None, got int 5"),
+        ("max_length", "10", r"int \| None, got str '10'"),
+    ],
+)
+def test_collator_arguments_are_checked_not_coerced(tiny, vocab, argument, value, expected):
+    # Before: a string of lead phrases was used one character at a time, and "no" for add_bos was true.
+    _, processor = tiny
+    with pytest.raises(TypeError, match=rf"InterleavedDataCollator: {argument} must be {expected}"):
+        InterleavedDataCollator(processor, vocab, template="templated", **{argument: value})
+    with pytest.raises(ValueError, match="pad_to_multiple_of must be >= 1 or None, got 0"):
+        InterleavedDataCollator(processor, vocab, pad_to_multiple_of=0)
+    from pathlib import Path
+
+    assert InterleavedDataCollator(processor, vocab, image_root=Path("."), lead_phrases=["Let me draw."]).image_root

@@ -23,6 +23,7 @@ The templates live in `templates.py` and the chunk -> ids encoding in `row_encod
 from __future__ import annotations
 
 import logging
+import os
 import random
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -30,6 +31,7 @@ from typing import Any
 import torch
 
 from ..models.image_vocabulary import ImageVocabulary, check_image_vocabulary
+from ..utils.type_checks import checked_arguments
 from .row_encoding import _RowEncoder
 from .templates import DEFAULT_INSTRUCTION, DEFAULT_LEAD_PHRASES, DEFAULT_SYSTEM_PROMPT, TEMPLATES, _TemplateLayout
 
@@ -97,6 +99,7 @@ class InterleavedDataCollator(_TemplateLayout, _RowEncoder):
         ```
     """
 
+    @checked_arguments(checked_elsewhere=("image_vocabulary",))
     def __init__(
         self,
         processing_class: Any,
@@ -105,7 +108,7 @@ class InterleavedDataCollator(_TemplateLayout, _RowEncoder):
         max_length: int | None = None,
         length_policy: str = "drop",
         image_encoder: Any | None = None,
-        image_root: str | None = None,
+        image_root: str | os.PathLike | None = None,
         system_prompt: str | None = None,
         instruction: str = DEFAULT_INSTRUCTION,
         lead_phrases: Sequence[str] = DEFAULT_LEAD_PHRASES,
@@ -125,8 +128,8 @@ class InterleavedDataCollator(_TemplateLayout, _RowEncoder):
             raise ValueError(f"template must be one of {TEMPLATES}, got {template!r}.")
         if length_policy not in LENGTH_POLICIES:
             raise ValueError(f"length_policy must be one of {LENGTH_POLICIES}, got {length_policy!r}.")
-        if max_length is not None and (isinstance(max_length, bool) or not isinstance(max_length, int)):
-            raise TypeError(f"max_length must be an int or None, got {type(max_length).__name__} {max_length!r}.")
+        if pad_to_multiple_of is not None and pad_to_multiple_of < 1:
+            raise ValueError(f"pad_to_multiple_of must be >= 1 or None, got {pad_to_multiple_of}.")
         if max_length is not None and max_length < 2:
             raise ValueError(f"max_length must be >= 2, got {max_length}.")
         if template == "templated" and not lead_phrases:

@@ -104,7 +104,7 @@ class AblationConfig:
     )
 
     def __post_init__(self):
-        from ..utils.config_fields import check_field_types
+        from ..utils.type_checks import check_field_types
         from .uniskills import _check_names
 
         check_field_types(self)

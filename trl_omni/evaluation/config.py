@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..utils.config_fields import check_field_types
+from ..utils.type_checks import check_field_types
 
 
 # Omni-Bench's four task groups; names are matched after lower-casing and dropping non-alphanumerics.

@@ -8,7 +8,8 @@ from typing import Any
 
 from trl import GRPOConfig
 
-from ..utils.config_fields import check_choices, check_field_types, choice_field
+from ..utils.config_fields import check_choices, choice_field
+from ..utils.type_checks import check_field_types
 from .config_defaults import gradient_checkpointing_field, set_activation_checkpointing_default
 
 

@@ -9,7 +9,8 @@ from trl import SFTConfig
 
 from ..collators.interleaved import LENGTH_POLICIES
 from ..collators.templates import TEMPLATES as INTERLEAVED_TEMPLATES
-from ..utils.config_fields import check_choices, check_field_types, choice_field
+from ..utils.config_fields import check_choices, choice_field
+from ..utils.type_checks import check_field_types
 from .config_defaults import gradient_checkpointing_field, set_activation_checkpointing_default
 
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ...utils.config_fields import check_choices, check_field_types, choice_field
+from ...utils.config_fields import check_choices, choice_field
+from ...utils.type_checks import check_field_types
 
 
 DEFAULT_PROMPT_TEMPLATE = (
