@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from .segments import ImageSegment, ImageSegments, parse_segments
+from .segments import ImageSegment, ImageSegments, check_integer_tensor, parse_segments
 
 
 __all__ = ["ImageSegment", "ImageSegments", "ImageVocabulary", "unwrap_model"]
@@ -83,16 +83,6 @@ def check_image_vocabulary(value: Any, owner: str) -> ImageVocabulary:
             "ImageVocabulary.from_model(model, processor) (from trl_omni)."
         )
     return value
-
-
-def _integer_tensor(values: Any, what: str) -> torch.Tensor:
-    """`values` as a tensor, refused unless its dtype is an integer one (a float or bool is never a code or an id)."""
-    values = torch.as_tensor(values)
-    if values.dtype.is_floating_point or values.dtype.is_complex or values.dtype == torch.bool:
-        raise TypeError(
-            f"{what} must be integers, got {values.dtype} (a float or bool is never a code or a token id)."
-        )
-    return values
 
 
 @dataclass
@@ -295,14 +285,14 @@ class ImageVocabulary:
     # ------------------------------------------------------------------ ids <-> codes
     def ids_to_codes(self, ids: torch.Tensor) -> torch.Tensor:
         """Maps token ids to VQ codes elementwise; non-image ids map to -1. Any shape, any device."""
-        ids = _integer_tensor(ids, "Token ids")
+        ids = check_integer_tensor(torch.as_tensor(ids), "Token ids")
         lookup = self._on("id_to_code", self._id_to_code, ids.device)
         in_range = (ids >= 0) & (ids < self.vocab_size)
         return torch.where(in_range, lookup[ids.clamp(0, self.vocab_size - 1)], -1)
 
     def codes_to_ids(self, codes: torch.Tensor) -> torch.Tensor:
         """Maps VQ codes to token ids elementwise. Raises on codes that are not integers in `[0, num_codes)`."""
-        codes = _integer_tensor(codes, "Image codes")
+        codes = check_integer_tensor(torch.as_tensor(codes), "Image codes")
         if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= self.num_codes):
             raise ValueError(
                 f"Image codes must lie in [0, {self.num_codes}); got values in [{int(codes.min())}, "
@@ -320,7 +310,7 @@ class ImageVocabulary:
         Args:
             codes: `H*W` codes in row-major order (flat or `(H, W)`).
         """
-        codes = _integer_tensor(codes, "Image codes")
+        codes = check_integer_tensor(torch.as_tensor(codes), "Image codes")
         if codes.dim() > 1 and tuple(codes.shape) != tuple(self.grid_size):
             raise ValueError(
                 f"Image codes must be flat ({self.tokens_per_image}) or shaped like the grid {tuple(self.grid_size)}; "

@@ -17,6 +17,15 @@ if TYPE_CHECKING:
     from .image_vocabulary import ImageVocabulary
 
 
+def check_integer_tensor(values: torch.Tensor, what: str) -> torch.Tensor:
+    """`values` unchanged when its dtype is an integer one; a float or bool tensor is refused (never cast)."""
+    if values.dtype.is_floating_point or values.dtype.is_complex or values.dtype == torch.bool:
+        raise TypeError(
+            f"{what} must be integers, got {values.dtype} (a float or bool is never a code or a token id)."
+        )
+    return values
+
+
 def _is_token_id(value: object) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
@@ -116,8 +125,8 @@ def parse_segments(
     """[`ImageVocabulary.parse_segments`] (see there), as a function of the vocabulary."""
     if not isinstance(ids, torch.Tensor):
         ids, attention_mask = _pack_rows(ids)
-    elif ids.dtype.is_floating_point or ids.dtype.is_complex or ids.dtype == torch.bool:
-        raise TypeError(f"Token ids must be integers, got a {ids.dtype} tensor.")
+    else:
+        check_integer_tensor(ids, "Token ids")
     ids = ids.long()
     if ids.dim() == 1:
         ids = ids.unsqueeze(0)

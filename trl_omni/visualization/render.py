@@ -17,6 +17,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from ..models.image_vocabulary import ImageVocabulary
+from ..models.segments import check_integer_tensor
 from ..models.text import decode_without_images
 from .decoders import FalseColorDecoder
 
@@ -303,9 +304,7 @@ def _tokenizer_of(processing_class: Any) -> Any:
 
 def _rows_of(ids: Any, attention_mask: Any | None) -> list[list[int]]:
     if isinstance(ids, torch.Tensor):
-        if ids.dtype.is_floating_point or ids.dtype.is_complex or ids.dtype == torch.bool:
-            raise TypeError(f"The token ids must be integers, got a {ids.dtype} tensor.")
-        ids = ids.detach().cpu()
+        ids = check_integer_tensor(ids, "Token ids").detach().cpu()
         if ids.dim() == 1:
             ids = ids.unsqueeze(0)
             attention_mask = None if attention_mask is None else torch.as_tensor(attention_mask).reshape(1, -1)
