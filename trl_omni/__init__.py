@@ -57,9 +57,7 @@ _EXPORTS = {
     ],
 }
 
-__all__ = sorted(["__version__", *(name for names in _EXPORTS.values() for name in names)])
-
-__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+__all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, eager=["__version__"])
 
 if TYPE_CHECKING:  # what type checkers and IDEs see; tests/test_lazy_imports.py keeps it equal to _EXPORTS
     from .collators import InterleavedDataCollator

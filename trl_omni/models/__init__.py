@@ -34,9 +34,7 @@ _EXPORTS = {
     "vq_decoder": _VQ_DECODER_NAMES,
 }
 
-__all__ = sorted(name for names in _EXPORTS.values() for name in names)
-
-__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+__all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 if TYPE_CHECKING:  # what type checkers and IDEs see; tests/test_lazy_imports.py keeps it equal to _EXPORTS
     from .constrained_generation import generate_with_images

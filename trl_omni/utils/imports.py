@@ -12,9 +12,10 @@ from typing import Any
 
 
 def lazy_exports(
-    package: str, exports: Mapping[str, Sequence[str]]
-) -> tuple[Callable[[str], Any], Callable[[], list]]:
-    """Module-level `__getattr__` and `__dir__` (PEP 562) that import a package's public names on first access.
+    package: str, exports: Mapping[str, Sequence[str]], eager: Sequence[str] = ()
+) -> tuple[list[str], Callable[[str], Any], Callable[[], list]]:
+    """A package's `__all__`, and module-level `__getattr__` and `__dir__` (PEP 562) that import its public names on
+    first access.
 
     `import trl_omni` then costs nothing beyond Python itself: `trl_omni.PeSFTTrainer` imports
     `trl_omni.trainers` (and torch, transformers, TRL) only when it is first read, like TRL's own lazy package root.
@@ -22,13 +23,14 @@ def lazy_exports(
     Args:
         package: The package's `__name__`.
         exports: Submodule (relative to `package`) -> the public names it provides.
+        eager: Public names defined in the package itself (e.g. `__version__`), listed in `__all__` as well.
 
     Returns:
-        `(__getattr__, __dir__)`, to be assigned at the package's module level.
+        `(__all__, __getattr__, __dir__)`, to be assigned at the package's module level; `__all__` is sorted.
 
     Example:
         ```python
-        >>> __getattr__, __dir__ = lazy_exports(__name__, {"trainers": ["PeSFTTrainer", "PeRPOTrainer"]})
+        >>> __all__, __getattr__, __dir__ = lazy_exports(__name__, {"trainers": ["PeSFTTrainer", "PeRPOTrainer"]})
         ```
     """
     owners: dict[str, str] = {}
@@ -50,7 +52,7 @@ def lazy_exports(
     def __dir__() -> list:
         return sorted(set(vars(sys.modules[package])) | set(owners))
 
-    return __getattr__, __dir__
+    return sorted([*eager, *owners]), __getattr__, __dir__
 
 
 def resolve_dotted_path(path: str, *, argument: str | None = None, require_callable: bool = False) -> Any:

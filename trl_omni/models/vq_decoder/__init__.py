@@ -19,9 +19,7 @@ _EXPORTS = {
     "palette": ["PaletteDecoder", "palette_codebook", "uniform_palette"],
 }
 
-__all__ = sorted(name for names in _EXPORTS.values() for name in names)
-
-__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+__all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 if TYPE_CHECKING:  # what type checkers and IDEs see; tests/test_lazy_imports.py keeps it equal to _EXPORTS
     from .checkpoint import MissingVQDecoderWeightsError, load_vq_decoder, read_vq_decoder_state_dict
