@@ -6,7 +6,7 @@ import difflib
 import importlib.resources as resources
 import os
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -196,6 +196,45 @@ def parse_script_args(parser: Any, args: Sequence[str] | None = None, prog: str 
             unknown_config + unknown_cli, parser, prog or parser.prog, config_path, from_config=unknown_config
         )
     return tuple(dataclasses)
+
+
+def config_parser(config_class: type, doc: str, prog: str | None = None) -> Any:
+    """The `TrlParser` of a command configured by one dataclass (`trl-omni bootstrap`, `demo`, `ablate`): a flag per
+    field, `--config file.yaml`, and the first line of the command module's docstring as description.
+
+    Args:
+        config_class: The command's configuration dataclass.
+        doc: The command module's `__doc__`.
+        prog: Program name shown in usage and errors (`trl-omni <command>`).
+    """
+    from trl import TrlParser
+
+    return TrlParser((config_class,), prog=prog, description=doc.splitlines()[0])
+
+
+def run_script(
+    make_parser: Callable[..., Any], main: Callable[..., Any], prog: str, args: Sequence[str] | None = None
+) -> int:
+    """Runs a `trl_omni/scripts/` command in this process, as `trl-omni <command>` and `python -m
+    trl_omni.scripts.<command>` both do: parses its arguments with [`parse_script_args`] (strict; a plain `argparse`
+    parser of a third-party script parses as usual), then calls `main` with the parsed dataclasses.
+
+    Args:
+        make_parser: The command module's `make_parser(prog=None)`.
+        main: The command module's `main(*dataclasses)`.
+        prog: Program name shown in usage and errors (`trl-omni <command>`).
+        args: Argument strings; None reads `sys.argv[1:]`.
+
+    Returns:
+        The exit status: what `main` returned when it is an int, else 0 (`demo` and `ablate` return their results).
+    """
+    parser = make_parser(prog=prog)
+    if hasattr(parser, "parse_args_and_config"):
+        parsed = parse_script_args(parser, args, prog=prog)
+    else:
+        parsed = (parser.parse_args(args),)
+    result = main(*parsed)
+    return result if isinstance(result, int) else 0
 
 
 def already_launched() -> bool:

@@ -24,8 +24,8 @@ from .launch import (
     check_option_values,
     launch_module,
     list_accelerate_presets,
-    parse_script_args,
     resolve_accelerate_config_argument,
+    run_script,
     split_launch_args,
     unknown_arguments_error,
     unknown_options_error,
@@ -118,13 +118,7 @@ def _make_script_parser(module, name: str):
 
 
 def _run_in_process(module, name: str, args: list[str]) -> int:
-    parser = _make_script_parser(module, name)
-    if hasattr(parser, "parse_args_and_config"):
-        parsed = parse_script_args(parser, args, prog=f"trl-omni {name}")
-    else:
-        parsed = (parser.parse_args(args),)
-    result = module.main(*parsed)
-    return result if isinstance(result, int) else 0
+    return run_script(module.make_parser, module.main, f"trl-omni {name}", args)
 
 
 def _run_training(command: CommandSpec, module, args: list[str]) -> int:

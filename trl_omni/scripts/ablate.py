@@ -17,11 +17,10 @@ from typing import Any
 
 def make_parser(prog: str | None = None):
     """The `trl-omni ablate` argument parser (a `TrlParser` over [`AblationConfig`], so `--config x.yaml` works)."""
-    from trl import TrlParser
-
+    from trl_omni.cli.launch import config_parser
     from trl_omni.demo.ablation import AblationConfig
 
-    return TrlParser((AblationConfig,), prog=prog, description=__doc__.splitlines()[0])
+    return config_parser(AblationConfig, __doc__, prog=prog)
 
 
 def main(config: Any) -> dict[str, Any]:
@@ -32,5 +31,6 @@ def main(config: Any) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    (ablation_config,) = make_parser().parse_args_and_config()
-    main(ablation_config)
+    from trl_omni.cli.launch import run_script
+
+    raise SystemExit(run_script(make_parser, main, "trl-omni ablate"))

@@ -15,13 +15,14 @@ import sys
 
 from trl import TrlParser
 
+from trl_omni.cli.launch import config_parser
 from trl_omni.data.bootstrap import BootstrapConfig, run_bootstrap
 from trl_omni.data.bootstrap.writer import no_rows_reason
 
 
 def make_parser(prog: str | None = None) -> TrlParser:
     """The argument parser of `trl-omni bootstrap` (every [`BootstrapConfig`] field, plus `--config file.yaml`)."""
-    return TrlParser((BootstrapConfig,), prog=prog, description=__doc__.splitlines()[0])
+    return config_parser(BootstrapConfig, __doc__, prog=prog)
 
 
 def main(config: BootstrapConfig | None = None) -> dict:
@@ -48,4 +49,6 @@ def main(config: BootstrapConfig | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    from trl_omni.cli.launch import run_script
+
+    raise SystemExit(run_script(make_parser, main, "trl-omni bootstrap"))

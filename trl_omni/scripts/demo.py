@@ -260,9 +260,9 @@ def run_demo(args: DemoArguments) -> dict[str, Any]:
 
 def make_parser(prog: str | None = None):
     """The `trl-omni demo` argument parser (a `TrlParser` over [`DemoArguments`], so `--config demo.yaml` works)."""
-    from trl import TrlParser
+    from trl_omni.cli.launch import config_parser
 
-    return TrlParser((DemoArguments,), prog=prog, description=__doc__.splitlines()[0])
+    return config_parser(DemoArguments, __doc__, prog=prog)
 
 
 def main(args: DemoArguments) -> dict[str, Any]:
@@ -271,5 +271,6 @@ def main(args: DemoArguments) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    (demo_args,) = make_parser().parse_args_and_config()
-    main(demo_args)
+    from trl_omni.cli.launch import run_script
+
+    raise SystemExit(run_script(make_parser, main, "trl-omni demo"))

@@ -134,6 +134,6 @@ def make_parser(prog: str | None = None):
 
 
 if __name__ == "__main__":
-    from trl_omni.cli.launch import parse_script_args
+    from trl_omni.cli.launch import run_script
 
-    raise SystemExit(main(*parse_script_args(make_parser(prog="trl-omni rl"))))
+    raise SystemExit(run_script(make_parser, main, "trl-omni rl"))
