@@ -35,10 +35,29 @@ class StageResult:
         return bool(self.losses) and all(math.isfinite(loss) for loss in self.losses)
 
 
-def _common_arguments(seed: int, quiet: bool) -> dict[str, Any]:
+def _common_arguments(
+    output_dir: str, steps: int, batch_size: int, learning_rate: float, seed: int, quiet: bool
+) -> dict[str, Any]:
+    """The config arguments both stages take: the caller's budget, seed and output directory, and the demo's fixed
+    settings (CPU unless a GPU is there, fp32, constant learning rate, `plain` template, nothing saved during training
+    or rendered).
+
+    Args:
+        output_dir: The trainer's output directory.
+        steps: Optimisation steps (`max_steps`).
+        batch_size: `per_device_train_batch_size` (rows for PeSFT, completions for PeRPO).
+        learning_rate: Constant learning rate.
+        seed: Trainer seed.
+        quiet: No progress bar.
+    """
     import torch
 
     return {
+        "output_dir": output_dir,
+        "max_steps": steps,
+        "per_device_train_batch_size": batch_size,
+        "learning_rate": learning_rate,
+        "log_rendered_trajectories": 0,
         "bf16": False,
         "use_cpu": not torch.cuda.is_available(),
         "report_to": "none",
@@ -107,15 +126,10 @@ def run_pesft_stage(
     from ..trainers import PeSFTConfig, PeSFTTrainer
 
     args = PeSFTConfig(
-        output_dir=output_dir,
-        max_steps=steps,
-        per_device_train_batch_size=batch_size,
-        learning_rate=learning_rate,
         warmup_steps=min(10, steps // 10),
         logging_steps=max(1, steps // 8),
         perception_loss_weight=perception_loss_weight,
-        log_rendered_trajectories=0,
-        **_common_arguments(seed, quiet),
+        **_common_arguments(output_dir, steps, batch_size, learning_rate, seed, quiet),
     )
     features = interleaved_features(**(extra_columns or {}))
     # Other columns (e.g. `reference_images`, read by PeRPO's reference reward) are not PeSFT's.
@@ -174,17 +188,12 @@ def run_perpo_stage(
     extra_columns = dict(extra_columns or {})
     kept = ("id", "prompt", "answer", *extra_columns)
     args = PeRPOConfig(
-        output_dir=output_dir,
-        max_steps=steps,
-        per_device_train_batch_size=batch_size,
         num_generations=num_generations,
-        learning_rate=learning_rate,
         max_completion_length=max_completion_length,
         max_images_per_completion=max_images,
         reward_weights=reward_weights,
         logging_steps=max(1, steps // 4),
-        log_rendered_trajectories=0,
-        **_common_arguments(seed, quiet),
+        **_common_arguments(output_dir, steps, batch_size, learning_rate, seed, quiet),
     )
     features = interleaved_features(columns=("prompt",), **extra_columns)
     dataset = Dataset.from_list([{key: row[key] for key in kept if key in row} for row in rows], features=features)
