@@ -47,6 +47,7 @@ import tempfile
 import time
 import traceback
 import warnings
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -608,8 +609,12 @@ def train_sft_pair(suite: Suite, load_model, label: str) -> dict[str, Any]:
         if kind == "pesft":
             figures[kind]["perception_loss"] = last_logged(trainer, "perception_loss")
         suite.partial[kind] = figures[kind]
+        # Nothing of this trainer may stay on the device while the next one is built and measured.
+        released = weakref.ref(trainer)
         del trainer, model
+        gc.collect()
         suite.cleanup()
+        figures[kind]["released_before_next"] = released() is None
     return {
         "sequence_length": profile.sft_length,
         "images_per_row": profile.sft_images,
@@ -698,6 +703,8 @@ def section_perpo(suite: Suite) -> dict[str, Any]:
     rows = {"prompt": [text] * steps, "prompt_ids": [prompt_ids] * steps}
     figures: dict[str, Any] = {}
     for kind in ("grpo", "perpo"):
+        # Memory still held when the next trainer starts would count in its peak: say how much there was.
+        held_before = suite.memory()["allocated_gib"]
         suite.reset_peak()
         model = suite.build_model()
         common = dict(
@@ -754,14 +761,20 @@ def section_perpo(suite: Suite) -> dict[str, Any]:
             "generation_share": generation / step,
             "peak_allocated_gib": memory["peak_allocated_gib"],
             "peak_reserved_gib": memory["peak_reserved_gib"],
+            "allocated_before_build_gib": held_before,
         }
         if kind == "perpo":
             figures[kind]["completions_with_one_complete_image"] = rollouts["complete"][-1]
             figures[kind]["image_segments"] = rollouts["images"][-1]
             figures[kind]["all_image_spans_complete"] = all(c == group for c in rollouts["complete"])
         suite.partial[kind] = figures[kind]
-        del trainer, model
+        # `generate` / `timed_generate` hold the trainer (a bound method, a default argument): drop them too, or the
+        # first trainer's model is still on the device while the second one is built and measured.
+        released = weakref.ref(trainer)
+        del trainer, model, generate, timed_generate
+        gc.collect()
         suite.cleanup()
+        figures[kind]["released_before_next"] = released() is None
     return {
         "num_generations": group,
         "completion_length": length,

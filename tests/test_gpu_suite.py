@@ -55,6 +55,7 @@ def test_tiny_run_measures_every_section(gpu_suite, tmp_path):
             assert _positive(figures["step_s"]) and _positive(figures["tokens_per_s"]) and _positive(figures["loss"])
             assert len(figures["step_s_all"]) == entry["warmup_steps"] + entry["timed_steps"]
             assert figures["trainable_params"] > 0
+            assert figures["released_before_next"] is True
         assert _positive(entry["pesft"]["perception_loss"])  # PeSFT really added its loss
         assert entry["pesft"]["trainable_params"] > entry["sft"]["trainable_params"]  # + the perception head
         assert _positive(entry["pesft_vs_sft_time"])
@@ -68,6 +69,8 @@ def test_tiny_run_measures_every_section(gpu_suite, tmp_path):
     for kind in ("grpo", "perpo"):
         assert perpo[kind]["rollout_tokens"] == group * perpo["completion_length"]
         assert _positive(perpo[kind]["rollout_tokens_per_s"]) and 0 < perpo[kind]["generation_share"] <= 1
+        # A trainer still alive when the next is built doubled the model in the second one's peak memory.
+        assert perpo[kind]["released_before_next"] is True
     assert _positive(perpo["perpo_vs_grpo_step_time"])
 
     assert sections["vq_decode"]["image_pixels"] == [32, 32] and _positive(
@@ -111,3 +114,17 @@ def test_sections_past_the_budget_are_skipped_and_failures_are_contained(gpu_sui
     skipped = suite.results["sections"]["perpo"]
     assert skipped["status"] == "skipped" and "budget" in skipped["reason"]
     assert "**skipped**" in (tmp_path / "table.md").read_text()
+
+
+def test_perpo_memory_script_runs_each_trainer_and_releases_it(tmp_path, gpu_suite):
+    """benchmarks/perpo_memory.py (per-phase peak memory of PeRPO vs GRPO on the GPU) runs its code on the CPU."""
+    path = SCRIPT.with_name("perpo_memory.py")
+    spec = importlib.util.spec_from_file_location("perpo_memory", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    entries = module.main(["--tiny", "--out", str(tmp_path), "--order", "perpo", "grpo"])
+    assert [entry["kind"] for entry in entries] == ["perpo", "grpo"]
+    assert json.loads((tmp_path / "perpo_memory.json").read_text()) == entries
+    for entry in entries:
+        assert _positive(entry["rollout_s"]) and entry["step_s"] >= entry["rollout_s"]
+        assert entry["rollout"] is None and entry["rest_of_step"] is None  # no device memory to read on the CPU
