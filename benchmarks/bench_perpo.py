@@ -14,6 +14,8 @@ Usage:
     python benchmarks/bench_perpo.py                       # defaults below
     python benchmarks/bench_perpo.py --reward calibrated   # the default PeRPO reward (needs trl_omni.rewards)
     python benchmarks/bench_perpo.py --sampling-only       # the span constraint: forward hook vs generate argument
+    python benchmarks/bench_perpo.py --processor-only      # the span constraint's processor alone, per step
+    python benchmarks/bench_perpo.py --a-a                 # GRPO vs an identical GRPO: this machine's resolution
 """
 
 from __future__ import annotations
@@ -96,7 +98,7 @@ def build(kind, cli, output_dir):
         reward = PerceptionCalibratedReward(ImageVocabulary.from_model(model, processor))
     else:
         reward = text_reward
-    if kind == "grpo":
+    if kind in ("grpo", "grpo_again"):
         return GRPOTrainer(
             model=model,
             reward_funcs=reward,
@@ -107,7 +109,7 @@ def build(kind, cli, output_dir):
     return PeRPOTrainer(
         model=model,
         reward_funcs=reward,
-        args=PeRPOConfig(**common),
+        args=PeRPOConfig(**common, log_rendered_trajectories=cli.log_rendered_trajectories),
         train_dataset=dataset,
         processing_class=processor.tokenizer,  # as GRPO: the comparison isolates PeRPO's own cost
     )
@@ -157,6 +159,33 @@ def bench_sampling_paths(cli) -> None:
     )
 
 
+def bench_processor_alone(cli) -> None:
+    """The span constraint's own cost per decoding step: `ImageSpanLogitsProcessor` called on precomputed growing
+    ids (as `generate` passes them) and fixed scores, nothing else timed."""
+    from trl_omni.models import ImageSpanLogitsProcessor
+
+    model, processor = tiny_chameleon(seed=0, hidden_size=cli.hidden_size, num_hidden_layers=cli.layers)
+    vocab = ImageVocabulary.from_model(model, processor)
+    generator = torch.Generator().manual_seed(0)
+    sequences = [torch.randint(0, 100, (cli.batch_size, 12), generator=generator)]
+    for _ in range(cli.completion_length):
+        token = torch.randint(0, model.config.vocab_size, (cli.batch_size, 1), generator=generator)
+        sequences.append(torch.cat([sequences[-1], token], dim=1))
+    scores = torch.randn(cli.batch_size, model.config.vocab_size, generator=generator)
+    span = ImageSpanLogitsProcessor(vocab, max_new_tokens=cli.completion_length)
+    per_step = []
+    for _ in range(cli.rounds):
+        span.reset()
+        start = time.perf_counter()
+        for ids in sequences[:-1]:
+            span(ids, scores)
+        per_step.append((time.perf_counter() - start) / cli.completion_length)
+    print(
+        f"ImageSpanLogitsProcessor alone, {cli.batch_size} rows x {cli.completion_length} steps, {cli.rounds} repeats: "
+        f"{statistics.median(per_step) * 1e6:.1f} us per step median, {min(per_step) * 1e6:.1f} us min"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=12)
@@ -172,6 +201,22 @@ def main() -> None:
         "--sampling-only", action="store_true", help="compare the constraint as a forward hook vs a generate argument"
     )
     parser.add_argument(
+        "--processor-only", action="store_true", help="time the span constraint's processor alone, per decoding step"
+    )
+    parser.add_argument(
+        "--log-rendered-trajectories",
+        type=int,
+        default=PeRPOConfig.log_rendered_trajectories,
+        help="PeRPO's rollouts rendered per log (its default; logging is at every step here, so 0 shows the "
+        "rendering's share)",
+    )
+    parser.add_argument(
+        "--a-a",
+        action="store_true",
+        help="time GRPO against a second, identical GRPO trainer instead of PeRPO: the ratio this machine reports "
+        "for no difference at all (its resolution)",
+    )
+    parser.add_argument(
         "--flush-denormal",
         action="store_true",
         help="flush denormal floats to zero on the CPU (the random tiny model's image rollouts produce denormal "
@@ -183,10 +228,17 @@ def main() -> None:
     if cli.sampling_only:
         bench_sampling_paths(cli)
         return
+    if cli.processor_only:
+        bench_processor_alone(cli)
+        return
 
     timings = {kind: defaultdict(list) for kind in ("grpo", "perpo")}
     with tempfile.TemporaryDirectory() as tmp:
-        trainers = {kind: build(kind, cli, os.path.join(tmp, kind)) for kind in ("grpo", "perpo")}
+        # With --a-a the "perpo" slot holds a second GRPO trainer, built the same way as the first.
+        contender = "grpo_again" if cli.a_a else "perpo"
+        trainers = {"grpo": build("grpo", cli, os.path.join(tmp, "grpo"))}
+        trainers["perpo"] = build(contender, cli, os.path.join(tmp, contender))
+        round_ratios = []
         for round_index in range(cli.rounds):
             order = ("grpo", "perpo") if round_index % 2 == 0 else ("perpo", "grpo")
             for kind in order:
@@ -198,15 +250,24 @@ def main() -> None:
                 # Undo the instance-level wrappers before the next run.
                 for name in ("training_step", "_generate_single_turn", "_calculate_rewards"):
                     del trainers[kind].__dict__[name]
+            # The two runs of one round are back to back, so they share the machine's state of the moment.
+            per_run = cli.steps - 1
+            round_ratios.append(
+                statistics.median(timings["perpo"]["step cpu"][-per_run:])
+                / statistics.median(timings["grpo"]["step cpu"][-per_run:])
+            )
 
     median = {kind: {name: statistics.median(v) for name, v in t.items()} for kind, t in timings.items()}
     fastest = {kind: min(t["step"]) for kind, t in timings.items()}
     total = {kind: {name: sum(v) for name, v in t.items()} for kind, t in timings.items()}
     ratio = median["perpo"]["step"] / median["grpo"]["step"]
+    name = "GRPO'" if cli.a_a else "PeRPO"
     print(
         f"config: tiny Chameleon hidden={cli.hidden_size} layers={cli.layers}, G={cli.num_generations}, "
         f"batch={cli.batch_size}, completion={cli.completion_length} tokens, reward={cli.reward}, "
         f"threads={cli.threads}, flush_denormal={cli.flush_denormal}, {cli.rounds} rounds x {cli.steps - 1} timed steps"
+        + ("" if cli.a_a else f", PeRPO log_rendered_trajectories={cli.log_rendered_trajectories}")
+        + (", A/A: the second trainer is GRPO again" if cli.a_a else "")
     )
     print(f"{'trainer':8} {'step s (median)':>16} {'step s (min)':>13} {'generation share':>17} {'reward share':>13}")
     for kind in ("grpo", "perpo"):
@@ -216,15 +277,20 @@ def main() -> None:
             f"{total[kind]['generation'] / step_total:17.1%} {total[kind]['reward'] / step_total:13.2%}"
         )
     print(
-        f"PeRPO / GRPO step time: {ratio:.3f}x median, {fastest['perpo'] / fastest['grpo']:.3f}x min (target <= 1.05x)"
+        f"{name} / GRPO step time: {ratio:.3f}x median, {fastest['perpo'] / fastest['grpo']:.3f}x min (target <= 1.05x)"
     )
     # CPU time of this process (one torch thread, no loader workers): what the step itself costs, far less sensitive
     # than wall time to the other jobs of a shared machine.
     cpu_ratio = median["perpo"]["step cpu"] / median["grpo"]["step cpu"]
     cpu_fastest = min(timings["perpo"]["step cpu"]) / min(timings["grpo"]["step cpu"])
     print(
-        f"PeRPO / GRPO step CPU time: {cpu_ratio:.3f}x median, {cpu_fastest:.3f}x min "
-        f"(GRPO {median['grpo']['step cpu']:.4f} s, PeRPO {median['perpo']['step cpu']:.4f} s median)"
+        f"{name} / GRPO step CPU time: {cpu_ratio:.3f}x median, {cpu_fastest:.3f}x min "
+        f"(GRPO {median['grpo']['step cpu']:.4f} s, {name} {median['perpo']['step cpu']:.4f} s median)"
+    )
+    quartiles = statistics.quantiles(round_ratios, n=4) if len(round_ratios) > 1 else [round_ratios[0]] * 3
+    print(
+        f"{name} / GRPO step CPU time paired by round: {statistics.median(round_ratios):.3f}x median of "
+        f"{len(round_ratios)} rounds (quartiles {quartiles[0]:.3f}-{quartiles[2]:.3f})"
     )
 
 
