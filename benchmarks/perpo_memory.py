@@ -20,6 +20,7 @@ import json
 import os
 import sys
 import time
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -88,9 +89,11 @@ def run_one(suite: gpu_suite.Suite, kind: str, index: int) -> dict[str, Any]:
     suite.sync()
     entry["step_s"] = round(time.perf_counter() - start, 2)
     entry["rest_of_step"] = _memory(suite)
+    released = weakref.ref(trainer)
     del trainer, model, generate, timed_generate
     gc.collect()
     suite.cleanup()
+    entry["released"] = released() is None
     entry["after_release"] = _memory(suite)
     return entry
 

@@ -128,3 +128,4 @@ def test_perpo_memory_script_runs_each_trainer_and_releases_it(tmp_path, gpu_sui
     for entry in entries:
         assert _positive(entry["rollout_s"]) and entry["step_s"] >= entry["rollout_s"]
         assert entry["rollout"] is None and entry["rest_of_step"] is None  # no device memory to read on the CPU
+        assert entry["released"] is True  # nothing of it left to count in the next trainer's peak
