@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import logging
-import numbers
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from ..utils.type_checks import is_real_number
 
 
 logger = logging.getLogger(__name__)
@@ -226,7 +227,7 @@ class CompletionIdsReward(ABC):
 def check_real(value: Any, owner: str, argument: str) -> float:
     """`value` as a float when it is a real number (an int or float; a bool is not), else a `TypeError` naming
     `owner`'s `argument`: reward settings are checked when the reward is built, not on the first batch."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+    if not is_real_number(value):
         raise TypeError(f"{owner}: {argument} must be a number, got {type(value).__name__} {value!r}.")
     return float(value)
 

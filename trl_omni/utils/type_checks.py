@@ -40,6 +40,11 @@ def _own_annotations(config: Any) -> dict[str, Any]:
     return annotations
 
 
+def is_real_number(value: Any) -> bool:
+    """Whether `value` is a real number for a `float` setting: an int or a float (numpy's too), never a bool."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
 def _matches(value: Any, annotation: Any) -> bool | None:
     """Whether `value` is of `annotation`; None when the annotation is not one this check understands."""
     if annotation is Any:
@@ -49,7 +54,7 @@ def _matches(value: Any, annotation: Any) -> bool | None:
     if annotation is int:
         return isinstance(value, numbers.Integral) and not isinstance(value, bool)
     if annotation is float:
-        return isinstance(value, numbers.Real) and not isinstance(value, bool)
+        return is_real_number(value)
     if annotation is str:
         return isinstance(value, str)
     if annotation is type(None):
