@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import chain
@@ -11,6 +10,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+
+from ..utils.type_checks import is_integer_number
 
 
 if TYPE_CHECKING:
@@ -26,10 +27,6 @@ def check_integer_tensor(values: torch.Tensor, what: str) -> torch.Tensor:
     return values
 
 
-def _is_token_id(value: object) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
 def _pack_rows(rows: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-pads lists of ids of any lengths into `(B, L)` ids and a mask, with one flat copy (no per-row tensors)."""
     lengths = torch.tensor([len(row) for row in rows], dtype=torch.long)
@@ -40,7 +37,7 @@ def _pack_rows(rows: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tenso
     except ValueError:  # rows of rows
         values = np.asarray([None])
     if values.size and (values.dtype.kind not in "iu" or values.ndim != 1):
-        bad = next(i for i, row in enumerate(rows) if not all(_is_token_id(token) for token in row))
+        bad = next(i for i, row in enumerate(rows) if not all(is_integer_number(token) for token in row))
         raise TypeError(f"Token ids must be integers; row {bad} holds {str(list(rows[bad]))[:80]}.")
     flat = torch.from_numpy(values.astype(np.int64, copy=False)) if values.size else torch.zeros(0, dtype=torch.long)
     mask = torch.arange(length).expand(len(rows), length) < lengths[:, None]

@@ -9,6 +9,7 @@ import numbers
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from ..utils.type_checks import is_real_number
 from ._common import Batch, Rewards, TokenIds
 
 
@@ -91,7 +92,7 @@ def validate_reward_output(output: Any, num_completions: int, reward_name: str) 
             continue
         if getattr(value, "ndim", 0) == 0 and hasattr(value, "item") and not isinstance(value, numbers.Number):
             value = value.item()  # 0-d tensor / array
-        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        if not is_real_number(value):
             raise RewardError(
                 f"Reward {reward_name!r} returned {_preview(value)} ({type(value).__name__}) for sample {index}; "
                 "rewards must be real numbers or None.",

@@ -40,6 +40,11 @@ def _own_annotations(config: Any) -> dict[str, Any]:
     return annotations
 
 
+def is_integer_number(value: Any) -> bool:
+    """Whether `value` is an integer for an `int` setting, a code or a token id (numpy's too), never a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
 def is_real_number(value: Any) -> bool:
     """Whether `value` is a real number for a `float` setting: an int or a float (numpy's too), never a bool."""
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
@@ -52,7 +57,7 @@ def _matches(value: Any, annotation: Any) -> bool | None:
     if annotation is bool:
         return isinstance(value, bool)
     if annotation is int:
-        return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+        return is_integer_number(value)
     if annotation is float:
         return is_real_number(value)
     if annotation is str:

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ...utils.type_checks import is_integer_number
 from .decoding import _as_code_grids
 
 
@@ -63,12 +64,8 @@ def palette_codebook(palette: Any, dim: int, scale: float = 1.0) -> torch.Tensor
 
 def _size_pair(value: Any, name: str) -> tuple[int, int]:
     """`(height, width)` from an int (a square) or a pair of ints, each >= 1."""
-    pair = (value, value) if isinstance(value, int) and not isinstance(value, bool) else value
-    if (
-        not isinstance(pair, tuple | list)
-        or len(pair) != 2
-        or not all(isinstance(side, int) and not isinstance(side, bool) for side in pair)
-    ):
+    pair = (value, value) if is_integer_number(value) else value
+    if not isinstance(pair, tuple | list) or len(pair) != 2 or not all(is_integer_number(side) for side in pair):
         raise TypeError(f"{name} must be an int or a pair (height, width) of ints, got {value!r}.")
     if min(pair) < 1:
         raise ValueError(f"{name} must be >= 1, got {value!r}.")
